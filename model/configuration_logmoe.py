@@ -1,0 +1,109 @@
+"""LogMoE configuration: sizes of the Top-P MoE classifier plus what the scorer needs to rebuild its line pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ROUTING_MODES = ("dense", "top_p")  # "dense" = stage 1 (all experts averaged, no gate), "top_p" = stage 2
+POOLING_MODES = ("mean", "cls")  # how the line encoder pools its token states into one line embedding
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_float(
+    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+class LogMoEConfig(PretrainedConfig):
+    """Configuration of `LogMoEForSequenceClassification`; invalid values raise ValueError naming the value."""
+
+    model_type = "logmoe"
+
+    def __init__(
+        self,
+        input_dim: int = 384,  # line embedding size produced by the encoder
+        hidden_size: int = 128,  # width of the classifier blocks
+        num_hidden_layers: int = 2,  # number of (attention + Top-P MoE) blocks
+        num_attention_heads: int = 8,
+        num_experts: int = 4,
+        expert_intermediate_size: int = 256,  # hidden width inside each expert MLP
+        top_p: float = 0.8,  # keep the smallest set of experts whose router probability reaches top_p
+        max_window: int = 64,  # most lines per window (learned position embeddings)
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        routing: str = "top_p",  # "dense" (stage 1) or "top_p" (stage 2), see ROUTING_MODES
+        renormalize: bool = True,  # renormalise the kept experts' weights to sum to 1
+        router_aux_loss_coef: float = 0.01,  # weight of the load-balancing loss (top_p routing only)
+        router_entropy_loss_coef: float = 0.0,  # weight of the router-entropy loss (top_p routing only)
+        encoder_name_or_path: str = "default",  # line encoder to rebuild at scoring time
+        pooling: str = "mean",  # line encoder pooling, see POOLING_MODES
+        line_max_length: int = 64,  # encoder tokens per line
+        threshold: float = 0.5,  # decision threshold on the anomaly probability, calibrated by training
+        data_fingerprint: str = "",  # sha256 of the training data
+        **kwargs: Any,
+    ) -> None:
+        self.input_dim = input_dim
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_experts = num_experts
+        self.expert_intermediate_size = expert_intermediate_size
+        self.top_p = top_p
+        self.max_window = max_window
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.routing = routing
+        self.renormalize = renormalize
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.router_entropy_loss_coef = router_entropy_loss_coef
+        self.encoder_name_or_path = encoder_name_or_path
+        self.pooling = pooling
+        self.line_max_length = line_max_length
+        self.threshold = threshold
+        self.data_fingerprint = data_fingerprint
+        kwargs.setdefault("num_labels", 2)
+        super().__init__(**kwargs)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        for name in ("input_dim", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
+                     "expert_intermediate_size", "max_window", "line_max_length"):
+            _check_int(name, getattr(self, name), 1)
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_float("threshold", self.threshold, 0.0, 1.0)
+        _check_float("hidden_dropout", self.hidden_dropout, 0.0, 1.0, high_open=True)
+        _check_float("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)
+        _check_float("router_aux_loss_coef", self.router_aux_loss_coef, 0.0, float("inf"))
+        _check_float("router_entropy_loss_coef", self.router_entropy_loss_coef, 0.0, float("inf"))
+        _check_choice("routing", self.routing, ROUTING_MODES)
+        _check_choice("pooling", self.pooling, POOLING_MODES)
+        if not isinstance(self.renormalize, bool):
+            raise ValueError(f"renormalize must be true or false, got {self.renormalize!r}")
+        if not isinstance(self.encoder_name_or_path, str) or not self.encoder_name_or_path:
+            raise ValueError(f"encoder_name_or_path must be a non-empty string, got {self.encoder_name_or_path!r}")
+        if not isinstance(self.data_fingerprint, str):
+            raise ValueError(f"data_fingerprint must be a string, got {self.data_fingerprint!r}")
+        if self.num_labels != 2:
+            raise ValueError(f"num_labels must be 2 (normal, anomalous), got {self.num_labels!r}")
