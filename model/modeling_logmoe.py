@@ -1,0 +1,181 @@
+"""LogMoE window classifier: line embeddings -> pre-norm (self-attention + Top-P MoE) blocks -> masked mean pool ->
+linear 2-class head. Because the head is linear after the pool, each line's share of the logit margin is exact.
+
+Shapes: B windows, T lines per window (<= max_window), D input (encoder) dim, H hidden size, E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from model.configuration_logmoe import ROUTING_MODES, LogMoEConfig
+from model.moe import RoutingStats, TopPMoE, load_balancing_loss, router_entropy_loss
+
+try:  # transformers >= 5: init helpers that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    init = nn.init
+
+
+@dataclass
+class LogMoEOutput(ModelOutput):
+    """loss = cross-entropy + aux_loss (only when labels are given); aux_loss is the coefficient-weighted sum of the
+    router losses (0 in dense routing); line_scores[b, t] is line t's additive share of logits[b, 1] - logits[b, 0]
+    (their mean over real lines plus the head's bias difference is the margin; 0 at padding)."""
+
+    loss: Tensor | None = None  # ()
+    logits: Tensor | None = None  # (B, 2)
+    aux_loss: Tensor | None = None  # ()
+    line_scores: Tensor | None = None  # (B, T)
+    experts_per_token: Tensor | None = None  # () mean over real tokens and layers
+    expert_load: Tensor | None = None  # (E,) fraction of real tokens routed to each expert, mean over layers
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: LogMoEConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        """x (B, T, H), key_mask (B, T) bool, True = real line; padded keys get no attention."""
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
+        head_dim = H // self.num_heads
+        q, k, v = (t.view(B, T, self.num_heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, T)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # (B, nh, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, H))  # (B, T, H)
+
+
+class LogMoEBlock(nn.Module):
+    def __init__(self, config: LogMoEConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.hidden_size)
+        self.attn = SelfAttention(config)
+        self.moe_norm = nn.LayerNorm(config.hidden_size)
+        self.moe = TopPMoE(
+            config.hidden_size,
+            config.expert_intermediate_size,
+            config.num_experts,
+            config.top_p,
+            routing=config.routing,
+            renormalize=config.renormalize,
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, RoutingStats]:
+        """x (B, T, H), mask (B, T) bool -> (B, T, H) and the MoE routing stats."""
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask))  # (B, T, H)
+        moe_out, _, stats = self.moe(self.moe_norm(x), mask)  # (B, T, H)
+        return x + self.dropout(moe_out), stats
+
+
+class LogMoEPreTrainedModel(PreTrainedModel):
+    config_class = LogMoEConfig
+    base_model_prefix = "logmoe"
+    main_input_name = "inputs_embeds"
+    _no_split_modules = ["LogMoEBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear, Embedding, LayerNorm
+        if isinstance(module, TopPMoE):
+            init.normal_(module.w_in, mean=0.0, std=0.02)
+            init.normal_(module.w_out, mean=0.0, std=0.02)
+            init.zeros_(module.b_in)
+            init.zeros_(module.b_out)
+
+
+class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
+    def __init__(self, config: LogMoEConfig) -> None:
+        super().__init__(config)
+        self.input_proj = nn.Linear(config.input_dim, config.hidden_size)
+        self.input_norm = nn.LayerNorm(config.hidden_size)
+        self.position = nn.Embedding(config.max_window, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.blocks = nn.ModuleList(LogMoEBlock(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def set_routing(self, mode: str) -> None:
+        """Switch every MoE layer between "dense" (stage 1) and "top_p" (stage 2); recorded in the config."""
+        if mode not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {list(ROUTING_MODES)}, got {mode!r}")
+        self.config.routing = mode
+        for block in self.blocks:
+            block.moe.set_routing(mode)
+
+    def _check_inputs(self, inputs_embeds: Tensor, attention_mask: Tensor) -> None:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"inputs_embeds must have shape (B, T, {self.config.input_dim}), got {tuple(inputs_embeds.shape)}"
+            )
+        T = inputs_embeds.shape[1]
+        if T > self.config.max_window:
+            raise ValueError(f"window of T={T} lines exceeds max_window={self.config.max_window}; window it first")
+        if attention_mask.shape != inputs_embeds.shape[:2]:
+            raise ValueError(
+                f"attention_mask must have shape {tuple(inputs_embeds.shape[:2])}, got {tuple(attention_mask.shape)}"
+            )
+        empty = (~attention_mask.bool()).all(dim=1).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"rows {empty} of attention_mask have no real line; every window needs at least one")
+
+    def forward(
+        self,
+        inputs_embeds: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> LogMoEOutput:
+        """inputs_embeds (B, T, D) line embeddings, attention_mask (B, T) 1 = real line (None = all real),
+        labels (B,) in {0, 1}."""
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        self._check_inputs(inputs_embeds, attention_mask)
+        mask = attention_mask.bool()  # (B, T)
+        # positions count real lines only, so where the padding sits cannot change the result
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        x = self.input_norm(self.input_proj(inputs_embeds)) + self.position(positions)  # (B, T, H)
+        x = self.dropout(x)
+        layer_stats = []
+        for block in self.blocks:
+            x, stats = block(x, mask)  # (B, T, H)
+            layer_stats.append(stats)
+        h = self.final_norm(x) * mask[..., None]  # (B, T, H) zero at padding
+        counts = mask.sum(dim=1, keepdim=True).to(h.dtype)  # (B, 1)
+        logits = self.classifier(h.sum(dim=1) / counts)  # (B, 2)
+        direction = self.classifier.weight[1] - self.classifier.weight[0]  # (H,)
+        line_scores = h @ direction.to(h.dtype)  # (B, T)
+
+        aux_loss = self._aux_loss(layer_stats, logits)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.long()) + aux_loss
+        return LogMoEOutput(
+            loss=loss,
+            logits=logits,
+            aux_loss=aux_loss,
+            line_scores=line_scores,
+            experts_per_token=torch.stack([s.experts_per_token for s in layer_stats]).mean(),
+            expert_load=torch.stack([s.expert_load for s in layer_stats]).mean(dim=0),
+        )
+
+    def _aux_loss(self, layer_stats: list[RoutingStats], logits: Tensor) -> Tensor:
+        """Coefficient-weighted router losses, averaged over layers; exactly 0 (no graph) in dense routing."""
+        probs = [s.router_probs for s in layer_stats if s.router_probs is not None]
+        if not probs:
+            return logits.new_zeros((), dtype=torch.float32)
+        balance = torch.stack([load_balancing_loss(s.router_probs, s.expert_mask) for s in layer_stats]).mean()
+        entropy = torch.stack([router_entropy_loss(p) for p in probs]).mean()
+        return self.config.router_aux_loss_coef * balance + self.config.router_entropy_loss_coef * entropy

@@ -1,0 +1,204 @@
+"""LogMoE config validation and the classifier's contract: padding/batch invariance, exact line scores, routing
+stages, gradients and the safetensors round trip."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.configuration_logmoe import LogMoEConfig
+from model.modeling_logmoe import LogMoEForSequenceClassification, LogMoEOutput
+
+D = 16  # input (encoder) dim of the tiny model
+
+
+def tiny_config(**overrides: object) -> LogMoEConfig:
+    values = dict(input_dim=D, hidden_size=32, num_hidden_layers=2, num_attention_heads=8, num_experts=4,
+                  expert_intermediate_size=32, max_window=8)
+    values.update(overrides)
+    return LogMoEConfig(**values)
+
+
+def tiny_model(routing: str = "top_p", sharp_router: bool = False) -> LogMoEForSequenceClassification:
+    torch.manual_seed(0)
+    model = LogMoEForSequenceClassification(tiny_config(routing=routing)).eval()
+    if sharp_router:  # a confident router, as after training, so top-p drops experts
+        with torch.no_grad():
+            for block in model.blocks:
+                block.moe.router.weight.mul_(100.0)
+    return model
+
+
+def window(T: int = 5, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.randn(1, T, D)  # (1, T, D)
+
+
+def pad(x: torch.Tensor, T: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a (1, n, D) window with garbage to T lines; returns embeddings (1, T, D) and mask (1, T)."""
+    n = x.shape[1]
+    filler = torch.full((1, T - n, D), 7.0)
+    mask = torch.zeros(1, T, dtype=torch.long)
+    if left:
+        mask[:, T - n:] = 1
+        return torch.cat([filler, x], dim=1), mask
+    mask[:, :n] = 1
+    return torch.cat([x, filler], dim=1), mask
+
+
+# ---- config ---------------------------------------------------------------------------------------------------
+
+def test_config_defaults_follow_contract() -> None:
+    c = LogMoEConfig()
+    assert (c.model_type, c.input_dim, c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (
+        "logmoe", 384, 128, 2, 8)
+    assert (c.num_experts, c.expert_intermediate_size, c.top_p, c.max_window) == (4, 256, 0.8, 64)
+    assert (c.routing, c.renormalize) == ("top_p", True)
+    assert (c.router_aux_loss_coef, c.router_entropy_loss_coef) == (0.01, 0.0)
+    assert (c.encoder_name_or_path, c.pooling, c.line_max_length, c.threshold, c.data_fingerprint) == (
+        "default", "mean", 64, 0.5, "")
+    assert (c.hidden_dropout, c.attention_dropout, c.num_labels) == (0.1, 0.1, 2)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        ("routing", "sparse", ["sparse", "dense", "top_p"]),
+        ("pooling", "max", ["max", "mean", "cls"]),
+        ("top_p", 0.0, ["0.0", "top_p"]),
+        ("top_p", 1.5, ["1.5"]),
+        ("threshold", -0.1, ["-0.1"]),
+        ("threshold", 1.2, ["1.2"]),
+        ("max_window", 0, ["max_window", "0"]),
+        ("num_experts", 0, ["num_experts", "0"]),
+        ("hidden_size", 30, ["30", "8"]),  # not divisible by the 8 heads
+        ("hidden_dropout", 1.0, ["hidden_dropout", "1.0"]),
+        ("num_hidden_layers", 2.5, ["2.5"]),
+        ("renormalize", "yes", ["yes"]),
+        ("num_labels", 3, ["num_labels", "3"]),
+    ],
+)
+def test_config_rejects_bad_values(key: str, value: object, fragments: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        tiny_config(**{key: value})
+    assert all(f in str(info.value) for f in fragments), str(info.value)
+
+
+# ---- forward contract -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("routing", ["dense", "top_p"])
+def test_padding_invariance(routing: str) -> None:
+    model = tiny_model(routing)
+    x = window(5)
+    with torch.no_grad():
+        ref = model(x)
+        for T, left in ((6, False), (8, False), (8, True)):
+            padded, mask = pad(x, T, left)
+            out = model(padded, mask)
+            torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(out.line_scores[mask.bool()], ref.line_scores[0], atol=1e-5, rtol=0)
+
+
+def test_batch_invariance() -> None:
+    model = tiny_model()
+    a, b = window(5, seed=1), window(8, seed=2)
+    xa, ma = pad(a, 8)
+    with torch.no_grad():
+        batch = model(torch.cat([xa, b]), torch.cat([ma, torch.ones(1, 8, dtype=torch.long)]))
+        alone_a, alone_b = model(a), model(b)
+    torch.testing.assert_close(batch.logits[0], alone_a.logits[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.logits[1], alone_b.logits[0], atol=1e-5, rtol=0)
+
+
+def test_line_scores_decompose_logit_margin() -> None:
+    model = tiny_model()
+    x, mask = pad(window(5), 8)
+    x2, mask2 = pad(window(3, seed=3), 8)
+    with torch.no_grad():
+        out = model(torch.cat([x, x2]), torch.cat([mask, mask2]))
+    head = model.classifier
+    margin = out.logits[:, 1] - out.logits[:, 0]  # (B,)
+    counts = torch.cat([mask, mask2]).sum(dim=1)  # (B,)
+    rebuilt = out.line_scores.sum(dim=1) / counts + (head.bias[1] - head.bias[0])  # (B,)
+    torch.testing.assert_close(rebuilt, margin, atol=1e-5, rtol=0)
+    assert out.line_scores.shape == (2, 8)
+    assert (out.line_scores[0, 5:] == 0).all() and (out.line_scores[1, 3:] == 0).all()
+
+
+def test_loss_is_cross_entropy_plus_aux() -> None:
+    model = tiny_model()
+    x = torch.randn(3, 6, D)
+    labels = torch.tensor([0, 1, 1])
+    out = model(x, torch.ones(3, 6), labels=labels)
+    assert isinstance(out, LogMoEOutput)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels) + out.aux_loss)
+    assert out.aux_loss > 0
+    assert model(x, torch.ones(3, 6)).loss is None
+
+
+def test_set_routing_switches_stage() -> None:
+    model = tiny_model("dense", sharp_router=True)
+    x = torch.randn(2, 8, D)
+    with torch.no_grad():
+        dense = model(x)
+        model.set_routing("top_p")
+        sparse = model(x)
+    assert model.config.routing == "top_p"
+    assert all(block.moe.routing == "top_p" for block in model.blocks)
+    assert dense.experts_per_token.item() == 4.0 and dense.expert_load.tolist() == [1.0] * 4
+    assert dense.aux_loss.item() == 0.0
+    assert 1.0 <= sparse.experts_per_token.item() < 4.0
+    assert sparse.expert_load.shape == (4,) and (sparse.expert_load <= 1).all()
+    assert sparse.aux_loss.item() > 0
+    assert not torch.allclose(dense.logits, sparse.logits)
+    with pytest.raises(ValueError, match="sparse"):
+        model.set_routing("sparse")
+
+
+@pytest.mark.parametrize(("routing", "router_trained"), [("top_p", True), ("dense", False)])
+def test_gradients_reach_router_only_in_top_p(routing: str, router_trained: bool) -> None:
+    model = tiny_model(routing).train()
+    out = model(torch.randn(4, 6, D), torch.ones(4, 6), labels=torch.tensor([0, 1, 0, 1]))
+    out.loss.backward()
+    for block in model.blocks:
+        grad = block.moe.router.weight.grad
+        assert (grad is not None and grad.abs().sum().item() > 0) == router_trained
+        assert block.moe.w_in.grad.abs().sum() > 0
+
+
+def test_window_longer_than_max_window_raises() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError) as info:
+        model(torch.randn(1, 9, D))
+    assert "9" in str(info.value) and "8" in str(info.value)
+
+
+def test_window_without_real_line_raises() -> None:
+    model = tiny_model()
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        model(torch.randn(2, 3, D), mask)
+
+
+def test_wrong_input_dim_raises() -> None:
+    with pytest.raises(ValueError, match=str(D)):
+        tiny_model()(torch.randn(1, 3, D + 1))
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    model = tiny_model("dense")
+    model.set_routing("top_p")
+    model.config.threshold = 0.37
+    model.config.data_fingerprint = "abc123"
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded, info = LogMoEForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    loaded.eval()
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    assert loaded.config.routing == "top_p" and loaded.blocks[0].moe.routing == "top_p"
+    assert (loaded.config.threshold, loaded.config.data_fingerprint) == (0.37, "abc123")
+    x, mask = pad(window(5), 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, mask).logits, model(x, mask).logits)
