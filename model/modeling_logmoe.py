@@ -173,9 +173,9 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
 
     def _aux_loss(self, layer_stats: list[RoutingStats], logits: Tensor) -> Tensor:
         """Coefficient-weighted router losses, averaged over layers; exactly 0 (no graph) in dense routing."""
-        probs = [s.router_probs for s in layer_stats if s.router_probs is not None]
-        if not probs:
+        gated = [s for s in layer_stats if s.router_probs is not None]
+        if not gated:
             return logits.new_zeros((), dtype=torch.float32)
-        balance = torch.stack([load_balancing_loss(s.router_probs, s.expert_mask) for s in layer_stats]).mean()
-        entropy = torch.stack([router_entropy_loss(p) for p in probs]).mean()
+        balance = torch.stack([load_balancing_loss(s.router_probs, s.expert_mask) for s in gated]).mean()
+        entropy = torch.stack([router_entropy_loss(s.router_probs) for s in gated]).mean()
         return self.config.router_aux_loss_coef * balance + self.config.router_entropy_loss_coef * entropy
