@@ -1,0 +1,147 @@
+"""The worker's agents and timers: route (logs -> sessions), score (sessions -> alerts), close, metrics.
+
+Data flow: a raw line on `logs` is parsed and keyed by session, then re-published on the internal
+`sessions` topic keyed by the session, so all of a session's lines reach one worker in order. The score
+agent takes micro-batches from it, updates the session table, scores due windows in a worker thread and
+publishes alerts. A timer scans the open sessions and asks for idle ones to be closed by publishing a
+close event on the same topic, so closing follows the same ordered, changelogged path as lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from stream.config import StreamConfig
+from stream.metrics import Metrics
+from stream.processor import Scorer, SessionEvent, SessionProcessor
+from stream.records import BadInput, SessionKeyer, parse_message
+from stream.windows import Entry, SessionState, SessionWindows, sessions_to_close
+
+log = logging.getLogger("stream.worker")
+
+
+@contextlib.contextmanager
+def event_context(event: EventT) -> Iterator[None]:
+    """Make `event` the current event, so a table write goes to the changelog partition of the event's
+    source partition (take_events hands over a batch, where Faust's own current event is not that one)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, *, logs: faust.TopicT,
+                    sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table) -> Metrics:
+    metrics = Metrics()
+    keyer = SessionKeyer(cfg.session_key, cfg.catch_all_key)
+    windows = SessionWindows(scorer.max_window, cfg.hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
+    processor = SessionProcessor(windows, cfg.session_idle, metrics)
+    close_requested: dict[str, float] = {}
+    app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and operators poking at a live app
+
+    @app.agent(logs, name="route")
+    async def route(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
+            for event in events:
+                message = event.message
+                try:
+                    parsed = parse_message(event.value, cfg.max_line_bytes)
+                except BadInput as exc:
+                    metrics.inc(f"bad_{exc.reason}")
+                    log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+                    continue
+                metrics.inc("lines_in")
+                if parsed.replaced_bytes:
+                    metrics.inc("lines_utf8_replaced")
+                session = keyer.key_for(parsed.line, message.key, parsed.source)
+                ts = parsed.ts if parsed.ts is not None else message.timestamp
+                entry = Entry(parsed.line, ts, message.partition, message.offset)
+                await sessions.send(key=session.encode("utf-8"), value=SessionEvent("line", session, entry).to_json())
+
+    def load(key: str) -> SessionState | None:
+        data = table.get(key)
+        return SessionState.from_json(data) if data else None
+
+    @app.agent(sessions, name="score")
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
+            pairs: list[tuple[int, SessionEvent]] = []
+            last_event: dict[str, EventT] = {}
+            for event in events:
+                try:
+                    session_event = SessionEvent.from_json(event.value)
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    metrics.inc("bad_session_event")
+                    log.warning("skipped session event at offset %d: %s", event.message.offset, exc)
+                    continue
+                pairs.append((event.message.offset, session_event))
+                last_event[session_event.session] = event
+            now = time.time()
+            batch = processor.apply(pairs, load, now)
+            if batch.windows:
+                texts = [[e.line for e in w.entries] for w in batch.windows]
+                started = time.perf_counter()
+                scored = await asyncio.to_thread(scorer.score_detailed, texts)
+                metrics.observe_batch(len(texts), time.perf_counter() - started)
+                metrics.inc("windows_scored", len(texts))
+                for alert in processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now):
+                    await alerts.send(key=alert["session"].encode("utf-8"),
+                                      value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
+                    metrics.inc("alerts_out")
+                    log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
+                             alert["session"], alert["score"], alert["window"]["end"])
+            for key, state in batch.states.items():
+                with event_context(last_event[key]):
+                    if state is None:
+                        if key in table:
+                            del table[key]
+                        close_requested.pop(key, None)
+                    else:
+                        table[key] = state.to_json()
+
+    @app.timer(cfg.close_scan_interval)
+    async def close_idle_sessions() -> None:
+        if not processor.started_at:
+            return  # not started yet
+        now = time.time()
+        # A worker that was down must not close sessions for its own downtime: idle time counts from
+        # the later of the session's last line and this worker's start.
+        floor = processor.started_at
+        seen = [(k, max(float(v["last_seen"]), floor)) for k, v in list(table.items()) if v]
+        idle, evicted = sessions_to_close(seen, now, cfg.session_idle, cfg.max_open_sessions)
+        retry_after = max(2 * cfg.session_idle, 10.0)
+        for reason, keys in (("idle", idle), ("evict", evicted)):
+            for key in keys:
+                if now - close_requested.get(key, 0.0) < retry_after:
+                    continue
+                close_requested[key] = now
+                await sessions.send(key=key.encode("utf-8"), value=SessionEvent("close", key, reason=reason).to_json())
+
+    @app.timer(cfg.metrics_interval)
+    async def log_metrics() -> None:
+        metrics.counts["open_sessions"] = len(table)  # a gauge, kept with the counters for one log line
+        metrics.log(_cache_info(scorer))
+
+    @app.task
+    async def mark_start() -> None:
+        processor.started_at = time.time()
+
+    return metrics
+
+
+def _cache_info(scorer: Scorer) -> dict[str, Any] | None:
+    encoder = getattr(scorer, "encoder", None)
+    info = getattr(encoder, "cache_info", None)
+    return info() if callable(info) else None

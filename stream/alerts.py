@@ -1,0 +1,63 @@
+"""The alert document published on the alerts topic (one per anomalous window, keyed by session)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from stream.windows import Window
+
+
+class ScoredWindow(Protocol):
+    """What the scorer returns per window (model.WindowScore)."""
+
+    score: float
+    line_scores: list[float]
+    experts_per_token: float
+    unseen_fraction: float | None
+
+
+def alert_id(session: str, end: int) -> str:
+    """Deterministic id from the session key and the window's end position, so redeliveries and replays
+    of the same input produce the same id and consumers can drop duplicates."""
+    return hashlib.sha256(f"{session}\n{end}".encode()).hexdigest()[:32]
+
+
+def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model_name: str,
+                fingerprint: str, top_lines: int, detected_at: float) -> dict[str, Any]:
+    """The alert JSON document. Lines are ranked by their exact additive contribution to the anomaly
+    logit (`line_scores`); the `top_lines` highest are marked suspicious."""
+    entries = window.entries
+    contributions = list(scored.line_scores)[: len(entries)]
+    ranked = sorted(range(len(contributions)), key=lambda i: -contributions[i])
+    suspicious = set(ranked[:top_lines])
+    start = window.end - len(entries) + 1
+    partitions = sorted({e.partition for e in entries})
+    return {
+        "alert_id": alert_id(window.session, window.end),
+        "session": window.session,
+        "score": round(float(scored.score), 6),
+        "threshold": float(threshold),
+        "model": {"name": model_name, "fingerprint": fingerprint},
+        "window": {
+            "start": start,
+            "end": window.end,
+            "final": window.final,
+            "first_ts": entries[0].ts,
+            "last_ts": entries[-1].ts,
+            "n_lines": len(entries),
+            "partition": partitions[0] if len(partitions) == 1 else None,
+            "first_offset": entries[0].offset,
+            "last_offset": entries[-1].offset,
+        },
+        "lines": [
+            {"n": start + i, "line": e.line, "ts": e.ts, "offset": e.offset,
+             "contribution": round(float(contributions[i]), 6) if i < len(contributions) else None,
+             "suspicious": i in suspicious}
+            for i, e in enumerate(entries)
+        ],
+        "experts": {"experts_per_token": round(float(scored.experts_per_token), 4)},
+        "unseen_lines": None if scored.unseen_fraction is None else round(float(scored.unseen_fraction), 4),
+        "detected_at": datetime.fromtimestamp(detected_at, timezone.utc).isoformat(timespec="milliseconds"),
+    }

@@ -1,0 +1,174 @@
+"""The worker's configuration: one dataclass, loaded from configs/stream.yaml, then env, then CLI flags.
+
+Precedence (last wins): dataclass defaults < YAML file < environment < ``key=value`` overrides (CLI flags).
+Environment: ``LOGMOE_<KEY>`` for every key (e.g. ``LOGMOE_PARTITIONS=8``), plus the named aliases
+``LOGMOE_BROKER``, ``LOGMOE_MODEL``, ``LOGMOE_SESSION_KEY`` and ``LOGMOE_SESSION_IDLE``.
+``LOGMOE_SESSION_KEY`` holds one or more regexes separated by newlines or by ``||``.
+
+The defaults are safe on both the embedded broker (Tansu) and Apache Kafka; on Kafka raise
+``producer_max_batch_size`` to 16384 for throughput (see BROKER.md for why it is small here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "LOGMOE_"
+_STORES = ("memory://", "rocksdb://")
+_GUARANTEES = ("at_least_once",)
+
+
+@dataclass
+class StreamConfig:
+    broker: str = "kafka://127.0.0.1:9092"
+    """Kafka bootstrap server(s): ``host:port`` or ``kafka://host:port``, several separated by commas or ``;``."""
+    app_id: str = "logmoe"
+    """Faust app id: the consumer group and the prefix of the worker's internal topics."""
+    model: str = "demo/final_moe_model"
+    """Directory of the trained model (``logmoe train`` writes ``<out>/final_moe_model``)."""
+    device: str = "auto"
+    """Scoring device: auto (CUDA if present), cpu, cuda, cuda:N."""
+    topic_logs: str = "logs"
+    """Input topic: one log line per message (plain text or a JSON envelope {"line", "ts", "source"})."""
+    topic_alerts: str = "alerts"
+    """Output topic: one JSON alert per anomalous window, keyed by session."""
+    topic_sessions: str = "logmoe-sessions"
+    """Internal topic: lines re-keyed by session, so one session lives on one worker."""
+    partitions: int = 4
+    """Partitions of the topics this worker creates (logs if missing, sessions, alerts, table changelog)."""
+    replication_factor: int = 1
+    """Replication factor of the topics this worker creates (3 on a production cluster)."""
+    store: str = "memory://"
+    """Faust table store: memory:// (state rebuilt from the changelog at start) or rocksdb:// (local cache)."""
+    processing_guarantee: str = "at_least_once"
+    """Only at_least_once: alerts carry a deterministic alert_id so consumers can drop redeliveries."""
+    broker_session_timeout: float = 6.0
+    """Consumer group session timeout in seconds (small so joins and restarts are quick)."""
+    broker_heartbeat_interval: float = 2.0
+    """Consumer heartbeat interval in seconds (a third of the session timeout)."""
+    producer_max_batch_size: int = 64
+    """Producer batch size in bytes. 64 = one record per batch, needed on Tansu; 16384 on Apache Kafka."""
+    session_key: list[str] = field(default_factory=lambda: [r"request_id=(\w+)", r"(blk_-?\d+)"])
+    """Regexes tried in order on each line; the first match gives the session (group 1, or the whole match)."""
+    catch_all_key: str = "-"
+    """Session of lines with no regex match, no message key and no source."""
+    session_idle: float = 5.0
+    """Seconds without a new line after which a session closes and its final window is scored.
+    5 suits replays and the demo; in production set it to the longest normal pause inside a session."""
+    hop: int = 16
+    """A session's window (the model's max_window lines) is scored every `hop` new lines."""
+    max_open_sessions: int = 100_000
+    """Open sessions per worker; beyond it the least recently seen are closed early (counted as evicted)."""
+    max_session_lines: int = 1_000_000
+    """Lines per session; a session reaching it is closed and starts over (counted as evicted)."""
+    max_line_bytes: int = 65_536
+    """Messages larger than this are skipped and counted as bad input (reason: oversized)."""
+    batch_max: int = 256
+    """Most session events taken into one scoring micro-batch."""
+    batch_within: float = 0.5
+    """Seconds a micro-batch waits to fill before it is processed anyway."""
+    close_scan_interval: float = 1.0
+    """Seconds between scans of open sessions for idle ones."""
+    alert_cooldown_lines: int = 64
+    """After an alert, windows of that session ending within this many lines raise no new alert (0 = none)."""
+    alert_top_lines: int = 3
+    """Lines marked suspicious in an alert: the top ones by contribution to the anomaly logit."""
+    metrics_interval: float = 10.0
+    """Seconds between counter log lines."""
+    log_level: str = "info"
+    """Worker log level: debug, info, warning, error."""
+    web_port: int = 0
+    """Faust web port for its HTTP stats; 0 disables the web server (two workers on one host need distinct ports)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.session_key, str):
+            self.session_key = split_regexes(self.session_key)
+        for pattern in self.session_key:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"session_key regex {pattern!r} does not compile: {exc}") from None
+        if not self.broker.strip():
+            raise ValueError("broker must name at least one host:port, got an empty string")
+        if not any(self.store.startswith(s) for s in _STORES):
+            raise ValueError(f"store must start with one of {_STORES}, got {self.store!r}")
+        if self.processing_guarantee not in _GUARANTEES:
+            raise ValueError(f"processing_guarantee must be one of {_GUARANTEES}, got {self.processing_guarantee!r}"
+                             " (the embedded broker has no transactions)")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        positive = ("partitions", "replication_factor", "hop", "max_open_sessions", "max_session_lines",
+                    "max_line_bytes", "batch_max", "alert_top_lines")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("broker_session_timeout", "broker_heartbeat_interval", "session_idle", "batch_within",
+                     "close_scan_interval", "metrics_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.alert_cooldown_lines < 0:
+            raise ValueError(f"alert_cooldown_lines must be >= 0, got {self.alert_cooldown_lines}")
+        if self.producer_max_batch_size < 1:
+            raise ValueError(f"producer_max_batch_size must be >= 1 byte, got {self.producer_max_batch_size}")
+        if not 0 <= self.web_port <= 65535:
+            raise ValueError(f"web_port must be in 0..65535, got {self.web_port}")
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` entries for kafka-python / aiokafka."""
+        return [s.strip().removeprefix("kafka://") for s in re.split(r"[,;]", self.broker) if s.strip()]
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker list as Faust wants it: ``kafka://h1:p1;kafka://h2:p2``."""
+        return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
+
+
+def split_regexes(text: str) -> list[str]:
+    """Regexes separated by newlines or ``||`` (as in LOGMOE_SESSION_KEY) -> list, blanks dropped."""
+    return [p.strip() for line in text.splitlines() for p in line.split("||") if p.strip()]
+
+
+_ALIASES = {"LOGMOE_BROKER": "broker", "LOGMOE_MODEL": "model", "LOGMOE_SESSION_KEY": "session_key",
+            "LOGMOE_SESSION_IDLE": "session_idle"}
+
+
+_STR_FIELDS = {f.name: f.type in ("str", str) for f in fields(StreamConfig)}
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``key=value`` overrides from LOGMOE_<KEY> variables (values parsed as YAML, like CLI overrides)."""
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(StreamConfig)}
+    out: list[str] = []
+    for var, value in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = _ALIASES.get(var, var[len(ENV_PREFIX):].lower())
+        if key not in names:
+            continue  # LOGMOE_TANSU, LOGMOE_SHARED_DATA, … belong to other parts
+        if key == "session_key":
+            out.append(override(key, split_regexes(value)))
+        elif _STR_FIELDS.get(key):
+            out.append(override(key, value))  # a model dir named "2024" stays a string
+        else:
+            out.append(f"{key}={value}")
+    return out
+
+
+def override(key: str, value: object) -> str:
+    """A ``key=value`` override that YAML parses back to exactly ``value`` (JSON is a subset of YAML)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def load_stream_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                       environ: Mapping[str, str] | None = None) -> StreamConfig:
+    """YAML file (optional) < LOGMOE_* environment < ``key=value`` overrides."""
+    from model.config_io import load_config
+
+    return load_config(StreamConfig, path, [*env_overrides(environ), *overrides])

@@ -1,0 +1,132 @@
+"""One micro-batch of session events -> new session states, windows to score, alerts. No Kafka here.
+
+The agent in stream/agents.py is a thin adapter: it reads a batch from the sessions topic, calls
+`apply`, scores the windows in a worker thread, calls `alerts_for`, publishes, then writes the states.
+States are written only after the alerts are sent, and events already applied to a state are skipped
+by offset, so a worker that dies mid-batch re-does the batch without losing or doubling a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stream.alerts import ScoredWindow, build_alert
+from stream.metrics import Metrics
+from stream.windows import Entry, SessionState, SessionWindows, Window
+
+CLOSE_REASONS = ("idle", "evict")
+
+
+class Scorer(Protocol):
+    """The part of model.LogScorer the worker uses."""
+
+    threshold: float
+    name: str
+    fingerprint: str
+    max_window: int
+
+    def score_detailed(self, windows: list[list[str]]) -> Sequence[ScoredWindow]: ...
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """A value on the sessions topic: a line of a session, or a request to close it."""
+
+    kind: str  # "line" | "close"
+    session: str
+    entry: Entry | None = None
+    reason: str = ""  # for "close": idle | evict
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "line" and self.entry is not None:
+            return {"kind": "line", "session": self.session, "entry": self.entry.to_json()}
+        return {"kind": "close", "session": self.session, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionEvent:
+        kind = data.get("kind")
+        if kind == "line":
+            return cls("line", str(data["session"]), entry=Entry.from_json(data["entry"]))
+        if kind == "close" and data.get("reason") in CLOSE_REASONS:
+            return cls("close", str(data["session"]), reason=str(data["reason"]))
+        raise ValueError(f"not a session event: {str(data)[:120]!r}")
+
+
+@dataclass
+class Batch:
+    """The outcome of applying events: states to write (None = delete) and windows to score."""
+
+    states: dict[str, SessionState | None] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+    owners: list[SessionState] = field(default_factory=list)  # the state each window came from
+    last_offset: dict[str, int] = field(default_factory=dict)  # per session: offset of its last event
+
+
+class SessionProcessor:
+    def __init__(self, windows: SessionWindows, idle_seconds: float, metrics: Metrics) -> None:
+        self.windows = windows
+        self.idle_seconds = idle_seconds
+        self.metrics = metrics
+        self.started_at = 0.0  # set when the worker starts: idle time never counts the worker's downtime
+
+    def apply(self, events: Sequence[tuple[int, SessionEvent]],
+              load: Callable[[str], SessionState | None], now: float) -> Batch:
+        """Apply (offset, event) pairs in order; `load` reads a session's stored state (None if none)."""
+        batch = Batch()
+        for offset, event in events:
+            key = event.session
+            state = batch.states[key] if key in batch.states else load(key)
+            if state is not None and offset <= state.last_event_offset:
+                self.metrics.inc("events_redelivered_skipped")
+                continue
+            batch.last_offset[key] = offset
+            if event.kind == "close":
+                self._close(batch, key, state, event.reason, now)
+                continue
+            assert event.entry is not None  # from_json guarantees it for "line"
+            if state is None:
+                state = SessionState()
+                self.metrics.inc("sessions_opened")
+            state.last_event_offset = offset
+            window = self.windows.add(key, state, event.entry, now)
+            batch.states[key] = state
+            if window is not None:
+                batch.windows.append(window)
+                batch.owners.append(state)
+            if self.windows.too_long(state):
+                self.metrics.inc("sessions_evicted_too_long")
+                self._finish(batch, key, state)
+        return batch
+
+    def _close(self, batch: Batch, key: str, state: SessionState | None, reason: str, now: float) -> None:
+        if state is None:
+            return  # already closed (a duplicate close request)
+        if reason == "idle" and now - max(state.last_seen, self.started_at) < self.idle_seconds:
+            batch.states[key] = state  # a line arrived after the close was requested: keep it open
+            return
+        self.metrics.inc("sessions_closed_idle" if reason == "idle" else "sessions_evicted_overflow")
+        self._finish(batch, key, state)
+
+    def _finish(self, batch: Batch, key: str, state: SessionState) -> None:
+        window = self.windows.close(key, state)
+        if window is not None:
+            batch.windows.append(window)
+            batch.owners.append(state)
+        batch.states[key] = None
+
+    def alerts_for(self, batch: Batch, scored: Sequence[ScoredWindow], scorer: Scorer, top_lines: int,
+                   now: float) -> list[dict[str, Any]]:
+        """Alerts for windows at or above the model's threshold, honouring each session's cooldown."""
+        alerts = []
+        for window, state, result in zip(batch.windows, batch.owners, scored, strict=True):
+            if result.score < scorer.threshold:
+                continue
+            if not self.windows.should_alert(state, window):
+                self.metrics.inc("alerts_suppressed_cooldown")
+                continue
+            state.alerted_at = window.end
+            alerts.append(build_alert(window, result, threshold=scorer.threshold, model_name=scorer.name,
+                                      fingerprint=scorer.fingerprint, top_lines=top_lines, detected_at=now))
+        return alerts

@@ -1,0 +1,97 @@
+"""Input parsing and session keys: one Kafka message in, one LogLine (or a BadInput with its reason) out."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Reasons a message is skipped; each is a counter name in the worker's metrics.
+BAD_REASONS = ("empty", "oversized", "not_envelope", "bad_type")
+
+
+class BadInput(ValueError):
+    """A message the worker skips (and counts under `reason`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in BAD_REASONS:
+            raise ValueError(f"unknown bad-input reason {reason!r}; allowed: {BAD_REASONS}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One parsed log line; ts and source come from a JSON envelope when there is one."""
+
+    line: str
+    ts: float | str | None = None
+    source: str | None = None
+    replaced_bytes: bool = False  # undecodable UTF-8 was replaced with U+FFFD
+
+
+def parse_message(value: bytes | str | None, max_bytes: int) -> LogLine:
+    """Plain UTF-8 text, or a JSON envelope ``{"line": str, "ts": number|str, "source": str}``."""
+    if value is None:
+        raise BadInput("empty", "message has no value")
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    if len(raw) > max_bytes:
+        raise BadInput("oversized", f"{len(raw)} bytes > max_line_bytes={max_bytes}")
+    text = raw.decode("utf-8", "replace")
+    replaced = "\ufffd" in text and b"\xef\xbf\xbd" not in raw
+    stripped = text.strip()
+    if not stripped:
+        raise BadInput("empty", "message is blank")
+    if stripped[0] in "{[":
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            doc = None  # a plain line that happens to start with a bracket
+        if isinstance(doc, (dict, list)):
+            return _from_envelope(doc, replaced)
+    return LogLine(line=text.rstrip("\r\n"), replaced_bytes=replaced)
+
+
+def _from_envelope(doc: dict[str, Any] | list[Any], replaced: bool) -> LogLine:
+    if not isinstance(doc, dict) or "line" not in doc:
+        raise BadInput("not_envelope", f"JSON without a 'line' field: {str(doc)[:80]!r}")
+    unknown = set(doc) - {"line", "ts", "source"}
+    if unknown:
+        raise BadInput("not_envelope", f"envelope has unknown field(s) {sorted(unknown)}")
+    line, ts, source = doc["line"], doc.get("ts"), doc.get("source")
+    if not isinstance(line, str):
+        raise BadInput("bad_type", f"envelope 'line' must be a string, got {type(line).__name__}")
+    if not line.strip():
+        raise BadInput("empty", "envelope 'line' is blank")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float, str))):
+        raise BadInput("bad_type", f"envelope 'ts' must be a number or a string, got {ts!r}")
+    if source is not None and not isinstance(source, str):
+        raise BadInput("bad_type", f"envelope 'source' must be a string, got {source!r}")
+    return LogLine(line=line.rstrip("\r\n"), ts=ts, source=source, replaced_bytes=replaced)
+
+
+class SessionKeyer:
+    """Session key of a line: the first regex that matches (group 1, else the whole match), else the
+    message key, else the envelope source, else the catch-all key."""
+
+    def __init__(self, patterns: Sequence[str], catch_all: str = "-") -> None:
+        self.patterns = []
+        for pattern in patterns:
+            try:
+                self.patterns.append(re.compile(pattern))
+            except re.error as exc:
+                raise ValueError(f"session key regex {pattern!r} does not compile: {exc}") from None
+        self.catch_all = catch_all
+
+    def key_for(self, line: str, message_key: bytes | str | None = None, source: str | None = None) -> str:
+        for pattern in self.patterns:
+            match = pattern.search(line)
+            if match:
+                return match.group(1) if pattern.groups else match.group(0)
+        if message_key:
+            return message_key.decode("utf-8", "replace") if isinstance(message_key, bytes) else message_key
+        if source:
+            return source
+        return self.catch_all

@@ -1,0 +1,117 @@
+"""Per-session state and the decisions made on it, as plain classes with no Kafka and no clock.
+
+The window rule itself is `model.windowing.Windower` (shared with training and evaluation); this module
+adds what a long-running worker needs around it: serialisable state (it lives in a Faust table), idle and
+overflow closing, a hard cap on session length, and the alert cooldown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.windowing import Windower, WindowState
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a session with where it came from (the input topic's partition and offset)."""
+
+    line: str
+    ts: float | str | None
+    partition: int
+    offset: int
+
+    def to_json(self) -> list[Any]:
+        return [self.line, self.ts, self.partition, self.offset]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Entry:
+        return cls(line=data[0], ts=data[1], partition=int(data[2]), offset=int(data[3]))
+
+
+@dataclass
+class SessionState:
+    """One open session, as stored (JSON) in the worker's changelog-backed table."""
+
+    items: list[Entry] = field(default_factory=list)  # the last <= window lines
+    count: int = 0  # lines seen in this session
+    emitted_at: int = 0  # `count` at the last emitted window
+    last_seen: float = 0.0  # wall-clock time of the last line (drives the idle close)
+    last_event_offset: int = -1  # offset of the last applied session event: redeliveries are skipped
+    alerted_at: int = -1  # `count` at the end of the last alerted window (drives the cooldown)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": [e.to_json() for e in self.items], "count": self.count, "emitted_at": self.emitted_at,
+                "last_seen": self.last_seen, "last_event_offset": self.last_event_offset,
+                "alerted_at": self.alerted_at}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionState:
+        return cls(items=[Entry.from_json(e) for e in data["items"]], count=int(data["count"]),
+                   emitted_at=int(data["emitted_at"]), last_seen=float(data["last_seen"]),
+                   last_event_offset=int(data.get("last_event_offset", -1)),
+                   alerted_at=int(data.get("alerted_at", -1)))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Lines to score: positions end-len(entries)+1 .. end of the session (1-based)."""
+
+    session: str
+    end: int
+    entries: list[Entry]
+    final: bool  # emitted when the session closed
+
+
+class SessionWindows:
+    """Feeds lines through the shared Windower and decides closes and alert cooldowns."""
+
+    def __init__(self, window: int, hop: int, max_session_lines: int, cooldown_lines: int) -> None:
+        self.windower: Windower[Entry] = Windower(window, hop)
+        if max_session_lines < 1:
+            raise ValueError(f"max_session_lines must be >= 1, got {max_session_lines}")
+        if cooldown_lines < 0:
+            raise ValueError(f"cooldown_lines must be >= 0, got {cooldown_lines}")
+        self.max_session_lines = max_session_lines
+        self.cooldown_lines = cooldown_lines
+
+    def add(self, session: str, state: SessionState, entry: Entry, now: float) -> Window | None:
+        """Append a line; return the window due now, if any."""
+        ws = WindowState(items=state.items, count=state.count, emitted_at=state.emitted_at)
+        items = self.windower.push(ws, entry)
+        state.items, state.count, state.emitted_at = ws.items, ws.count, ws.emitted_at
+        state.last_seen = now
+        return Window(session, state.count, items, final=False) if items is not None else None
+
+    def close(self, session: str, state: SessionState) -> Window | None:
+        """End a session: its final window, unless a window already ended at its last line."""
+        ws = WindowState(items=state.items, count=state.count, emitted_at=state.emitted_at)
+        items = self.windower.close(ws)
+        state.emitted_at = ws.emitted_at
+        return Window(session, state.count, items, final=True) if items is not None else None
+
+    def too_long(self, state: SessionState) -> bool:
+        """The session reached max_session_lines and must be closed (it starts over with its next line)."""
+        return state.count >= self.max_session_lines
+
+    def should_alert(self, state: SessionState, window: Window) -> bool:
+        """False while a previous alert of this session is within the cooldown (counted in lines)."""
+        return state.alerted_at < 0 or window.end - state.alerted_at >= max(self.cooldown_lines, 1)
+
+
+def sessions_to_close(last_seen: Iterable[tuple[str, float]], now: float, idle: float,
+                      max_open: int) -> tuple[list[str], list[str]]:
+    """(idle sessions, evicted sessions): those idle for >= `idle` seconds, then the least recently seen
+    beyond `max_open` among the rest."""
+    idle_keys: list[str] = []
+    active: list[tuple[float, str]] = []
+    for key, seen in last_seen:
+        if now - seen >= idle:
+            idle_keys.append(key)
+        else:
+            active.append((seen, key))
+    overflow = len(active) - max_open
+    evicted = [key for _, key in sorted(active)[:overflow]] if overflow > 0 else []
+    return idle_keys, evicted
