@@ -42,11 +42,11 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, *, logs: faust.TopicT,
+def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, *, logs: faust.TopicT,
                     sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table) -> Metrics:
     metrics = Metrics()
     keyer = SessionKeyer(cfg.session_key, cfg.catch_all_key)
-    windows = SessionWindows(scorer.max_window, cfg.hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
+    windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
     processor = SessionProcessor(windows, cfg.session_idle, metrics)
     close_requested: dict[str, float] = {}
     app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and operators poking at a live app

@@ -21,6 +21,17 @@ def load_scorer(cfg: StreamConfig) -> Scorer:
     return LogScorer.from_pretrained(cfg.model, device=cfg.device)
 
 
+DEFAULT_HOP = 16
+
+
+def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
+    """cfg.hop, or when 0 the hop the model was trained with (config.json window_hop), else DEFAULT_HOP."""
+    if cfg.hop:
+        return cfg.hop
+    model_hop = getattr(getattr(scorer, "config", None), "window_hop", None)
+    return model_hop if isinstance(model_hop, int) and model_hop >= 1 else DEFAULT_HOP
+
+
 def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     """Build the worker's Faust app; `scorer` defaults to the model in cfg.model."""
     if scorer is None:
@@ -47,8 +58,9 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     ALERTS = app.topic(cfg.topic_alerts, key_serializer="raw", value_serializer="raw",
                        partitions=cfg.partitions)
     SESSION_STATES = app.Table(SESSION_TABLE, default=None, partitions=cfg.partitions,
-                               key_type=str, value_type=dict)
-    register_agents(app, cfg, scorer, logs=LOGS, sessions=SESSIONS, alerts=ALERTS, table=SESSION_STATES)
+                               key_type=str)  # values: plain JSON mappings (SessionState.to_json)
+    hop = window_hop(cfg, scorer)
+    register_agents(app, cfg, scorer, hop, logs=LOGS, sessions=SESSIONS, alerts=ALERTS, table=SESSION_STATES)
     log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s", cfg.app_id, scorer.name,
-             scorer.max_window, cfg.hop, scorer.threshold, cfg.faust_broker)
+             scorer.max_window, hop, scorer.threshold, cfg.faust_broker)
     return app

@@ -60,8 +60,9 @@ class StreamConfig:
     session_idle: float = 5.0
     """Seconds without a new line after which a session closes and its final window is scored.
     5 suits replays and the demo; in production set it to the longest normal pause inside a session."""
-    hop: int = 16
-    """A session's window (the model's max_window lines) is scored every `hop` new lines."""
+    hop: int = 0
+    """A session's window (the model's max_window lines) is scored every `hop` new lines; 0 = the hop the
+    model was trained and evaluated with (window_hop in its config.json, else 16), for train/serve parity."""
     max_open_sessions: int = 100_000
     """Open sessions per worker; beyond it the least recently seen are closed early (counted as evicted)."""
     max_session_lines: int = 1_000_000
@@ -102,7 +103,9 @@ class StreamConfig:
                              " (the embedded broker has no transactions)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
-        positive = ("partitions", "replication_factor", "hop", "max_open_sessions", "max_session_lines",
+        if self.hop < 0:
+            raise ValueError(f"hop must be >= 0 (0 = the model's), got {self.hop}")
+        positive = ("partitions", "replication_factor", "max_open_sessions", "max_session_lines",
                     "max_line_bytes", "batch_max", "alert_top_lines")
         for name in positive:
             if getattr(self, name) < 1:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Reasons a message is skipped; each is a counter name in the worker's metrics.
-BAD_REASONS = ("empty", "oversized", "not_envelope", "bad_type")
+BAD_REASONS = ("empty", "oversized", "not_envelope", "wrong_type")
 
 
 class BadInput(ValueError):
@@ -62,13 +62,13 @@ def _from_envelope(doc: dict[str, Any] | list[Any], replaced: bool) -> LogLine:
         raise BadInput("not_envelope", f"envelope has unknown field(s) {sorted(unknown)}")
     line, ts, source = doc["line"], doc.get("ts"), doc.get("source")
     if not isinstance(line, str):
-        raise BadInput("bad_type", f"envelope 'line' must be a string, got {type(line).__name__}")
+        raise BadInput("wrong_type", f"envelope 'line' must be a string, got {type(line).__name__}")
     if not line.strip():
         raise BadInput("empty", "envelope 'line' is blank")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float, str))):
-        raise BadInput("bad_type", f"envelope 'ts' must be a number or a string, got {ts!r}")
+        raise BadInput("wrong_type", f"envelope 'ts' must be a number or a string, got {ts!r}")
     if source is not None and not isinstance(source, str):
-        raise BadInput("bad_type", f"envelope 'source' must be a string, got {source!r}")
+        raise BadInput("wrong_type", f"envelope 'source' must be a string, got {source!r}")
     return LogLine(line=line.rstrip("\r\n"), ts=ts, source=source, replaced_bytes=replaced)
 
 

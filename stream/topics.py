@@ -55,7 +55,8 @@ def ensure_topics(bootstrap: Sequence[str] | str, specs: Sequence[TopicSpec], ti
                 pass  # another worker created it in between
         present = [s for s in specs if s.name in existing]
         if present:
-            described = {d["topic"]: len(d["partitions"]) for d in admin.describe_topics([s.name for s in present])}
+            described = {d.get("name", d.get("topic")): len(d.get("partitions", []))  # "topic" before kafka-python 3
+                         for d in admin.describe_topics([s.name for s in present])}
             for spec in present:
                 have = described.get(spec.name)
                 if have is not None and have != spec.partitions:

@@ -1,0 +1,93 @@
+from stream.metrics import Metrics
+from stream.processor import SessionEvent, SessionProcessor
+from stream.windows import Entry, SessionState, SessionWindows
+from stream_fakes import FakeScorer
+
+
+def _processor(idle: float = 5.0, cooldown: int = 0) -> SessionProcessor:
+    return SessionProcessor(SessionWindows(4, 2, 1000, cooldown), idle, Metrics())
+
+
+def _line(session: str, text: str, offset: int) -> SessionEvent:
+    return SessionEvent("line", session, Entry(text, None, 0, offset))
+
+
+class Store:
+    """The table as the processor sees it: JSON in, JSON out."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict] = {}
+
+    def load(self, key: str) -> SessionState | None:
+        return SessionState.from_json(self.data[key]) if key in self.data else None
+
+    def write(self, states: dict[str, SessionState | None]) -> None:
+        for key, state in states.items():
+            if state is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = state.to_json()
+
+
+def test_events_round_trip_through_json() -> None:
+    for event in (_line("s", "x", 3), SessionEvent("close", "s", reason="idle")):
+        assert SessionEvent.from_json(event.to_json()) == event
+
+
+def test_idle_close_scores_the_whole_short_session_and_deletes_it() -> None:
+    proc, store = _processor(), Store()
+    batch = proc.apply([(i, _line("a", f"l{i}", i)) for i in range(3)], store.load, now=100.0)
+    assert batch.windows == []
+    store.write(batch.states)
+    batch = proc.apply([(3, SessionEvent("close", "a", reason="idle"))], store.load, now=106.0)
+    assert [len(w.entries) for w in batch.windows] == [3] and batch.windows[0].final
+    store.write(batch.states)
+    assert store.data == {}
+
+
+def test_close_request_overtaken_by_a_new_line_keeps_the_session_open() -> None:
+    proc, store = _processor(idle=5.0), Store()
+    store.write(proc.apply([(0, _line("a", "l0", 0))], store.load, now=100.0).states)
+    batch = proc.apply([(1, _line("a", "l1", 1)), (2, SessionEvent("close", "a", reason="idle"))],
+                       store.load, now=106.0)
+    assert batch.windows == [] and batch.states["a"] is not None
+
+
+def test_redelivered_events_are_skipped_so_no_line_counts_twice() -> None:
+    proc, store = _processor(), Store()
+    events = [(i, _line("a", f"l{i}", i)) for i in range(4)]
+    first = proc.apply(events, store.load, now=1.0)
+    store.write(first.states)
+    again = proc.apply(events, store.load, now=2.0)  # the worker died after writing state, before committing
+    assert again.windows == [] and store.load("a").count == 4
+    assert proc.metrics.counts["events_redelivered_skipped"] == 4
+
+
+def test_alerts_only_at_threshold_with_marked_lines_and_stable_ids() -> None:
+    proc, store, scorer = _processor(), Store(), FakeScorer(max_window=4)
+    lines = ["ok", "ok", "ERROR boom", "ok", "ok", "ok"]
+    batch = proc.apply([(i, _line("a", t, i)) for i, t in enumerate(lines)]
+                       + [(6, _line("b", "ok", 6)), (7, SessionEvent("close", "b", reason="evict"))],
+                       store.load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)
+    assert [(a["session"], a["window"]["end"]) for a in alerts] == [("a", 4), ("a", 6)]
+    first = alerts[0]
+    assert [ln["line"] for ln in first["lines"] if ln["suspicious"]] == ["ERROR boom"]
+    assert first["window"]["n_lines"] == 4 and first["window"]["first_offset"] == 0
+    assert first["model"] == {"name": "fake", "fingerprint": scorer.fingerprint}
+    replay = _processor()
+    batch2 = replay.apply([(100 + i, _line("a", t, 50 + i)) for i, t in enumerate(lines)], Store().load, now=9.0)
+    scored2 = scorer.score_detailed([[e.line for e in w.entries] for w in batch2.windows])
+    ids2 = [a["alert_id"] for a in replay.alerts_for(batch2, scored2, scorer, 1, now=9.0)]
+    assert ids2 == [a["alert_id"] for a in alerts]
+
+
+def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
+    proc, scorer = _processor(cooldown=4), FakeScorer(max_window=4)
+    lines = ["ERROR a"] + ["ok"] * 7
+    batch = proc.apply([(i, _line("a", t, i)) for i, t in enumerate(lines)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)
+    assert [a["window"]["end"] for a in alerts] == [4]
+    assert proc.metrics.counts["alerts_suppressed_cooldown"] == 0  # windows 6 and 8 no longer see the ERROR

@@ -1,0 +1,98 @@
+"""The worker against the embedded broker, with the fake scorer (no model needed): input handling,
+idle closing, alert publishing, restart. The end-to-end test with a trained model is in test_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from stream.broker import EmbeddedBroker
+from stream.tools import consume_alerts
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1,
+                             max_request_size=4 * 1024 * 1024)
+    try:
+        for value in values:
+            producer.send(topic, value=value, key=key).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def sessions_text(ids: list[str], anomalous: set[str], length: int = 6, error_step: int | None = None) -> list[bytes]:
+    """Interleaved sessions; an anomalous one has an ERROR line at error_step (default: the middle)."""
+    error_step = length // 2 if error_step is None else error_step
+    out = []
+    for step in range(length):
+        for sid in ids:
+            text = f"INFO svc step={step} request_id={sid}"
+            if sid in anomalous and step == error_step:
+                text = f"ERROR svc failed request_id={sid}"
+            out.append(text.encode())
+    return out
+
+
+def alerts_of(kafka: EmbeddedBroker, topic: str, expect: Callable[[list[dict[str, Any]]], bool],
+              timeout: float = 40.0) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    for alert in consume_alerts(kafka.bootstrap, topic, from_beginning=True, follow=True,
+                                stop=lambda: time.monotonic() > deadline or expect(got)):
+        got.append(alert)
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_counted_and_skipped_and_the_worker_keeps_going(kafka, start_worker, names) -> None:
+    worker = start_worker(session_idle=1.5, max_line_bytes=65536, **names)
+    worker.wait_ready()
+    good = sessions_text(["g1", "g2", "b1"], anomalous={"b1"})
+    bad = [
+        b"INFO svc \xff\xfe bytes request_id=g3",  # invalid UTF-8: replaced, kept
+        b"x" * (1024 * 1024),  # a 1 MB line
+        b"", b"   ",
+        b'{"not": "an envelope"}',
+        b'{"line": 42}',
+    ]
+    produce(kafka.bootstrap, names["topic_logs"], bad[:3] + good[:9] + bad[3:] + good[9:])
+    after = sessions_text(["g4", "b2"], anomalous={"b2"})
+    produce(kafka.bootstrap, names["topic_logs"], after)
+    m = worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= 6 and m.get("bad_wrong_type", 0) >= 1, 60)
+    assert m["bad_oversized"] == 1 and m["bad_empty"] == 2 and m["bad_not_envelope"] == 1 and m["bad_wrong_type"] == 1
+    assert m["lines_in"] == len(good) + len(after) + 1 and m["lines_utf8_replaced"] == 1
+    alerts = alerts_of(kafka, names["topic_alerts"], lambda got: {"b1", "b2"} <= {a["session"] for a in got})
+    assert {a["session"] for a in alerts} == {"b1", "b2"}
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.timeout(150)
+def test_restart_mid_stream_loses_no_session_window(kafka, start_worker, names) -> None:
+    ids = [f"s{i}" for i in range(12)]
+    anomalous = {"s1", "s4", "s7", "s10"}
+    # Window 8, hop 2: windows end at lines 8, 10, 12. The ERROR is line 3, before the restart, so only a
+    # worker that recovered the first half of each session can still see it.
+    lines = sessions_text(ids, anomalous, length=12, error_step=2)
+    first = start_worker(session_idle=8.0, hop=2, **names)
+    first.wait_ready()
+    half = len(lines) // 2
+    produce(kafka.bootstrap, names["topic_logs"], lines[:half])
+    first.wait_for(lambda m: m.get("lines_in", 0) >= half and m.get("open_sessions") == len(ids), 60)
+    time.sleep(1.0)  # let the table writes of the last batch reach the changelog
+    assert first.stop() == 0
+    second = start_worker(session_idle=8.0, hop=2, **names)
+    produce(kafka.bootstrap, names["topic_logs"], lines[half:])
+    m = second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= len(ids), 90)
+    # The second worker recovered every open session from the changelog: none was reopened from scratch.
+    assert m.get("sessions_opened", 0) == 0, m
+    alerts = alerts_of(kafka, names["topic_alerts"], lambda got: anomalous <= {a["session"] for a in got})
+    assert {a["session"] for a in alerts} == anomalous
+    ends = {(a["session"], a["window"]["end"]) for a in alerts}
+    assert len({a["alert_id"] for a in alerts}) == len(ends)  # duplicates (redeliveries) share their id
