@@ -1,0 +1,260 @@
+"""Score windows of raw log lines with a trained LogMoE model: the one scoring path for training's evaluation,
+the CLI and the stream worker, so they cannot drift apart.
+
+raw lines -> mask -> unique masked lines -> encoder (cached) -> table (U, D) -> index (B, T) -> model -> P(anomaly)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from model.configuration_logmoe import LogMoEConfig
+from model.device import autocast_dtype, resolve_device
+from model.encoder import LineEncoder
+from model.masking import mask
+from model.modeling_logmoe import LogMoEForSequenceClassification
+
+__all__ = ["CONFIG_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """score: P(anomaly) of the window. line_scores: each real line's additive share of the anomaly logit
+    margin (positive pushes towards anomalous), one per line. experts_per_token: mean experts per line over the
+    layers, for the batch the window was scored in. unseen_fraction: share of the window's masked lines not
+    seen in training (None when the model folder has no seen_lines.json)."""
+
+    score: float
+    line_scores: list[float]
+    experts_per_token: float
+    unseen_fraction: float | None
+
+
+class LogScorer:
+    """A trained LogMoE model with its line encoder; build it with `LogScorer.from_pretrained(model_dir)`."""
+
+    def __init__(
+        self,
+        model: LogMoEForSequenceClassification,
+        encoder: LineEncoder,
+        model_dir: str | Path,
+        device: str | torch.device = "auto",
+        batch_size: int = 256,
+        seen_lines: frozenset[str] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if encoder.dim != model.config.input_dim:
+            raise ValueError(
+                f"encoder {encoder.reference!r} gives {encoder.dim}-dim embeddings but the model in {model_dir} "
+                f"expects input_dim={model.config.input_dim}; use the encoder the model was trained with"
+            )
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self._encoder = encoder
+        self.model_dir = Path(model_dir)
+        self.batch_size = batch_size
+        self.seen_lines = seen_lines
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str = "auto",
+        encoder: LineEncoder | None = None,
+        batch_size: int = 256,
+    ) -> LogScorer:
+        """Load config.json + model.safetensors (+ seen_lines.json) from ``model_dir``; build the encoder the
+        config names unless one is given."""
+        path = Path(model_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model folder {str(path)!r} does not exist; train one (logmoe train) or give the folder that "
+                f"holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"model folder {str(path)!r} has no {name}; is it a trained LogMoE model?")
+        config = _load_config(path)
+        torch_device = resolve_device(device)
+        try:
+            model = LogMoEForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        except (OSError, RuntimeError, ValueError, SafetensorError) as exc:  # truncated, corrupt, wrong shapes
+            raise ValueError(f"cannot read the weights in {str(path / WEIGHTS_FILE)!r}: {exc}") from exc
+        if encoder is None:
+            encoder = LineEncoder(
+                config.encoder_name_or_path,
+                pooling=config.pooling,
+                max_length=config.line_max_length,
+                device=torch_device,
+            )
+        seen = _load_seen_lines(path / SEEN_LINES_FILE)
+        logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", path, config.threshold,
+                    config.encoder_name_or_path)
+        return cls(model, encoder, path, torch_device, batch_size, seen)
+
+    @property
+    def config(self) -> LogMoEConfig:
+        return self.model.config
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.threshold)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.config.data_fingerprint)
+
+    @property
+    def name(self) -> str:
+        return self.model_dir.resolve().name
+
+    @property
+    def max_window(self) -> int:
+        return int(self.config.max_window)
+
+    @property
+    def encoder(self) -> LineEncoder:
+        return self._encoder
+
+    def score(self, windows: Sequence[Sequence[str]]) -> list[float]:
+        """P(anomaly) for each window of raw lines, in input order."""
+        return [s.score for s in self.score_detailed(windows)]
+
+    def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[WindowScore]:
+        """Score each window of raw lines (mask applied here); results in input order."""
+        self._check_windows(windows)
+        if not windows:
+            return []
+        masked_rows, index = self._index(windows)  # U distinct masked lines, per window (n_i,) rows
+        table = self._encoder.encode(masked_rows)  # (U, D)
+        table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = padding
+        unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
+        results: list[WindowScore | None] = [None] * len(windows)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen)):
+                results[i] = result
+        return results  # type: ignore[return-value]  # every slot filled above
+
+    @staticmethod
+    def save_seen_lines(model_dir: str | Path, masked_lines: Iterable[str]) -> None:
+        """Write the distinct masked training lines to ``model_dir/seen_lines.json`` (sorted, atomically)."""
+        path = Path(model_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        lines = sorted(set(masked_lines))
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".seen_lines.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(lines, f, ensure_ascii=False, indent=0)
+            os.replace(tmp, path / SEEN_LINES_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.info("wrote %d seen lines to %s", len(lines), path / SEEN_LINES_FILE)
+
+    def _check_windows(self, windows: Sequence[Sequence[str]]) -> None:
+        if isinstance(windows, str):
+            raise ValueError("windows must be a list of windows (lists of lines), got a single str")
+        for i, window in enumerate(windows):
+            if isinstance(window, str):
+                raise ValueError(f"window {i} must be a list of lines, got a str: {window[:80]!r}")
+            if len(window) == 0:
+                raise ValueError(f"window {i} is empty; every window needs at least one line")
+            if len(window) > self.max_window:
+                raise ValueError(
+                    f"window {i} has {len(window)} lines, more than max_window={self.max_window}; "
+                    "split sessions with model.windowing first"
+                )
+
+    @staticmethod
+    def _index(windows: Sequence[Sequence[str]]) -> tuple[list[str], list[Tensor]]:
+        """Mask every distinct raw line once; return the distinct masked lines (U) and, per window, the row of
+        each of its lines among them (n_i,)."""
+        masked_of: dict[str, str] = {}  # raw -> masked: overlapping windows repeat raw lines
+        row_of: dict[str, int] = {}  # masked -> row of the table
+        index: list[Tensor] = []
+        for window in windows:
+            rows = []
+            for line in window:
+                masked = masked_of.get(line)
+                if masked is None:
+                    masked = masked_of[line] = mask(line)
+                rows.append(row_of.setdefault(masked, len(row_of)))
+            index.append(torch.tensor(rows, dtype=torch.long))
+        return list(row_of), index
+
+    @torch.inference_mode()
+    def _score_batch(self, table: Tensor, index: list[Tensor], unseen: Tensor | None) -> list[WindowScore]:
+        """table (U + 1, D) with a zero padding row last; index: b windows' rows (n_i,); unseen (U,) bool."""
+        pad = table.shape[0] - 1
+        ids = pad_sequence(index, batch_first=True, padding_value=pad).to(self.device)  # (b, T)
+        attention_mask = ids != pad  # (b, T)
+        inputs = table[ids]  # (b, T, D)
+        dtype = autocast_dtype(self.device)
+        amp = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with amp:
+            out = self.model(inputs_embeds=inputs, attention_mask=attention_mask)
+        probs = out.logits.float().softmax(dim=-1)[:, 1].cpu()  # (b,)
+        line_scores = out.line_scores.float().cpu()  # (b, T)
+        experts = float(out.experts_per_token)
+        return [
+            WindowScore(
+                score=float(probs[j]),
+                line_scores=line_scores[j, : len(rows)].tolist(),
+                experts_per_token=experts,
+                unseen_fraction=None if unseen is None else float(unseen[rows].float().mean()),
+            )
+            for j, rows in enumerate(index)
+        ]
+
+    def _unseen_rows(self, masked_rows: list[str]) -> Tensor | None:
+        if self.seen_lines is None:
+            return None
+        return torch.tensor([line not in self.seen_lines for line in masked_rows], dtype=torch.bool)  # (U,)
+
+
+def _load_config(path: Path) -> LogMoEConfig:
+    config_file = path / CONFIG_FILE
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {str(config_file)!r}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("model_type") != LogMoEConfig.model_type:
+        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{str(config_file)!r} is not a LogMoE config (model_type {found!r}, expected 'logmoe')")
+    try:
+        return LogMoEConfig.from_pretrained(path)
+    except (OSError, TypeError) as exc:  # ValueError from the config's own checks passes through as is
+        raise ValueError(f"invalid LogMoE config {str(config_file)!r}: {exc}") from exc
+
+
+def _load_seen_lines(path: Path) -> frozenset[str] | None:
+    if not path.is_file():
+        return None
+    try:
+        lines = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc}") from exc
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ValueError(f"{str(path)!r} must hold a JSON list of masked lines")
+    return frozenset(lines)

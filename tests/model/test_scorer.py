@@ -1,0 +1,162 @@
+"""LogScorer over a small random LogMoE model and the tiny random BERT encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.configuration_logmoe import LogMoEConfig
+from model.encoder import LineEncoder
+from model.masking import mask
+from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.scorer import LogScorer, WindowScore
+
+SESSION = [
+    "081109 202001 1353 INFO dfs.DataNode$DataXceiver: Receiving block blk_-9251277714010060167 src: "
+    "/10.250.201.145:39188 dest: /10.250.201.145:50010",
+    "081109 202004 8501 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/rand/_temporary/"
+    "_task_200811092030_0001_m_000583_0/part-00583. blk_-9251277714010060167",
+    "081109 202005 4444 INFO dfs.DataNode$PacketResponder: PacketResponder 2 for block blk_-9251277714010060167 "
+    "terminating",
+    "081109 202006 4349 INFO dfs.DataNode$PacketResponder: Received block blk_-9251277714010060167 of size 53844418 "
+    "from /10.250.201.145",
+    "081109 202006 4761 INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: "
+    "10.250.201.145:50010 is added to blk_-9251277714010060167 size 67108864",
+    "081109 202011 526 WARN dfs.DataNode$DataXceiver: 10.250.99.214:50010:Got exception while serving "
+    "blk_-9251277714010060167 to /10.251.72.63:",
+]
+MAX_WINDOW = 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = LogMoEConfig(
+        input_dim=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_experts=4,
+        expert_intermediate_size=32, max_window=MAX_WINDOW, encoder_name_or_path=str(tiny_encoder_dir),
+        threshold=0.42, data_fingerprint="abc123",
+    )
+    out = tmp_path_factory.mktemp("logmoe") / "final_moe_model"
+    LogMoEForSequenceClassification(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir: Path) -> LogScorer:
+    return LogScorer.from_pretrained(model_dir, device="cpu", batch_size=4)
+
+
+def test_scores_are_probabilities_in_input_order(scorer: LogScorer) -> None:
+    windows = [SESSION[:k] for k in (6, 1, 3, 2, 5, 4)]
+    scores = scorer.score(windows)
+    assert len(scores) == len(windows) and all(0.0 <= s <= 1.0 for s in scores)
+    one_by_one = [scorer.score([w])[0] for w in windows]
+    assert scores == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_detailed_scores(scorer: LogScorer) -> None:
+    (result,) = scorer.score_detailed([SESSION[:4]])
+    assert isinstance(result, WindowScore)
+    assert len(result.line_scores) == 4 and all(isinstance(x, float) for x in result.line_scores)
+    assert 1.0 <= result.experts_per_token <= 4.0
+    assert result.unseen_fraction is None  # no seen_lines.json
+    assert result.score == pytest.approx(scorer.score([SESSION[:4]])[0])
+
+
+def test_a_window_scores_the_same_alone_and_among_longer_windows(scorer: LogScorer) -> None:
+    short = SESSION[:2]
+    alone = scorer.score([short])[0]
+    among = scorer.score([SESSION, short, SESSION[:5], SESSION[1:], short[::-1]])[1]
+    assert among == pytest.approx(alone, abs=1e-5)
+
+
+def test_properties(scorer: LogScorer, model_dir: Path, tiny_encoder_dir: Path) -> None:
+    assert scorer.threshold == pytest.approx(0.42)
+    assert scorer.fingerprint == "abc123"
+    assert scorer.name == "final_moe_model"
+    assert scorer.max_window == MAX_WINDOW
+    assert scorer.encoder.reference == str(tiny_encoder_dir.resolve())
+
+
+def test_encoder_cache_is_used_across_calls(model_dir: Path) -> None:
+    fresh = LogScorer.from_pretrained(model_dir, device="cpu")
+    fresh.score([SESSION])
+    misses = fresh.encoder.cache_info()["misses"]
+    assert misses == len({mask(line) for line in SESSION})
+    fresh.score([SESSION[::-1], SESSION[:3]])
+    assert fresh.encoder.cache_info()["misses"] == misses
+
+
+def test_round_trip_gives_identical_scores(scorer: LogScorer, tmp_path: Path) -> None:
+    scorer.model.save_pretrained(tmp_path / "copy")
+    again = LogScorer.from_pretrained(tmp_path / "copy", device="cpu", encoder=scorer.encoder)
+    windows = [SESSION, SESSION[:3]]
+    assert again.score(windows) == scorer.score(windows)
+
+
+def test_given_encoder_must_match_input_dim(model_dir: Path) -> None:
+    wrong = LineEncoder.__new__(LineEncoder)  # a stand-in with the wrong width; no weights needed
+    wrong.dim, wrong.name_or_path, wrong._path = 48, "x", "x"
+    with pytest.raises(ValueError, match="input_dim=32"):
+        LogScorer.from_pretrained(model_dir, device="cpu", encoder=wrong)
+
+
+def test_unseen_fraction_from_seen_lines(scorer: LogScorer, model_dir: Path, tmp_path: Path) -> None:
+    seen_dir = tmp_path / "with_seen"
+    scorer.model.save_pretrained(seen_dir)
+    LogScorer.save_seen_lines(seen_dir, (mask(line) for line in SESSION[:3] + SESSION[:2]))
+    assert json.loads((seen_dir / "seen_lines.json").read_text()) == sorted({mask(x) for x in SESSION[:3]})
+    with_seen = LogScorer.from_pretrained(seen_dir, device="cpu", encoder=scorer.encoder)
+    results = with_seen.score_detailed([SESSION[:3], SESSION[2:6], SESSION[4:]])
+    assert [r.unseen_fraction for r in results] == pytest.approx([0.0, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("windows", [[[]], [SESSION, []]])
+def test_empty_window_is_rejected(scorer: LogScorer, windows: list[list[str]]) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        scorer.score(windows)
+
+
+def test_overlong_window_is_rejected(scorer: LogScorer) -> None:
+    with pytest.raises(ValueError, match=f"max_window={MAX_WINDOW}"):
+        scorer.score([SESSION[:1], SESSION + SESSION])
+
+
+def test_no_windows_no_scores(scorer: LogScorer) -> None:
+    assert scorer.score([]) == []
+
+
+def test_a_bare_string_is_rejected(scorer: LogScorer) -> None:
+    with pytest.raises(ValueError, match="list of lines"):
+        scorer.score([SESSION[0]])  # type: ignore[list-item]
+
+
+def test_missing_dir_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        LogScorer.from_pretrained(missing)
+
+
+@pytest.mark.parametrize("removed", ["config.json", "model.safetensors"])
+def test_missing_files_are_named(scorer: LogScorer, tmp_path: Path, removed: str) -> None:
+    scorer.model.save_pretrained(tmp_path)
+    (tmp_path / removed).unlink()
+    with pytest.raises(FileNotFoundError, match=removed):
+        LogScorer.from_pretrained(tmp_path, encoder=scorer.encoder)
+
+
+def test_unreadable_files_are_named(scorer: LogScorer, tmp_path: Path) -> None:
+    scorer.model.save_pretrained(tmp_path / "bad_weights")
+    (tmp_path / "bad_weights" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        LogScorer.from_pretrained(tmp_path / "bad_weights", encoder=scorer.encoder)
+    scorer.model.save_pretrained(tmp_path / "bad_config")
+    (tmp_path / "bad_config" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        LogScorer.from_pretrained(tmp_path / "bad_config", encoder=scorer.encoder)
+    (tmp_path / "bad_config" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a LogMoE config"):
+        LogScorer.from_pretrained(tmp_path / "bad_config", encoder=scorer.encoder)
