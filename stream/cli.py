@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", default="logs")
     p.add_argument("--bootstrap", default=None, help=f"Kafka bootstrap (default $LOGMOE_BROKER or {DEFAULT_BOOTSTRAP})")
     p.add_argument("--rate", type=float, default=None, help="lines per second (default: as fast as possible)")
-    p.add_argument("--key-regex", default=None, metavar="R", help="set the message key from the line")
+    p.add_argument("--key-regex", default=None, metavar="R", help="message key from the line (group 1 or whole match); default: no key, every line to partition 0 in file order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 

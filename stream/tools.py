@@ -31,7 +31,9 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
     """Produce `path` line by line (bytes as they are; blank lines dropped). Returns {"sent", "skipped"}.
 
     `rate` limits lines per second; `key_regex` sets each message's key from the line (group 1 or the
-    whole match). A line the broker or client refuses (too large) is reported and skipped."""
+    whole match), so each key's lines share a partition and keep their order. Without it every line goes to
+    partition 0: spread over partitions, a session's lines would reach the worker out of order.
+    A line the broker or client refuses (too large) is reported and skipped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"replay file {str(path)!r} does not exist")
@@ -50,11 +52,13 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
     try:
         futures = []
         for i, line in enumerate(_lines(path)):
-            key = None
-            if key_re is not None and (m := key_re.search(line)):
-                key = m.group(1) if key_re.groups else m.group(0)
+            key, partition = None, 0
+            if key_re is not None:
+                partition = None  # the key decides; unkeyed lines go wherever the partitioner puts them
+                if m := key_re.search(line):
+                    key = m.group(1) if key_re.groups else m.group(0)
             try:
-                futures.append((i, producer.send(topic, value=line, key=key)))
+                futures.append((i, producer.send(topic, value=line, key=key, partition=partition)))
             except MessageSizeTooLargeError as exc:
                 skipped += 1
                 log.warning("line %d (%d bytes) skipped: %s", i + 1, len(line), exc)
