@@ -6,6 +6,7 @@ raw lines -> mask -> unique masked lines -> encoder (cached) -> table (U, D) -> 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
+
+# Raw line -> masked line. Sliding windows (hop < window) score each raw line in several windows, across calls
+# in the stream worker; bounded, so a stream of unique raw lines cannot grow it.
+_mask_cached = functools.lru_cache(maxsize=1 << 15)(mask)
 
 
 @dataclass(frozen=True)
@@ -188,19 +193,13 @@ class LogScorer:
 
     @staticmethod
     def _index(windows: Sequence[Sequence[str]]) -> tuple[list[str], list[Tensor]]:
-        """Mask every distinct raw line once; return the distinct masked lines (U) and, per window, the row of
-        each of its lines among them (n_i,)."""
-        masked_of: dict[str, str] = {}  # raw -> masked: overlapping windows repeat raw lines
-        row_of: dict[str, int] = {}  # masked -> row of the table
-        index: list[Tensor] = []
-        for window in windows:
-            rows = []
-            for line in window:
-                masked = masked_of.get(line)
-                if masked is None:
-                    masked = masked_of[line] = mask(line)
-                rows.append(row_of.setdefault(masked, len(row_of)))
-            index.append(torch.tensor(rows, dtype=torch.long))
+        """Mask the lines; return the distinct masked lines (U) and, per window, the row of each of its lines
+        among them (n_i,)."""
+        row_of: dict[str, int] = {}  # masked line -> row of the table
+        index = [
+            torch.tensor([row_of.setdefault(_mask_cached(line), len(row_of)) for line in window], dtype=torch.long)
+            for window in windows
+        ]
         return list(row_of), index
 
     @torch.inference_mode()
