@@ -24,7 +24,7 @@ from faust.types import EventT
 
 from stream.config import StreamConfig
 from stream.metrics import Metrics
-from stream.processor import Scorer, SessionEvent, SessionProcessor
+from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor
 from stream.records import BadInput, SessionKeyer, parse_message
 from stream.windows import Entry, SessionState, SessionWindows, sessions_to_close
 
@@ -74,6 +74,23 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         data = table.get(key)
         return SessionState.from_json(data) if data else None
 
+    async def score_windows(batch: Batch, now: float) -> list[dict[str, Any]]:
+        """Score the batch's windows off the event loop (so it keeps heartbeating); the alerts they raise."""
+        if not batch.windows:
+            return []
+        texts = [[e.line for e in w.entries] for w in batch.windows]
+        started = time.perf_counter()
+        try:
+            scored = await asyncio.to_thread(scorer.score_detailed, texts)
+        except (RuntimeError, ValueError) as exc:
+            # The sessions go on (their states are still written); only these windows are lost, and counted.
+            metrics.inc("windows_failed", len(texts))
+            log.error("scoring %d windows failed, skipped: %s", len(texts), exc)
+            return []
+        metrics.observe_batch(len(texts), time.perf_counter() - started)
+        metrics.inc("windows_scored", len(texts))
+        return processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now)
+
     @app.agent(sessions, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
@@ -83,25 +100,19 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
                 try:
                     session_event = SessionEvent.from_json(event.value)
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
-                    metrics.inc("bad_session_event")
+                    metrics.inc("session_events_invalid")
                     log.warning("skipped session event at offset %d: %s", event.message.offset, exc)
                     continue
                 pairs.append((event.message.offset, session_event))
                 last_event[session_event.session] = event
             now = time.time()
             batch = processor.apply(pairs, load, now)
-            if batch.windows:
-                texts = [[e.line for e in w.entries] for w in batch.windows]
-                started = time.perf_counter()
-                scored = await asyncio.to_thread(scorer.score_detailed, texts)
-                metrics.observe_batch(len(texts), time.perf_counter() - started)
-                metrics.inc("windows_scored", len(texts))
-                for alert in processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now):
-                    await alerts.send(key=alert["session"].encode("utf-8"),
-                                      value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
-                    metrics.inc("alerts_out")
-                    log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
-                             alert["session"], alert["score"], alert["window"]["end"])
+            for alert in await score_windows(batch, now):
+                await alerts.send(key=alert["session"].encode("utf-8"),
+                                  value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
+                metrics.inc("alerts_out")
+                log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
+                         alert["session"], alert["score"], alert["window"]["end"])
             for key, state in batch.states.items():
                 with event_context(last_event[key]):
                     if state is None:
