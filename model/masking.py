@@ -83,9 +83,10 @@ _RULES: tuple[tuple[str, str], ...] = (
 # Rule name -> placeholder; a MAC address reads as hex to the encoder.
 PLACEHOLDERS: dict[str, str] = {name: "<HEX>" if name == "MAC" else f"<{name}>" for name, _ in _RULES}
 
-# Every rule starts at a delimited position (_L); checking that once, up front, lets the scan skip mid-word
-# positions without trying each alternative (about 2x faster).
-_PATTERN = re.compile(_L + "(?:" + "|".join(f"(?P<{name}>{rx})" for name, rx in _RULES) + ")")
+# Every rule starts at a delimited position (_L) with one of _FIRST_CHARS; checking that once, up front, lets
+# the scan skip other positions without trying each alternative (about 2.5x faster than without).
+_FIRST_CHARS = r"[0-9A-Za-z./~:+\-]"
+_PATTERN = re.compile(_L + f"(?={_FIRST_CHARS})(?:" + "|".join(f"(?P<{name}>{rx})" for name, rx in _RULES) + ")")
 
 
 def _replace(match: re.Match[str]) -> str:
