@@ -4,24 +4,32 @@ Lines of one template (one logging statement) should collapse to one masked stri
 encodes each template once and the model sees the words, not the ids. One pass over one precompiled regex:
 an alternation of named groups, the replacement chosen by the name of the group that matched.
 
-Rules (a "delimited" token is one not glued to a letter or digit on either side; ``_`` and ``-`` delimit):
+Rules, tried in this order at each position (a token is "delimited" when no letter, digit or placeholder
+touches it on either side; ``_``, ``-``, ``.`` and other punctuation delimit):
 - ``<URL>``  scheme://...
 - ``<UUID>`` 8-4-4-4-12 hex.
+- ``<HEX>``  MAC addresses (aa:bb:cc:dd:ee:ff); see also below.
 - ``<IP>``   IPv4 (optionally ``:port``), IPv6 (8 groups or with ``::``, optionally ``:port``).
 - ``<TS>``   dates and times: ISO and numeric dates (with an optional time), syslog/ctime month-name stamps,
-  bare ``hh:mm:ss[.fff]``, ``MM-DD hh:mm:ss`` (Android), ``YYYYMMDD-h:m:s:ms`` (HealthApp), and the HDFS
+  bare ``hh:mm[:ss[.fff]]``, ``MM-DD hh:mm:ss`` (Android), ``YYYYMMDD-h:m:s:ms`` (HealthApp), and the HDFS
   ``yymmdd hhmmss`` header at the start of a line.
 - ``<BLK>``  HDFS block ids ``blk_-?\\d+``.
 - ``<PATH>`` absolute Unix paths of two or more segments (``/a/b``), Windows paths (``C:\\...``).
   A single segment (``/tmp``) stays a word; ``/10.1.2.3`` is an IP, not a path.
-- ``<HEX>``  MAC addresses, ``0x..`` literals and delimited hex runs of 6+ characters with both a digit and a letter a-f.
-- ``<ID>``   delimited letter-digit codes with 3+ digits (``dn228``, ``J12345``, ``KB3149090``): host and
-  object names that vary per line. Shorter codes (``ssh2``, ``x86``, ``wl0``, ``md5``) are kept.
-- ``<NUM>``  delimited numbers (optional sign and decimals, versions such as ``6.1.7601`` or ``v1.2``); a number glued
-  to letters stays (``core4900`` is kept, ``core.4900`` -> ``core.<NUM>``, ``rdd_21_0`` -> ``rdd_<NUM>_<NUM>``),
-  except common unit suffixes, which stay after the placeholder (``64172MB`` -> ``<NUM>MB``).
+- ``<HEX>``  ``0x..`` literals and delimited hex runs of 6+ characters with both a digit and a letter a-f.
+- ``<NUM>``  delimited numbers (optional sign, decimals, versions such as ``6.1.7601`` or ``v1.2``). A number
+  glued to letters stays (``core4900`` is kept, ``core.4900`` -> ``core.<NUM>``, ``rdd_21_0`` ->
+  ``rdd_<NUM>_<NUM>``), except before a unit, which stays after the placeholder (``64172MB`` -> ``<NUM>MB``).
+- ``<ID>``   host and slot codes that vary per line: a 1-3 letter prefix with 2+ digits (``dn228``, ``R71``,
+  ``KB3149090``), any letter-digit token with 4+ digits, and BlueGene/L locations (``R02-M1-N0-C:J12-U11``).
+  Technical words of that shape stay (``x86``, ``win32``, ``sha256``, ``utf16``), as do codes with fewer
+  digits (``ssh2``, ``eth1``, ``bn1``).
 
-Placeholders hold no digit, slash, colon or dot, so no rule matches them again: ``mask`` is idempotent.
+Words stay: the encoder reads them. Runs of whitespace become one space.
+
+Idempotent, ``mask(mask(x)) == mask(x)``: placeholders hold no digit, slash, colon or dot, so no rule matches
+inside one, and a placeholder counts as glued text for the token next to it (that token was either glued to
+what was masked, so not masked then and not now, or masked in the same pass).
 """
 
 from __future__ import annotations
@@ -53,7 +61,10 @@ _BGL_LOCATION = r"R\d{2}-M\d-[NL][0-9A-F](?:-[A-Z]:J\d{2}-U\d{2})?"
 # Host and slot codes: a short letter prefix and 2+ digits (dn228, R71, KB3149090), or any letter-digit
 # token with 4+ digits. Technical words of that shape are kept.
 _CODE = r"(?:[A-Za-z]{1,3}\d{2,}|(?=[A-Za-z0-9]*[A-Za-z])(?=(?:[A-Za-z]*\d){4})[A-Za-z0-9]+)"
-_KEEP_WORDS = r"(?i:x86|x64|win32|win64|amd64|arm64|i386|i686|utf8|utf16|utf32|sha\d+|md\d|base64|u?int\d+|float\d+|ipv[46]|http[123])"
+_KEEP_WORDS = (
+    r"(?i:x86|x64|win32|win64|amd64|arm64|i386|i686|utf8|utf16|utf32|sha\d+|md\d|base64|u?int\d+|float\d+"
+    r"|ipv[46]|http[123])"
+)
 _UNITS = r"(?:[KMGTP]i?B|[kKMG]b(?:ps|it)?|bytes?|[mun]?s|secs?|min|[kMG]?Hz|px|dp|%)"
 
 _RULES: tuple[tuple[str, str], ...] = (

@@ -124,7 +124,8 @@ _TEMPLATES = [
     ("HDFS", "addStoredBlock: blockMap updated",
      "<TS> <NUM> INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: <IP> is added to <BLK> "
      "size <NUM>"),
-    ("HDFS", "NameSystem.allocateBlock", "<TS> <NUM> INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: <PATH> <BLK>"),
+    ("HDFS", "NameSystem.allocateBlock",
+     "<TS> <NUM> INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: <PATH> <BLK>"),
     ("Apache", "Found child", "[<TS>] [notice] jk2_init() Found child <NUM> in scoreboard slot <NUM>"),
     ("BGL", "generating core", "- <NUM> <TS> <ID> <TS> <ID> RAS KERNEL INFO generating core.<NUM>"),
     ("OpenSSH", r"\]: Failed password for root from",
@@ -140,8 +141,11 @@ _TEMPLATES = [
 ]
 
 
+_TEMPLATE_IDS = [f"{system}:{re.sub(r'[^A-Za-z ]', '', needle)[:24]}" for system, needle, _ in _TEMPLATES]
+
+
 @pytest.mark.data
-@pytest.mark.parametrize(("system", "needle", "expected"), _TEMPLATES, ids=[f"{s}:{re.sub(r'[^A-Za-z ]', '', n)[:24]}" for s, n, _ in _TEMPLATES])
+@pytest.mark.parametrize(("system", "needle", "expected"), _TEMPLATES, ids=_TEMPLATE_IDS)
 def test_real_lines_of_one_template_collapse(shared_data: Path, system: str, needle: str, expected: str) -> None:
     lines = [line for line in _loghub_lines(shared_data, system) if re.search(needle, line)]
     assert len(lines) >= 3, f"too few {needle!r} lines in {system}"
