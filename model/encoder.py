@@ -108,6 +108,7 @@ class LineEncoder:
         return {"hits": self._hits, "misses": self._misses, "size": len(self._cache), "max_size": self._max_size}
 
     def cache_clear(self) -> None:
+        """Drop every cached embedding and reset the counters."""
         self._cache.clear()
         self._hits = self._misses = 0
 
