@@ -1,0 +1,102 @@
+"""Raw-log adapters: session-keyed logs + labels CSV, and line-labelled logs cut into the worker's windows."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.windowing import session_windows
+from train.adapters import (labelled_lines_from_csv, labelled_lines_from_log, read_session_labels,
+                            sessions_from_keyed_log, windows_from_labelled_lines)
+from train.config import DataSection
+from train.data import SkipReport
+from train.sources import load_source
+
+HDFS_LINES = [
+    "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_38865049064139660 "
+    "terminating",
+    "081109 203807 222 INFO dfs.DataNode$PacketResponder: PacketResponder 0 for block blk_-6952295868487656571 "
+    "terminating",
+    "081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: 10.251.73.220:50010 "
+    "is added to blk_7128370237687728475 size 67108864",
+    "081109 204015 308 INFO dfs.DataNode$PacketResponder: Received block blk_38865049064139660 of size 3 from "
+    "/10.0.0.1",
+    "081109 204106 329 INFO dfs.DataNode$PacketResponder: a line without any block id",
+]
+
+
+def test_keyed_log_groups_lines_and_counts_what_it_skips(tmp_path: Path) -> None:
+    log = tmp_path / "hdfs.log"
+    log.write_text("\n".join(HDFS_LINES) + "\n", encoding="utf-8")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("session_id,label\nblk_38865049064139660,0\nblk_-6952295868487656571,Anomaly\n"
+                      .replace("Anomaly", "1"), encoding="utf-8")
+    report = SkipReport()
+    sessions = sessions_from_keyed_log([log], r"(blk_-?\d+)", labels, report)
+    assert [(s.session_id, len(s.lines), s.label) for s in sessions] == [
+        ("blk_38865049064139660", 2, 0), ("blk_-6952295868487656571", 1, 1)]
+    assert sessions[0].lines == (HDFS_LINES[0], HDFS_LINES[3])
+    assert dict(report.counts) == {"line of an unlabelled session": 1, "line without a session key": 1}
+
+
+def test_key_regex_needs_exactly_one_group(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"exactly one capturing group \('blk_-\?\\\\d\+' has 0\)"):
+        sessions_from_keyed_log([tmp_path / "x.log"], r"blk_-?\d+", tmp_path / "l.csv")
+
+
+def test_labels_csv_errors_name_file_and_line(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("session_id,label\na,0\nb,maybe\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels.csv:3: unknown label \('maybe'\)"):
+        read_session_labels(labels)
+    labels.write_text("id,label\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="missing column"):
+        read_session_labels(labels)
+
+
+BGL_CSV = """LineId,Label,Timestamp,Node,Level,Content,EventId,EventTemplate
+1,-,1117838570,R02-M1-N0,INFO,instruction cache parity error corrected,E77,instruction cache parity error corrected
+2,-,1117838573,R02-M1-N0,INFO,instruction cache parity error corrected,E77,instruction cache parity error corrected
+3,KERNDTLB,1117838976,R02-M1-N0,FATAL,data TLB error interrupt,E3,data TLB error interrupt
+4,-,1117838978,R02-M1-N0,INFO,generating core.2275,E50,generating core.<*>
+5,-,1117838979,R02-M1-N0,INFO,generating core.2276,E50,generating core.<*>
+"""
+
+
+def test_labelled_csv_leaves_label_and_parser_columns_out(tmp_path: Path) -> None:
+    path = tmp_path / "BGL.csv"
+    path.write_text(BGL_CSV, encoding="utf-8")
+    lines = labelled_lines_from_csv(path)
+    assert lines[0] == ("1117838570 R02-M1-N0 INFO instruction cache parity error corrected", 0)
+    assert [flag for _, flag in lines] == [0, 0, 1, 0, 0]
+    assert labelled_lines_from_csv(path, text_columns=["Content"])[2] == ("data TLB error interrupt", 1)
+
+
+def test_labelled_log_cuts_the_label_out(tmp_path: Path) -> None:
+    path = tmp_path / "BGL.log"
+    path.write_text("- 1117838570 RAS KERNEL INFO ok\nKERNDTLB 1117838976 RAS KERNEL FATAL data TLB error\n"
+                    "\n", encoding="utf-8")
+    report = SkipReport()
+    assert labelled_lines_from_log(path, r"^(\S+)\s", ["-"], report) == [
+        ("1117838570 RAS KERNEL INFO ok", 0), ("1117838976 RAS KERNEL FATAL data TLB error", 1)]
+    assert report.total == 0
+
+
+def test_windows_follow_the_worker_rule_and_any_anomalous_line_flags() -> None:
+    lines = [(f"line {i}", int(i == 6)) for i in range(10)]
+    windows = windows_from_labelled_lines(lines, window=4, hop=2, name="x")
+    expected = session_windows([text for text, _ in lines], 4, 2)
+    assert [list(w.lines) for w in windows] == expected
+    assert [w.label for w in windows] == [int("line 6" in w) for w in expected]
+    assert windows[0].session_id == "x:w0"
+
+
+def test_load_source_for_each_format(tmp_path: Path) -> None:
+    csv_path = tmp_path / "BGL.csv"
+    csv_path.write_text(BGL_CSV, encoding="utf-8")
+    sessions, _ = load_source([str(csv_path)], DataSection(format="labelled_csv", window=2), max_window=64)
+    assert [s.label for s in sessions] == [0, 1, 0]  # windows 1-2, 3-4 and, at close, 4-5
+    with pytest.raises(ValueError, match="data.window must be <= model.max_window"):
+        load_source([str(csv_path)], DataSection(format="labelled_csv", window=100), max_window=64)
+    with pytest.raises(ValueError, match="labels_csv is required"):
+        DataSection(format="keyed_log")

@@ -1,0 +1,49 @@
+"""configs/train.yaml holds the defaults; unknown keys and bad values are refused with the value named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.config_io import load_config
+from train.config import EvalConfig, TrainConfig
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train.yaml"
+
+
+def test_yaml_equals_the_seed_defaults() -> None:
+    cfg = load_config(TrainConfig, CONFIG)
+    assert cfg == TrainConfig()
+    assert (cfg.training.learning_rate, cfg.training.batch_size, cfg.training.epochs_stage1,
+            cfg.training.epochs_stage2, cfg.model.num_experts, cfg.model.top_p) == (1e-4, 64, 2, 2, 4, 0.8)
+
+
+def test_overrides_reach_nested_sections() -> None:
+    cfg = load_config(TrainConfig, CONFIG, ['data.train=["a.jsonl", "b.jsonl"]', "model.top_p=0.9",
+                                            "training.learning_rate=3.0e-4"])
+    assert cfg.data.train == ["a.jsonl", "b.jsonl"] and cfg.model.top_p == 0.9
+    assert cfg.training.learning_rate == 3e-4
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("training.lr=1", "unknown key(s) 'lr'"),
+    ("model.top_p=1.5", "model.top_p must be a number in (0.0, 1.0], got 1.5"),
+    ("model.hidden_size=100", "model.hidden_size (100) must be divisible by num_attention_heads (8)"),
+    ("data.format=csv", "data.format must be one of jsonl, keyed_log, labelled_csv, labelled_log ('csv')"),
+    ("data.split=random", "data.split must be one of grouped, chronological ('random')"),
+    ("training.batch_size=0", "training.batch_size must be > 0 (0)"),
+    ("training.threshold_objective=auc", "training.threshold_objective must be one of f1, fpr ('auc')"),
+    ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
+    ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
+])
+def test_bad_values_are_named(override: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        load_config(TrainConfig, CONFIG, [override])
+    assert message in str(err.value)
+
+
+def test_eval_config_checks() -> None:
+    with pytest.raises(ValueError, match="at least one data file"):
+        EvalConfig(model="m", data=[])
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\] \(2.0\)"):
+        EvalConfig(model="m", data=["d"], threshold=2.0)

@@ -1,0 +1,138 @@
+"""Raw-log adapters: turn users' own logs into labelled sessions.
+
+(a) session-keyed logs: a regex with one group pulls the session key out of each line (`blk_-?\\d+` for HDFS) and a
+    CSV `session_id,label` labels the sessions;
+(b) line-labelled logs in time order (BGL style: a structured CSV with a label column, or raw lines whose label a
+    regex group captures) are cut into windows with `model.windowing.session_windows`, the rule the streaming
+    worker uses, and a window is anomalous if any of its lines is.
+Nothing is dropped silently: lines without a key, keys without a label and lines without a label are counted in
+the SkipReport and logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from model.windowing import session_windows
+from train.data import Session, SkipReport, parse_label
+
+logger = logging.getLogger(__name__)
+
+# Columns of loghub's structured CSVs that come from a log parser, never from the log itself: a model must not
+# read them (the event id would give the template away), so they are left out of the reconstructed line.
+PARSER_COLUMNS = ("LineId", "EventId", "EventTemplate")
+
+
+def compile_one_group(pattern: str, what: str) -> re.Pattern[str]:
+    """Compile a regex that must have exactly one capturing group; ValueError naming the pattern otherwise."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{what} is not a valid regex ({pattern!r}: {err})") from None
+    if compiled.groups != 1:
+        raise ValueError(f"{what} must have exactly one capturing group ({pattern!r} has {compiled.groups})")
+    return compiled
+
+
+def read_session_labels(path: str | Path) -> dict[str, int]:
+    """CSV with a header holding `session_id` and `label` columns; labels in any accepted spelling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file not found: {path}")
+    labels: dict[str, int] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"session_id", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} "
+                             f"(header: {','.join(reader.fieldnames or ())})")
+        for row in reader:
+            try:
+                labels[row["session_id"]] = parse_label(row["label"])
+            except ValueError as err:
+                raise ValueError(f"{path}:{reader.line_num}: {err}") from None
+    return labels
+
+
+def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str, labels_csv: str | Path,
+                            report: SkipReport | None = None) -> list[Session]:
+    """Group raw lines by the session key the regex captures; label each session from the CSV. Sessions come out
+    in order of their first line."""
+    pattern = compile_one_group(key_regex, "key_regex")
+    labels = read_session_labels(labels_csv)
+    report = report if report is not None else SkipReport()
+    grouped: dict[str, list[str]] = {}
+    unlabelled: set[str] = set()
+    for log_path in log_paths:
+        for number, line in _read_lines(log_path):
+            found = pattern.search(line)
+            if found is None:
+                report.add("line without a session key", f"{log_path}:{number}: no match for {key_regex!r}")
+                continue
+            key = found.group(1)
+            if key not in labels:
+                unlabelled.add(key)
+                report.add("line of an unlabelled session", f"{log_path}:{number}: session {key!r} not in {labels_csv}")
+                continue
+            grouped.setdefault(key, []).append(line)
+    if unlabelled:
+        logger.warning("%d session keys have no label in %s; their lines were skipped", len(unlabelled), labels_csv)
+    return [Session(session_id=key, lines=tuple(lines), label=labels[key], source=str(log_paths[0]))
+            for key, lines in grouped.items()]
+
+
+def labelled_lines_from_csv(path: str | Path, label_column: str = "Label", normal_labels: Sequence[str] = ("-",),
+                            text_columns: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """(line, is_anomalous) from a structured CSV. The line is the text columns joined by spaces; by default every
+    column except the label and the parser's columns (LineId, EventId, EventTemplate)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"log file not found: {path}")
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or ())
+        columns = list(text_columns) or [c for c in header if c != label_column and c not in PARSER_COLUMNS]
+        missing = [c for c in [label_column, *columns] if c not in header]
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
+        normal = set(normal_labels)
+        return [(" ".join(row[c] for c in columns), int(row[label_column] not in normal)) for row in reader]
+
+
+def labelled_lines_from_log(path: str | Path, label_regex: str, normal_labels: Sequence[str] = ("-",),
+                            report: SkipReport | None = None) -> list[tuple[str, int]]:
+    """(line, is_anomalous) from raw lines whose label the regex's group captures; the matched span is cut out
+    of the line (the label is not part of what the worker will see). Lines without a match are counted."""
+    pattern = compile_one_group(label_regex, "label_regex")
+    report = report if report is not None else SkipReport()
+    normal = set(normal_labels)
+    out: list[tuple[str, int]] = []
+    for number, line in _read_lines(path):
+        found = pattern.search(line)
+        if found is None:
+            report.add("line without a label", f"{path}:{number}: no match for {label_regex!r}")
+            continue
+        text = (line[: found.start()] + line[found.end():]).strip()
+        out.append((text, int(found.group(1) not in normal)))
+    return out
+
+
+def windows_from_labelled_lines(lines: Sequence[tuple[str, int]], window: int, hop: int, name: str) -> list[Session]:
+    """Cut a time-ordered line stream into windows with the worker's rule; a window is anomalous if any line is."""
+    sessions = []
+    for index, chunk in enumerate(session_windows(list(lines), window, hop)):
+        sessions.append(Session(session_id=f"{name}:w{index}", lines=tuple(text for text, _ in chunk),
+                                label=int(any(flag for _, flag in chunk)), source=name))
+    return sessions
+
+
+def _read_lines(path: str | Path) -> list[tuple[int, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"log file not found: {path}")
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()]

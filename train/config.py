@@ -1,0 +1,250 @@
+"""Typed configs of the training pipeline (configs/train.yaml) and of evaluation/scoring.
+
+Loaded with `model.config_io.load_config(TrainConfig, path, overrides)`: unknown keys and wrong types are
+refused there; the value checks (ranges, choices) live in each section's __post_init__.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATA_FORMATS = ("jsonl", "keyed_log", "labelled_csv", "labelled_log")
+SPLIT_MODES = ("grouped", "chronological")
+POOLING_MODES = ("mean", "cls")
+CLASS_WEIGHTING = ("none", "balanced")
+THRESHOLD_OBJECTIVES = ("f1", "fpr")
+
+
+@dataclass
+class ModelSection:
+    """Sizes of the classifier; mapped one to one onto LogMoEConfig keyword arguments."""
+
+    hidden_size: int = 128
+    """Width of the classifier blocks."""
+    num_hidden_layers: int = 2
+    """Number of (self-attention + Top-P MoE) blocks."""
+    num_attention_heads: int = 8
+    """Attention heads per block (hidden_size must divide by it)."""
+    num_experts: int = 4
+    """Experts per MoE layer (the seed: 4)."""
+    expert_intermediate_size: int = 256
+    """Hidden width inside each expert MLP."""
+    top_p: float = 0.8
+    """Stage 2 keeps the fewest experts whose router probability reaches top_p (the seed: 0.8)."""
+    max_window: int = 64
+    """Most lines per window; longer sessions are cut into windows of this size."""
+    hidden_dropout: float = 0.1
+    """Dropout on the residual branches."""
+    attention_dropout: float = 0.1
+    """Dropout on attention weights."""
+    renormalize: bool = True
+    """Renormalise the kept experts' weights to sum to one."""
+    router_aux_loss_coef: float = 0.01
+    """Weight of the load-balancing loss (stage 2)."""
+    router_entropy_loss_coef: float = 0.01
+    """Weight of the router-entropy loss (stage 2); > 0 sharpens routing so fewer experts reach top_p."""
+
+    def __post_init__(self) -> None:
+        # LogMoEConfig validates every value; build one here so a bad value fails at config load time.
+        from model.configuration_logmoe import LogMoEConfig
+
+        try:
+            LogMoEConfig(**asdict(self))
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
+
+
+@dataclass
+class EncoderSection:
+    """The frozen line encoder and the on-disk embedding cache."""
+
+    name_or_path: str = "default"
+    """"default" (all-MiniLM-L6-v2 from its package), a local model dir, or a cached Hugging Face name."""
+    pooling: str = "mean"
+    """Token pooling into one line embedding: mean or cls."""
+    line_max_length: int = 64
+    """Encoder tokens per (masked) line."""
+    batch_size: int = 128
+    """Lines per encoder batch."""
+    cache_dir: str | None = None
+    """Embedding cache folder; None: <output_dir>/.embed_cache. Share one across runs to skip re-encoding."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"encoder.pooling must be one of {', '.join(POOLING_MODES)} ({self.pooling!r})")
+        if self.line_max_length < 1 or self.batch_size < 1:
+            raise ValueError(f"encoder.line_max_length and batch_size must be >= 1 "
+                             f"({self.line_max_length}, {self.batch_size})")
+
+
+@dataclass
+class DataSection:
+    """Where the labelled sessions come from and how eval is chosen."""
+
+    train: list[str] = field(default_factory=list)
+    """Training files (all read and concatenated)."""
+    eval: list[str] = field(default_factory=list)
+    """Eval files; empty: a leak-free split of the training files (eval_fraction, split)."""
+    format: str = "jsonl"
+    """jsonl (the seed's format), keyed_log (raw lines + key_regex + labels_csv), labelled_csv (a structured CSV
+    with label_column, BGL style) or labelled_log (raw lines whose label label_regex captures)."""
+    skip_invalid: bool = False
+    """Count and report invalid records instead of failing on the first one."""
+    eval_fraction: float = 0.2
+    """Share of sessions split off for eval when no eval file is given."""
+    split: str = "grouped"
+    """grouped (random over groups of identical masked sequences) or chronological (the last groups in file
+    order); either way an identical sequence never sits on both sides."""
+    key_regex: str = r"(blk_-?\d+)"
+    """keyed_log: regex whose one group is the session key."""
+    labels_csv: str | None = None
+    """keyed_log: CSV with session_id,label."""
+    label_column: str = "Label"
+    """labelled_csv: the label column."""
+    text_columns: list[str] = field(default_factory=list)
+    """labelled_csv: columns joined into the line; empty: all but the label and parser columns."""
+    label_regex: str = r"^(\S+)\s"
+    """labelled_log: regex whose one group captures each line's label; the match is cut from the line."""
+    normal_labels: list[str] = field(default_factory=lambda: ["-"])
+    """labelled_csv/labelled_log: label values that mean normal; any other is an anomaly."""
+    window: int | None = None
+    """labelled_csv/labelled_log: lines per window; None: model.max_window."""
+    window_hop: int | None = None
+    """labelled_csv/labelled_log: lines between window starts; None: window (non-overlapping windows)."""
+
+    def __post_init__(self) -> None:
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)} ({self.format!r})")
+        if self.split not in SPLIT_MODES:
+            raise ValueError(f"data.split must be one of {', '.join(SPLIT_MODES)} ({self.split!r})")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"data.eval_fraction must be in (0, 1) ({self.eval_fraction})")
+        if self.format == "keyed_log" and not self.labels_csv:
+            raise ValueError("data.labels_csv is required with data.format=keyed_log (None)")
+        for name in ("window", "window_hop"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 ({value})")
+
+
+@dataclass
+class TrainingSection:
+    """The two-stage optimisation."""
+
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of each stage (the seed: 1e-4)."""
+    batch_size: int = 64
+    """Windows per step (the seed: 64)."""
+    epochs_stage1: int = 2
+    """Epochs of stage 1: all experts averaged, no gate (the seed: 2)."""
+    epochs_stage2: int = 2
+    """Epochs of stage 2: Top-P gate on, continuing from stage 1's weights (the seed: 2)."""
+    warmup_ratio: float = 0.1
+    """Share of each stage's steps with a linear warm-up; then linear decay to zero."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and norms)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    class_weighting: str = "none"
+    """none, or balanced: cross-entropy weighted by inverse class frequency of the training windows."""
+    seed: int = 42
+    """Seeds initialisation, dropout and shuffling: equal seeds give equal models."""
+    logging_steps: int = 10
+    """Log loss, grad_norm, learning_rate, epoch every this many steps."""
+    device: str = "auto"
+    """auto (CUDA if present), cpu, cuda or cuda:N."""
+    hop: int = 16
+    """Lines between windows of sessions longer than max_window (the worker must use the same hop)."""
+    eval_batch_size: int = 256
+    """Windows per scoring batch."""
+    threshold_objective: str = "f1"
+    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr."""
+    target_fpr: float = 0.01
+    """Target false-positive rate for threshold_objective=fpr."""
+    keep_checkpoints: int = 2
+    """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
+    stop_after_epochs: int | None = None
+    """Stop, as if interrupted, after this many epochs in total (for testing --resume); None: run to the end."""
+
+    def __post_init__(self) -> None:
+        positive = ("learning_rate", "batch_size", "logging_steps", "hop", "eval_batch_size", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training.{name} must be > 0 ({getattr(self, name)})")
+        for name in ("epochs_stage1", "epochs_stage2", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0 ({getattr(self, name)})")
+        if self.epochs_stage1 + self.epochs_stage2 == 0:
+            raise ValueError("training.epochs_stage1 + epochs_stage2 must be > 0 (0)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"training.warmup_ratio must be in [0, 1) ({self.warmup_ratio})")
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ValueError(f"training.class_weighting must be one of {', '.join(CLASS_WEIGHTING)} "
+                             f"({self.class_weighting!r})")
+        if self.threshold_objective not in THRESHOLD_OBJECTIVES:
+            raise ValueError(f"training.threshold_objective must be one of {', '.join(THRESHOLD_OBJECTIVES)} "
+                             f"({self.threshold_objective!r})")
+        if not 0.0 <= self.target_fpr < 1.0:
+            raise ValueError(f"training.target_fpr must be in [0, 1) ({self.target_fpr})")
+        if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
+            raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train.train` needs; configs/train.yaml holds the defaults."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    """Classifier sizes (LogMoEConfig)."""
+    encoder: EncoderSection = field(default_factory=EncoderSection)
+    """Line encoder and embedding cache."""
+    data: DataSection = field(default_factory=DataSection)
+    """Input files and split."""
+    training: TrainingSection = field(default_factory=TrainingSection)
+    """Optimisation."""
+    output_dir: str = "runs/train"
+    """Where moe_logs/, moe_results/, final_moe_model/, metrics.json and the plots go."""
+    resume: bool = False
+    """Continue from the last checkpoint in output_dir/moe_results."""
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def embed_cache_dir(self) -> Path:
+        return Path(self.encoder.cache_dir) if self.encoder.cache_dir else self.output_path / ".embed_cache"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalConfig:
+    """What `train.evaluate` needs: a trained model dir and sessions to score (the seed's JSONL)."""
+
+    model: str
+    """A final_moe_model/ folder (or any LogScorer model dir)."""
+    data: list[str]
+    """JSONL files of labelled sessions."""
+    skip_invalid: bool = False
+    """Count and report invalid records instead of failing."""
+    hop: int | None = None
+    """Lines between windows of sessions longer than the model's max_window; None: the hop the model was trained
+    with (window_hop in its config.json)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    batch_size: int = 256
+    """Windows per scoring batch."""
+    threshold: float | None = None
+    """Decision threshold; None: the one stored with the model."""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("evaluate needs at least one data file ([])")
+        if (self.hop is not None and self.hop < 1) or self.batch_size < 1:
+            raise ValueError(f"hop and batch_size must be >= 1 ({self.hop}, {self.batch_size})")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] ({self.threshold})")

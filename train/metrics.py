@@ -1,0 +1,73 @@
+"""Session-level metrics and decision-threshold calibration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_OBJECTIVES = ("f1", "fpr")
+
+
+def classification_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 at `threshold` (score >= threshold is anomalous), PR-AUC (average
+    precision), ROC-AUC, the confusion matrix [[tn, fp], [fn, tp]], n and n_anomalous. AUCs are None when the
+    labels hold a single class (they are undefined there)."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length ({len(y)} vs {len(s)})")
+    pred = s >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    tn = int(np.sum(~pred & (y == 0)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    two_classes = 0 < int(y.sum()) < len(y)
+    return {
+        "accuracy": (tp + tn) / len(y) if len(y) else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "pr_auc": float(average_precision_score(y, s)) if two_classes else None,
+        "roc_auc": float(roc_auc_score(y, s)) if two_classes else None,
+        "threshold": float(threshold),
+        "n": int(len(y)),
+        "n_anomalous": int(y.sum()),
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }
+
+
+def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objective: str = "f1",
+                        target_fpr: float = 0.01, default: float = 0.5) -> float:
+    """The decision threshold that maximises F1 (objective "f1") or catches the most anomalies with a false-
+    positive rate <= target_fpr ("fpr"). The threshold is put halfway between the lowest score taken as anomalous
+    and the next lower score, so scores that wobble in the last float digits (another batch, another padding)
+    keep their side. Single-class labels give `default`."""
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise ValueError(f"unknown threshold objective ({objective!r}); expected one of "
+                         f"{', '.join(THRESHOLD_OBJECTIVES)}")
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if not 0 < int(y.sum()) < len(y):
+        logger.warning("threshold not calibrated: the eval labels hold one class; keeping %.3f", default)
+        return default
+    if objective == "f1":
+        precision, recall, cuts = precision_recall_curve(y, s)
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        best = cuts[int(np.argmax(f1))]
+    else:
+        fpr, _, cuts = roc_curve(y, s, drop_intermediate=False)
+        allowed = np.flatnonzero(fpr <= target_fpr)
+        best = cuts[allowed[-1]] if len(allowed) else np.inf
+        if not np.isfinite(best):  # not even the top score keeps the FPR: flag nothing
+            return float(min(1.0, np.nextafter(s.max(), np.inf)))
+    below = s[s < best]
+    return float((best + below.max()) / 2) if len(below) else float(best)
