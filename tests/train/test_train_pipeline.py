@@ -1,0 +1,136 @@
+"""End to end on a small generated world with the tiny encoder: train -> evaluate round trip, outputs, the stage
+switch, resume after an interruption, and the CLI."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.cli import main
+from train.config import EvalConfig, TrainConfig
+from train.data import load_jsonl
+from train.evaluation import evaluate, load_scorer, score_sessions
+from train.metrics import calibrate_threshold
+from train.pipeline import data_fingerprint, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(make_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[TrainConfig, dict[str, Any]]:
+    cfg = make_config(tmp_path_factory.mktemp("run"))
+    return cfg, train(cfg)
+
+
+def test_evaluate_reproduces_the_training_metrics(trained: tuple[TrainConfig, dict[str, Any]]) -> None:
+    cfg, result = trained
+    model_dir = cfg.output_path / "final_moe_model"
+    stored = json.loads((model_dir / "config.json").read_text())
+    on_disk = json.loads((cfg.output_path / "metrics.json").read_text())
+    assert on_disk["eval"] == result["eval"]
+    assert stored["threshold"] == result["eval"]["threshold"] == result["threshold"]
+
+    metrics = evaluate(EvalConfig(model=str(model_dir), data=cfg.data.eval, device="cpu"))
+    for key in ("accuracy", "precision", "recall", "f1", "threshold", "n", "n_anomalous", "confusion_matrix"):
+        assert metrics[key] == result["eval"][key], key
+    for key in ("pr_auc", "roc_auc", "experts_per_token"):
+        assert metrics[key] == pytest.approx(result["eval"][key], abs=1e-5), key
+
+    # the stored threshold is the one calibration picks on the eval scores
+    sessions = load_jsonl(cfg.data.eval[0])
+    scores = score_sessions(load_scorer(str(model_dir), "cpu", 256), sessions, hop=cfg.training.hop).scores
+    assert calibrate_threshold([s.label for s in sessions], scores, "f1") == pytest.approx(stored["threshold"],
+                                                                                          abs=1e-6)
+    assert result["eval"]["f1"] > 0.5  # learned something, even from the tiny random encoder
+
+
+def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, Any]]) -> None:
+    cfg, result = trained
+    out = cfg.output_path
+    log = [json.loads(line) for line in (out / "moe_logs" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert {r["stage"] for r in steps} == {1, 2}
+    assert all({"loss", "grad_norm", "learning_rate", "epoch", "stage", "step"} <= set(r) for r in steps)
+    assert [r["step"] for r in steps] == sorted(r["step"] for r in steps)
+    assert list((out / "moe_logs").glob("events.out.tfevents.*"))
+    assert (out / "moe_results" / "checkpoint-004" / "trainer_state.json").is_file()
+    for name in ("loss_curves.png", "pr_curve.png", "confusion_matrix.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    model_dir = out / "final_moe_model"
+    stored = json.loads((model_dir / "config.json").read_text())
+    assert stored["encoder_name_or_path"] == str(Path(cfg.encoder.name_or_path).resolve())
+    fingerprint = data_fingerprint(load_jsonl(cfg.data.train[0]))
+    assert stored["data_fingerprint"] == fingerprint == result["data_fingerprint"]
+    assert stored["window_hop"] == cfg.training.hop
+    assert json.loads((model_dir / "seen_lines.json").read_text())
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
+    assert (out / ".embed_cache").is_dir()
+
+
+def test_stage_two_routes_to_fewer_experts(trained: tuple[TrainConfig, dict[str, Any]]) -> None:
+    cfg, result = trained
+    log = [json.loads(line) for line in (cfg.output_path / "moe_logs" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["experts_per_token"] == 4.0 for r in log if r["stage"] == 1 and "experts_per_token" in r)
+    assert result["eval"]["experts_per_token"] < 4.0
+    assert json.loads((cfg.output_path / "final_moe_model" / "config.json").read_text())["routing"] == "top_p"
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(
+        trained: tuple[TrainConfig, dict[str, Any]], make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    full_cfg, full = trained
+    stopped = train(make_config(tmp_path, "training.stop_after_epochs=3"))
+    assert stopped["status"] == "interrupted" and stopped["epochs_done"] == 3
+    assert (tmp_path / "moe_results" / "checkpoint-003").is_dir() and not (tmp_path / "final_moe_model").exists()
+
+    resumed = train(make_config(tmp_path, "resume=true"))
+    assert resumed["status"] == "complete"
+    a = load_file(str(full_cfg.output_path / "final_moe_model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "final_moe_model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["eval"]["f1"] == full["eval"]["f1"]
+    log = [json.loads(line) for line in (tmp_path / "moe_logs" / "train_log.jsonl").read_text().splitlines()]
+    full_log = (full_cfg.output_path / "moe_logs" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == len(full_log)  # one continuous history, no duplicated or lost steps
+
+
+def test_resume_refuses_other_settings(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    train(make_config(tmp_path, "training.stop_after_epochs=1", "training.epochs_stage1=1",
+                      "training.epochs_stage2=1"))
+    with pytest.raises(ValueError, match="differs in: config.training.learning_rate"):
+        train(make_config(tmp_path, "resume=true", "training.epochs_stage1=1", "training.epochs_stage2=1",
+                          "training.learning_rate=1.0e-3"))
+
+
+def test_cli_evaluate_json_and_score(trained: tuple[TrainConfig, dict[str, Any]],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, result = trained
+    model_dir = str(cfg.output_path / "final_moe_model")
+    assert main(["evaluate", "--model", model_dir, "--data", cfg.data.eval[0], "--json", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # exactly one JSON object
+    assert {"accuracy", "precision", "recall", "f1", "pr_auc", "roc_auc", "threshold", "n", "n_anomalous"} <= \
+        set(printed)
+    assert printed["f1"] == result["eval"]["f1"]
+
+    assert main(["score", "--model", model_dir, cfg.data.eval[0], "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sessions = load_jsonl(cfg.data.eval[0])
+    assert [r["session_id"] for r in rows] == [s.session_id for s in sessions]
+    assert all(r["anomalous"] == (r["score"] >= result["threshold"]) for r in rows)
+    tp = sum(r["anomalous"] and s.label for r, s in zip(rows, sessions))
+    assert tp == result["eval"]["confusion_matrix"][1][1]
+
+
+def test_cli_errors_are_one_line_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"log_sequence": "a", "label": "正常"}\n{"log_sequence": "a", "label": "perhaps"}\n',
+                   encoding="utf-8")
+    assert main(["train", "--data", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"logmoe: error: {bad}:2: unknown label ('perhaps'; expected one of 正常/异常, normal/anomalous, " \
+                  "0/1, true/false)"

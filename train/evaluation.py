@@ -1,0 +1,86 @@
+"""Score sessions with model.LogScorer, the scorer the streaming worker uses: each session is cut into windows
+with model.windowing.session_windows and scored as the MAX over its windows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from model.windowing import session_windows
+from train.config import EvalConfig
+from train.data import Session, load_sessions
+from train.metrics import classification_metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOP = 16
+
+
+@dataclass
+class SessionScores:
+    scores: list[float]  # (S,) max window probability
+    experts_per_token: float  # mean over real lines of all windows
+
+
+def score_sessions(scorer: Any, sessions: Sequence[Session], hop: int, batch_size: int = 256) -> SessionScores:
+    """Session scores (max over windows) with a LogScorer; windows are scored shortest first to pad less."""
+    windows: list[list[str]] = []
+    owners: list[int] = []
+    for index, session in enumerate(sessions):
+        for window in session_windows(list(session.lines), scorer.max_window, hop):
+            windows.append(window)
+            owners.append(index)
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    scores = [0.0] * len(sessions)
+    seen = [False] * len(sessions)
+    expert_sum, line_sum = 0.0, 0
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch",
+                      disable=len(order) <= batch_size):
+        chunk = order[start:start + batch_size]
+        for i, result in zip(chunk, scorer.score_detailed([windows[i] for i in chunk])):
+            owner = owners[i]
+            scores[owner] = result.score if not seen[owner] else max(scores[owner], result.score)
+            seen[owner] = True
+            expert_sum += result.experts_per_token * len(windows[i])
+            line_sum += len(windows[i])
+    return SessionScores(scores, expert_sum / max(1, line_sum))
+
+
+def session_metrics(sessions: Sequence[Session], result: SessionScores, threshold: float) -> dict[str, Any]:
+    metrics = classification_metrics([s.label for s in sessions], result.scores, threshold)
+    metrics["experts_per_token"] = result.experts_per_token
+    return metrics
+
+
+def model_window_hop(model_dir: str | Path) -> int:
+    """The hop the model was trained with (stored in its config.json as window_hop), else the default."""
+    config_file = Path(model_dir) / "config.json"
+    if config_file.is_file():
+        hop = json.loads(config_file.read_text(encoding="utf-8")).get("window_hop")
+        if isinstance(hop, int) and hop >= 1:
+            return hop
+    return DEFAULT_HOP
+
+
+def load_scorer(model_dir: str, device: str, batch_size: int) -> Any:
+    from model.scorer import LogScorer
+
+    return LogScorer.from_pretrained(model_dir, device=device, batch_size=batch_size)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Metrics of a trained model on labelled JSONL sessions, at its stored threshold (or cfg.threshold)."""
+    sessions, report = load_sessions(cfg.data, skip_invalid=cfg.skip_invalid)
+    scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
+    hop = cfg.hop if cfg.hop is not None else model_window_hop(cfg.model)
+    result = score_sessions(scorer, sessions, hop, cfg.batch_size)
+    threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
+    metrics = session_metrics(sessions, result, threshold)
+    metrics.update({"model": str(cfg.model), "data": list(cfg.data), "hop": hop, "skipped": report.as_dict()})
+    return metrics

@@ -1,0 +1,205 @@
+"""The two-stage training loop over precomputed line embeddings.
+
+Stage 1 trains with every expert averaged and no gate (`set_routing("dense")`); stage 2 switches the Top-P gate on
+(`set_routing("top_p")`) and continues from stage 1's weights with a fresh AdamW (the router is new to the loss
+in stage 2, so stage 1's moments would only mislead it). Each stage has its own linear warm-up and linear decay.
+A checkpoint is written after every epoch; resuming reloads weights, optimizer and RNG state, so an interrupted
+run ends with the weights an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from train.checkpoint import LoadedCheckpoint, TrainerState, load_optimizer_tensors, save_checkpoint
+from train.config import TrainingSection
+from train.embeddings import WindowSet
+
+logger = logging.getLogger(__name__)
+
+STAGES = (("stage1", "dense"), ("stage2", "top_p"))
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of the schedule: its stage and position."""
+
+    stage: int  # 1 or 2
+    routing: str
+    index_in_stage: int
+    epochs_in_stage: int
+    global_index: int
+
+
+def schedule(cfg: TrainingSection) -> list[Epoch]:
+    epochs: list[Epoch] = []
+    for stage, ((_, routing), count) in enumerate(zip(STAGES, (cfg.epochs_stage1, cfg.epochs_stage2)), start=1):
+        epochs.extend(Epoch(stage, routing, i, count, len(epochs) + i) for i in range(count))
+    return epochs
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to zero at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingSection) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms and 1-d parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+
+
+def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """None, or inverse-frequency weights (W / (2 n_c)) so both classes carry equal total weight."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=2).clamp(min=1).float()  # (2,)
+    return labels.numel() / (2.0 * counts)
+
+
+@dataclass
+class EvalResult:
+    session_scores: torch.Tensor  # (S,) max window probability per session
+    loss: float  # mean window cross-entropy
+    experts_per_token: float
+
+
+@torch.no_grad()
+def score_windows(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, batch_size: int) -> EvalResult:
+    """Eval-mode anomaly probability of every window, reduced to sessions by max (as the worker does)."""
+    model.eval()
+    order = torch.argsort(data.lengths, stable=True)  # similar lengths together: less padding
+    probs = torch.zeros(len(data))  # (W,)
+    loss_sum, expert_sum, token_sum = 0.0, 0.0, 0
+    for start in range(0, len(data), batch_size):
+        rows = order[start:start + batch_size]
+        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
+        out = model(inputs_embeds=embeds, attention_mask=mask)
+        logits = out.logits.float().cpu()  # (B, 2)
+        probs[rows] = logits.softmax(dim=-1)[:, 1]
+        loss_sum += F.cross_entropy(logits, data.labels[rows], reduction="sum").item()
+        tokens = int(mask.sum())
+        expert_sum += float(out.experts_per_token) * tokens
+        token_sum += tokens
+    sessions = torch.full((data.num_sessions,), -1.0).scatter_reduce(0, data.session_index, probs, "amax")  # (S,)
+    return EvalResult(sessions, loss_sum / max(1, len(data)), expert_sum / max(1, token_sum))
+
+
+class RunLogger:
+    """Writes each logging step to moe_logs/train_log.jsonl and TensorBoard, and keeps the history."""
+
+    def __init__(self, log_dir: Path, history: list[dict[str, Any]]) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.path = log_dir / "train_log.jsonl"
+        self.history = history
+        # rewrite the JSONL from the (checkpointed) history, so a resumed run has no lines from lost steps
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if key not in ("step", "stage", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"stage{record['stage']}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+EvalHook = Callable[[Epoch, EvalResult], dict[str, Any]]
+
+
+def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowSet, eval_set: WindowSet,
+                 cfg: TrainingSection, output_dir: Path, run_identity: dict[str, Any],
+                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook) -> TrainerState:
+    """Run (or continue) both stages; returns the final trainer state (its log_history holds every record)."""
+    epochs = schedule(cfg)
+    trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    weights = class_weights(train_set.labels, cfg.class_weighting)
+    weights = weights.to(table.device) if weights is not None else None
+    run_log = RunLogger(output_dir / "moe_logs", trainer.log_history)
+    optimizer: torch.optim.AdamW | None = None
+    try:
+        for epoch in epochs[trainer.epochs_done:]:
+            if cfg.stop_after_epochs is not None and trainer.epochs_done >= cfg.stop_after_epochs:
+                logger.warning("stopping after %d epochs (training.stop_after_epochs); continue with --resume",
+                               trainer.epochs_done)
+                break
+            model.set_routing(epoch.routing)
+            if optimizer is None or epoch.index_in_stage == 0:
+                optimizer = make_optimizer(model, cfg)
+                if resume_from is not None and epoch.index_in_stage > 0:
+                    load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
+            _run_epoch(model, table, train_set, optimizer, epoch, steps_per_epoch, weights, cfg, trainer, run_log)
+            result = score_windows(model, table, eval_set, cfg.eval_batch_size)
+            record = {"stage": epoch.stage, "epoch": float(epoch.index_in_stage + 1), "step": trainer.global_step,
+                      "eval_loss": result.loss, "eval_experts_per_token": result.experts_per_token,
+                      **eval_hook(epoch, result)}
+            run_log.log(record)
+            logger.info("stage %d epoch %d/%d: %s", epoch.stage, epoch.index_in_stage + 1, epoch.epochs_in_stage,
+                        ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_")))
+            trainer.epochs_done += 1
+            save_checkpoint(output_dir / "moe_results", model, optimizer, trainer, cfg.keep_checkpoints)
+    finally:
+        run_log.close()
+    return trainer
+
+
+def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
+               epoch: Epoch, steps_per_epoch: int, weights: torch.Tensor | None, cfg: TrainingSection,
+               trainer: TrainerState, run_log: RunLogger) -> None:
+    model.train()
+    total = steps_per_epoch * epoch.epochs_in_stage
+    warmup = max(1, int(cfg.warmup_ratio * total))
+    # a generator per epoch: the order depends only on (seed, epoch), so a resumed run shuffles identically
+    shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch.global_index)
+    order = torch.randperm(len(data), generator=shuffle)
+    window_loss, window_norm, window_experts, seen = 0.0, 0.0, 0.0, 0
+    bar = tqdm(range(steps_per_epoch), desc=f"stage {epoch.stage} epoch {epoch.index_in_stage + 1}", unit="step",
+               leave=False)
+    for step_in_epoch in bar:
+        stage_step = epoch.index_in_stage * steps_per_epoch + step_in_epoch
+        lr = lr_at(stage_step, total, warmup, cfg.learning_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
+        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
+        labels = data.labels[rows].to(table.device)  # (B,)
+        out = model(inputs_embeds=embeds, attention_mask=mask)
+        loss = F.cross_entropy(out.logits.float(), labels, weight=weights) + out.aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        trainer.global_step += 1
+        window_loss += loss.item()
+        window_norm += float(grad_norm)
+        window_experts += float(out.experts_per_token)
+        seen += 1
+        if trainer.global_step % cfg.logging_steps == 0 or step_in_epoch == steps_per_epoch - 1:
+            progress = epoch.index_in_stage + (step_in_epoch + 1) / steps_per_epoch
+            record = {"stage": epoch.stage, "epoch": round(progress, 4),
+                      "step": trainer.global_step, "loss": window_loss / seen, "grad_norm": window_norm / seen,
+                      "learning_rate": lr, "experts_per_token": window_experts / seen}
+            run_log.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            window_loss, window_norm, window_experts, seen = 0.0, 0.0, 0.0, 0

@@ -1,0 +1,232 @@
+"""`train(cfg) -> metrics`: data -> masked lines -> cached embeddings -> windows -> two stages -> calibrated model.
+
+Outputs under cfg.output_dir (the seed's layout plus metrics and plots):
+  moe_logs/          train_log.jsonl (one record per logging step and per epoch's eval) + TensorBoard events
+  moe_results/       checkpoint-NNN/ after every epoch (what --resume continues from)
+  final_moe_model/   config.json (threshold, encoder reference, data fingerprint, window_hop), model.safetensors,
+                     seen_lines.json
+  metrics.json       final eval metrics (computed with LogScorer, as `logmoe evaluate` does), data counts, timings
+  plots/             loss_curves.png, pr_curve.png, confusion_matrix.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from model.device import resolve_device
+from model.masking import mask
+from train.checkpoint import load_latest_checkpoint
+from train.config import TrainConfig
+from train.data import Session, label_counts
+from train.embeddings import EmbeddingCache, build_window_set, embed_lines, encoder_cache_key, mask_sessions
+from train.evaluation import score_sessions, session_metrics
+from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
+from train.metrics import calibrate_threshold, classification_metrics
+from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
+from train.sources import load_source
+from train.split import split_sessions
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final_moe_model"
+
+
+def data_fingerprint(sessions: Sequence[Session]) -> str:
+    """sha256 over the training sessions' labels and raw lines, in order: equal data, equal fingerprint,
+    whatever file layout or label spelling it came in."""
+    digest = hashlib.sha256()
+    for session in sessions:
+        digest.update(f"{session.label}\x1e".encode())
+        digest.update("\n".join(session.lines).encode("utf-8"))
+        digest.update(b"\x1d")
+    return digest.hexdigest()
+
+
+def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> dict[str, Any]:
+    """What must match for --resume to continue a run: the config minus the run-control keys, and the data."""
+    config = asdict(cfg)
+    for key in ("output_dir", "resume"):
+        config.pop(key)
+    for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints"):
+        config["training"].pop(key)
+    config["encoder"].pop("cache_dir")
+    config["encoder"].pop("batch_size")
+    return {"config": config, "train_data": fingerprint, "eval_data": eval_fingerprint}
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    # deterministic kernels where they exist; warn (not fail) for CUDA ops without one
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def load_run_data(cfg: TrainConfig) -> tuple[list[Session], list[Session], dict[str, Any]]:
+    """Train and eval sessions: the eval files, or a leak-free split of the training files."""
+    train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
+    if cfg.data.eval:
+        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window)
+        report.merge(eval_report)
+        split = "eval files"
+    else:
+        train_sessions, eval_sessions = split_sessions(train_sessions, cfg.data.eval_fraction, cfg.training.seed,
+                                                       cfg.data.split, mask)
+        split = f"{cfg.data.split} split, eval_fraction {cfg.data.eval_fraction}"
+    for name, part in (("train", train_sessions), ("eval", eval_sessions)):
+        counts = label_counts(part)
+        if counts["n_anomalous"] in (0, counts["n"]):
+            logger.warning("%s data holds one class only (%s)", name, counts)
+    info = {"split": split, "train": label_counts(train_sessions), "eval": label_counts(eval_sessions),
+            "skipped": report.as_dict()}
+    logger.info("data: %s", info)
+    return train_sessions, eval_sessions, info
+
+
+def build_model(cfg: TrainConfig, input_dim: int, encoder_reference: str, fingerprint: str) -> Any:
+    from model.configuration_logmoe import LogMoEConfig
+    from model.modeling_logmoe import LogMoEForSequenceClassification
+
+    config = LogMoEConfig(input_dim=input_dim, **asdict(cfg.model), routing="dense",
+                          encoder_name_or_path=encoder_reference, pooling=cfg.encoder.pooling,
+                          line_max_length=cfg.encoder.line_max_length, data_fingerprint=fingerprint)
+    config.window_hop = cfg.training.hop  # the hop evaluation (and the worker) should window long sessions with
+    torch.manual_seed(cfg.training.seed)
+    return LogMoEForSequenceClassification(config)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, calibrate and save a model; returns (and writes to metrics.json) the final metrics. A run stopped by
+    training.stop_after_epochs returns {"status": "interrupted", ...} and saves no final model."""
+    from model.encoder import LineEncoder
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    out = cfg.output_path
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.training.seed)
+    device = resolve_device(cfg.training.device)
+
+    train_sessions, eval_sessions, data_info = load_run_data(cfg)
+    timings["load_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    train_masked = mask_sessions(train_sessions, mask)
+    eval_masked = mask_sessions(eval_sessions, mask)
+    distinct = list(dict.fromkeys(line for lines in (*train_masked, *eval_masked) for line in lines))
+    timings["mask_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    encoder = LineEncoder(cfg.encoder.name_or_path, pooling=cfg.encoder.pooling,
+                          max_length=cfg.encoder.line_max_length, device=device, batch_size=cfg.encoder.batch_size)
+    cache = EmbeddingCache(cfg.embed_cache_dir, encoder_cache_key(encoder.reference, cfg.encoder.pooling,
+                                                                  cfg.encoder.line_max_length))
+    table = embed_lines(distinct, encoder, cache)  # (U, D)
+    timings["embed_s"] = time.perf_counter() - clock
+    row_of = {line: row for row, line in enumerate(distinct)}
+    train_set = build_window_set(train_sessions, train_masked, row_of, cfg.model.max_window, cfg.training.hop)
+    eval_set = build_window_set(eval_sessions, eval_masked, row_of, cfg.model.max_window, cfg.training.hop)
+    logger.info("%d distinct masked lines; %d train windows, %d eval windows", len(distinct), len(train_set),
+                len(eval_set))
+
+    fingerprint = data_fingerprint(train_sessions)
+    identity = run_identity(cfg, fingerprint, data_fingerprint(eval_sessions))
+    model = build_model(cfg, encoder.dim, encoder.reference, fingerprint).to(device)
+    resume_from = _prepare_checkpoints(cfg, identity)
+    if resume_from is not None:
+        model.load_state_dict(resume_from.model_state)
+        resume_from.restore_rng()
+
+    def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
+        at_half = classification_metrics(eval_set.session_labels.tolist(), result.session_scores.tolist(), 0.5)
+        return {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
+
+    clock = time.perf_counter()
+    trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
+                           eval_hook)
+    timings["train_s"] = time.perf_counter() - clock
+    total_epochs = len(schedule(cfg.training))
+    if trainer.epochs_done < total_epochs:
+        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": total_epochs,
+                "output_dir": str(out)}
+
+    clock = time.perf_counter()
+    metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, device)
+    timings["final_eval_s"] = time.perf_counter() - clock
+    window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
+    result = {
+        "status": "complete",
+        "eval": metrics,
+        "data": data_info,
+        "windows": {"train": len(train_set), "eval": len(eval_set), "max_window": cfg.model.max_window,
+                    "hop": cfg.training.hop},
+        "embedding": {"distinct_lines": len(distinct), "encoder": encoder.reference, "cache_dir": str(cache.dir)},
+        "data_fingerprint": fingerprint,
+        "threshold": metrics["threshold"],
+        "final_eval_loss": window_check.loss,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "output_dir": str(out),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_loss_curves(trainer.log_history, out / "plots" / "loss_curves.png")
+    logger.info("eval: f1=%.4f precision=%.4f recall=%.4f pr_auc=%s threshold=%.4f; model in %s",
+                metrics["f1"], metrics["precision"], metrics["recall"], metrics["pr_auc"], metrics["threshold"],
+                out / FINAL_DIR)
+    return result
+
+
+def _prepare_checkpoints(cfg: TrainConfig, identity: dict[str, Any]) -> Any:
+    """The checkpoint to resume from (None: start fresh). A fresh run clears old checkpoints and logs."""
+    results = cfg.output_path / "moe_results"
+    if cfg.resume:
+        found = load_latest_checkpoint(results)
+        if found is None:
+            logger.warning("--resume: no checkpoint in %s; starting from scratch", results)
+            return None
+        if found.trainer.run_identity != identity:
+            differing = sorted(_diff_keys(found.trainer.run_identity, identity))
+            raise ValueError(f"--resume: the checkpoint in {found.folder} was made with other settings or data "
+                             f"(differs in: {', '.join(differing)}); start a fresh run or restore them")
+        return found
+    for stale in ("moe_results", "moe_logs"):
+        if (cfg.output_path / stale).exists():
+            logger.info("fresh run: clearing %s", cfg.output_path / stale)
+            shutil.rmtree(cfg.output_path / stale)
+    return None
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [k for key in keys for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
+              train_masked: list[tuple[str, ...]], device: torch.device) -> dict[str, Any]:
+    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold,
+    write seen_lines.json and the eval plots; returns the eval metrics at the stored threshold."""
+    from model.scorer import LogScorer
+
+    final_dir = cfg.output_path / FINAL_DIR
+    model.save_pretrained(final_dir)
+    LogScorer.save_seen_lines(final_dir, dict.fromkeys(line for lines in train_masked for line in lines))
+    scorer = LogScorer.from_pretrained(final_dir, device=str(device), encoder=encoder,
+                                       batch_size=cfg.training.eval_batch_size)
+    scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
+    labels = [s.label for s in eval_sessions]
+    threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
+                                    cfg.training.target_fpr)
+    model.config.threshold = threshold
+    model.save_pretrained(final_dir)
+    metrics = session_metrics(eval_sessions, scores, threshold)
+    plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
+    return metrics
