@@ -63,11 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _quiet_clients() -> None:
-    """Kafka clients log every connection at INFO; the tools' own output is what matters."""
-    for name in ("kafka", "aiokafka"):
-        if logging.getLogger(name).getEffectiveLevel() < logging.WARNING and not logging.getLogger().isEnabledFor(
-                logging.DEBUG):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    """Kafka clients log every connection at INFO; the tools' own output is what matters (-v keeps it all)."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    for name in ("kafka", "aiokafka", "stream.broker"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

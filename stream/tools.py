@@ -45,7 +45,9 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
         raise ValueError(f"--key-regex {key_regex!r} does not compile: {exc}") from None
     total = sum(1 for _ in _lines(path))
     # batch_size=0: one record per batch, so the embedded broker's end offsets stay right (BROKER.md).
-    producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=3)
+    # No idempotence: the embedded broker has no InitProducerId; duplicates are harmless to the worker.
+    producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=3,
+                             enable_idempotence=False)
     sent = skipped = 0
     started = time.monotonic()
     bar = tqdm(total=total, unit="line", desc=f"replay {path.name}", disable=not progress, file=sys.stderr)
