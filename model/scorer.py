@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class LogScorer:
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
         self.seen_lines = seen_lines
+        self._lock = threading.Lock()  # callers may score from worker threads; the encoder cache is not shared-safe
 
     @classmethod
     def from_pretrained(
@@ -145,10 +147,15 @@ class LogScorer:
         return [s.score for s in self.score_detailed(windows)]
 
     def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[WindowScore]:
-        """Score each window of raw lines (mask applied here); results in input order."""
+        """Score each window of raw lines (mask applied here); results in input order. Thread-safe (calls are
+        serialised)."""
         self._check_windows(windows)
         if not windows:
             return []
+        with self._lock:
+            return self._score_detailed(windows)
+
+    def _score_detailed(self, windows: Sequence[Sequence[str]]) -> list[WindowScore]:
         masked_rows, index = self._index(windows)  # U distinct masked lines, per window (n_i,) rows
         table = self._encoder.encode(masked_rows)  # (U, D)
         table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = padding

@@ -160,3 +160,13 @@ def test_unreadable_files_are_named(scorer: LogScorer, tmp_path: Path) -> None:
     (tmp_path / "bad_config" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="not a LogMoE config"):
         LogScorer.from_pretrained(tmp_path / "bad_config", encoder=scorer.encoder)
+
+
+def test_concurrent_calls_from_threads_agree_with_serial(model_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = LogScorer.from_pretrained(model_dir, device="cpu")  # empty cache: threads race to fill it
+    windows = [[SESSION[k % len(SESSION)] for k in range(i, i + 3)] for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda w: fresh.score([w])[0], windows))
+    assert concurrent == pytest.approx(fresh.score(windows), abs=1e-5)
