@@ -49,7 +49,6 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
     processor = SessionProcessor(windows, cfg.session_idle, metrics)
     close_requested: dict[str, float] = {}
-    app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and operators poking at a live app
 
     @app.agent(logs, name="route")
     async def route(stream: faust.StreamT) -> None:
@@ -131,12 +130,16 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         # the later of the session's last line and this worker's start.
         floor = processor.started_at
         seen = [(k, max(float(v["last_seen"]), floor)) for k, v in list(table.items()) if v]
+        last_seen = dict(seen)
+        for key in [k for k in close_requested if k not in last_seen]:
+            del close_requested[key]  # closed (here or by the worker that owns it now)
         idle, evicted = sessions_to_close(seen, now, cfg.session_idle, cfg.max_open_sessions)
         retry_after = max(2 * cfg.session_idle, 10.0)
         for reason, keys in (("idle", idle), ("evict", evicted)):
             for key in keys:
-                if now - close_requested.get(key, 0.0) < retry_after:
-                    continue
+                requested = close_requested.get(key)
+                if requested is not None and requested > last_seen[key] and now - requested < retry_after:
+                    continue  # already asked since its last line; the request is on its way
                 close_requested[key] = now
                 await sessions.send(key=key.encode("utf-8"), value=SessionEvent("close", key, reason=reason).to_json())
 
