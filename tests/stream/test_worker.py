@@ -96,3 +96,14 @@ def test_restart_mid_stream_loses_no_session_window(kafka, start_worker, names) 
     assert {a["session"] for a in alerts} == anomalous
     ends = {(a["session"], a["window"]["end"]) for a in alerts}
     assert len({a["alert_id"] for a in alerts}) == len(ends)  # duplicates (redeliveries) share their id
+
+
+@pytest.mark.timeout(90)
+def test_open_sessions_beyond_the_cap_are_closed_early_and_counted(kafka, start_worker, names) -> None:
+    worker = start_worker(session_idle=60.0, max_open_sessions=3, **names)
+    worker.wait_ready()
+    ids = [f"e{i}" for i in range(7)]
+    produce(kafka.bootstrap, names["topic_logs"], sessions_text(ids, anomalous={"e0"}, length=3))
+    m = worker.wait_for(lambda m: m.get("sessions_evicted_overflow", 0) >= 4 and m.get("open_sessions") == 3, 45)
+    assert m["windows_scored"] == m["sessions_evicted_overflow"]  # each evicted session's window was scored
+    assert m.get("sessions_closed_idle", 0) == 0
