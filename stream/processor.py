@@ -61,7 +61,6 @@ class Batch:
     states: dict[str, SessionState | None] = field(default_factory=dict)
     windows: list[Window] = field(default_factory=list)
     owners: list[SessionState] = field(default_factory=list)  # the state each window came from
-    last_offset: dict[str, int] = field(default_factory=dict)  # per session: offset of its last event
 
 
 class SessionProcessor:
@@ -81,7 +80,6 @@ class SessionProcessor:
             if state is not None and offset <= state.last_event_offset:
                 self.metrics.inc("events_redelivered_skipped")
                 continue
-            batch.last_offset[key] = offset
             if event.kind == "close":
                 self._close(batch, key, state, event.reason, now)
                 continue

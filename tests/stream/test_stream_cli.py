@@ -32,3 +32,11 @@ def test_worker_with_a_bad_session_regex_fails_naming_it() -> None:
 def test_replay_of_a_missing_file_names_it(tmp_path: Path) -> None:
     out = logmoe("replay", str(tmp_path / "nope.log"), "--bootstrap", "127.0.0.1:1")
     assert out.returncode == 2 and "nope.log" in out.stderr
+
+
+def test_demo_summary_counts_against_the_labels() -> None:
+    from stream.demo import summarize
+
+    labels = {"a": 1, "b": 1, "c": 0, "d": 0}
+    assert summarize(labels, {"a", "c"}) == {"sessions": 4, "anomalies_injected": 2, "alerted": 2, "detected": 1,
+                                             "missed": 1, "false_alarms": 1}
