@@ -100,3 +100,27 @@ def test_load_source_for_each_format(tmp_path: Path) -> None:
         load_source([str(csv_path)], DataSection(format="labelled_csv", window=100), max_window=64)
     with pytest.raises(ValueError, match="labels_csv is required"):
         DataSection(format="keyed_log")
+
+
+@pytest.mark.data
+def test_keyed_adapter_rebuilds_the_hdfs_dev_sessions_from_the_stream(shared_data: Path) -> None:
+    hdfs = shared_data / "hdfs"
+    if not (hdfs / "dev_stream.log").is_file():
+        pytest.skip(f"no HDFS stream in {hdfs}")
+    report = SkipReport()
+    rebuilt = sessions_from_keyed_log([hdfs / "dev_stream.log"], r"(blk_-?\d+)", hdfs / "dev_labels.csv", report)
+    expected = {s.session_id: s for s in load_source([str(hdfs / "dev.jsonl")], DataSection(), 64)[0]}
+    assert report.total == 0
+    assert {s.session_id for s in rebuilt} <= set(expected)
+    assert all(s.lines == expected[s.session_id].lines and s.label == expected[s.session_id].label for s in rebuilt)
+
+
+@pytest.mark.data
+def test_bgl_structured_csv_windows(shared_data: Path) -> None:
+    path = shared_data / "loghub_2k" / "BGL_2k.log_structured.csv"
+    if not path.is_file():
+        pytest.skip(f"no {path}")
+    lines = labelled_lines_from_csv(path)
+    assert len(lines) == 2000 and sum(flag for _, flag in lines) == 143
+    windows = windows_from_labelled_lines(lines, window=20, hop=20, name=path.name)
+    assert len(windows) == 100 and 0 < sum(w.label for w in windows) < 100

@@ -54,13 +54,13 @@ def test_counts_labels_and_stream(tmp_path: Path) -> None:
         len(dev)  # sessions really interleave
 
 
-def test_dev_sequences_are_unseen_but_dev_lines_are_known(tmp_path: Path) -> None:
+def test_dev_holds_unseen_sequences_of_known_lines(tmp_path: Path) -> None:
     write_world(tmp_path, sessions=600, seed=2)
     train, dev = load_jsonl(tmp_path / "train.jsonl"), load_jsonl(tmp_path / "dev.jsonl")
     train_lines = {mask(line) for s in train for line in s.lines}
     train_seqs = {tuple(mask(line) for line in s.lines) for s in train}
     dev_seqs = [tuple(mask(line) for line in s.lines) for s in dev]
-    assert sum(seq not in train_seqs for seq in dev_seqs) / len(dev) > 0.9
+    assert 0.02 < sum(seq not in train_seqs for seq in dev_seqs) / len(dev) < 0.5
     # sessions differ in their ids, timestamps and numbers, yet mask to a small vocabulary of lines
     assert len({line for s in dev for line in s.lines}) == sum(len(s.lines) for s in dev)
     assert len(train_lines) < 120
