@@ -35,6 +35,7 @@ class LogMoEOutput(ModelOutput):
     line_scores: Tensor | None = None  # (B, T)
     experts_per_token: Tensor | None = None  # () mean over real tokens and layers
     expert_load: Tensor | None = None  # (E,) fraction of real tokens routed to each expert, mean over layers
+    window_experts: Tensor | None = None  # (B,) mean experts per real line of each window, mean over layers
 
 
 class SelfAttention(nn.Module):
@@ -169,7 +170,16 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
             line_scores=line_scores,
             experts_per_token=torch.stack([s.experts_per_token for s in layer_stats]).mean(),
             expert_load=torch.stack([s.expert_load for s in layer_stats]).mean(dim=0),
+            window_experts=self._window_experts(layer_stats, mask),
         )
+
+    @staticmethod
+    def _window_experts(layer_stats: list[RoutingStats], mask: Tensor) -> Tensor:
+        """Mean number of experts that ran per real line of each window, averaged over layers -> (B,)."""
+        per_line = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (B, T)
+        for stats in layer_stats:
+            per_line[mask] += stats.expert_mask.float().sum(dim=-1)  # real tokens in (B, T) row-major order
+        return per_line.sum(dim=1) / (mask.sum(dim=1) * len(layer_stats))  # (B,)
 
     def _aux_loss(self, layer_stats: list[RoutingStats], logits: Tensor) -> Tensor:
         """Coefficient-weighted router losses, averaged over layers; exactly 0 (no graph) in dense routing."""

@@ -44,8 +44,8 @@ _mask_cached = functools.lru_cache(maxsize=1 << 15)(mask)
 @dataclass(frozen=True)
 class WindowScore:
     """score: P(anomaly) of the window. line_scores: each real line's additive share of the anomaly logit
-    margin (positive pushes towards anomalous), one per line. experts_per_token: mean experts per line over the
-    layers, for the batch the window was scored in. unseen_fraction: share of the window's masked lines not
+    margin (positive pushes towards anomalous), one per line. experts_per_token: mean experts that ran per line of
+    this window, averaged over the layers. unseen_fraction: share of the window's masked lines not
     seen in training (None when the model folder has no seen_lines.json)."""
 
     score: float
@@ -222,12 +222,12 @@ class LogScorer:
             out = self.model(inputs_embeds=inputs, attention_mask=attention_mask)
         probs = out.logits.float().softmax(dim=-1)[:, 1].cpu()  # (b,)
         line_scores = out.line_scores.float().cpu()  # (b, T)
-        experts = float(out.experts_per_token)
+        experts = out.window_experts.float().cpu()  # (b,)
         return [
             WindowScore(
                 score=float(probs[j]),
                 line_scores=line_scores[j, : len(rows)].tolist(),
-                experts_per_token=experts,
+                experts_per_token=float(experts[j]),
                 unseen_fraction=None if unseen is None else float(unseen[rows].float().mean()),
             )
             for j, rows in enumerate(index)

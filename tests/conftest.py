@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Test tensors are tiny: one intra-op thread each avoids oversubscribing CI's 2 cores, where the broker,
+# workers and pytest share them (two threads made single-window scoring up to 70x slower under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

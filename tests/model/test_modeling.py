@@ -202,3 +202,19 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     x, mask = pad(window(5), 8)
     with torch.no_grad():
         assert torch.equal(loaded(x, mask).logits, model(x, mask).logits)
+
+
+def test_window_experts_is_per_window_and_averages_to_the_batch_figure() -> None:
+    torch.manual_seed(3)
+    config = LogMoEConfig(input_dim=16, hidden_size=32, num_hidden_layers=2, expert_intermediate_size=32, top_p=0.6)
+    model = LogMoEForSequenceClassification(config).eval()
+    x = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    out = model(inputs_embeds=x, attention_mask=mask)
+    assert out.window_experts.shape == (3,)
+    lines = mask.sum(dim=1).float()
+    assert torch.allclose((out.window_experts * lines).sum() / lines.sum(), out.experts_per_token, atol=1e-6)
+    alone = model(inputs_embeds=x[1:2, :2], attention_mask=mask[1:2, :2])
+    assert torch.allclose(alone.window_experts, out.window_experts[1:2], atol=1e-6)
+    model.set_routing("dense")
+    assert torch.equal(model(inputs_embeds=x, attention_mask=mask).window_experts, torch.full((3,), 4.0))
