@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SESSION_REGEX = r"request_id=(\w+)"
 DEMO_SESSIONS = 400
-SESSION_IDLE = 3.0
+SESSION_IDLE = 5.0
 # Training's own defaults (2 + 2 epochs) take about a minute of CPU on the demo world: nothing to override.
 TRAIN_OVERRIDES: tuple[str, ...] = ()
 

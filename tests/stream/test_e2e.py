@@ -73,7 +73,7 @@ def collect(bootstrap: str, topic: str, quiet_for: float) -> list[dict[str, Any]
 def test_worker_alerts_exactly_the_sessions_offline_scoring_flags(kafka, start_worker, names, trained_world):
     world, model_dir = trained_world["world"], trained_world["model"]
     labels = {r["session_id"]: int(r["label"]) for r in csv.DictReader((world / "stream_labels.csv").open())}
-    worker = start_worker(model_dir, session_idle=2.0, **names)
+    worker = start_worker(model_dir, session_idle=4.0, **names)
     worker.wait_ready(90)
     replay(kafka.bootstrap, world / "stream.log", names["topic_logs"])
     worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= len(labels) and m.get("open_sessions") == 0, 120)
