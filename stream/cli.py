@@ -66,8 +66,9 @@ def _quiet_clients() -> None:
     """Kafka clients log every connection at INFO; the tools' own output is what matters (-v keeps it all)."""
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         return
-    for name in ("kafka", "aiokafka", "stream.broker"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("kafka", "aiokafka"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # their warnings are about their own event loop
+    logging.getLogger("stream.broker").setLevel(logging.WARNING)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
