@@ -165,6 +165,10 @@ class TrainingSection:
     """Target false-positive rate for threshold_objective=fpr."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
+    position_init_std: float | None = 1.0
+    """Re-initialise the window position embeddings with this std before training; null keeps the model's own
+    init. The model's default (0.02, the transformers initializer_range) is tiny next to its layer-normed line
+    inputs, so position is learned slowly and order anomalies are missed (measured: see train/pipeline.py)."""
     stop_after_epochs: int | None = None
     """Stop, as if interrupted, after this many epochs in total (for testing --resume); None: run to the end."""
 
@@ -188,6 +192,8 @@ class TrainingSection:
                              f"({self.threshold_objective!r})")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"training.target_fpr must be in [0, 1) ({self.target_fpr})")
+        if self.position_init_std is not None and self.position_init_std <= 0:
+            raise ValueError(f"training.position_init_std must be > 0 or null ({self.position_init_std})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
 
