@@ -46,6 +46,8 @@ class LogMoEConfig(PretrainedConfig):
         expert_intermediate_size: int = 256,  # hidden width inside each expert MLP
         top_p: float = 0.8,  # keep the smallest set of experts whose router probability reaches top_p
         max_window: int = 64,  # most lines per window (learned position embeddings)
+        window_hop: int = 16,  # lines between two windows of a longer session (model.windowing), offline and online
+        position_init_std: float = 1.0,  # init std of the position embeddings, on the scale of the normed inputs
         hidden_dropout: float = 0.1,
         attention_dropout: float = 0.1,
         routing: str = "top_p",  # "dense" (stage 1) or "top_p" (stage 2), see ROUTING_MODES
@@ -67,6 +69,8 @@ class LogMoEConfig(PretrainedConfig):
         self.expert_intermediate_size = expert_intermediate_size
         self.top_p = top_p
         self.max_window = max_window
+        self.window_hop = window_hop
+        self.position_init_std = position_init_std
         self.hidden_dropout = hidden_dropout
         self.attention_dropout = attention_dropout
         self.routing = routing
@@ -84,7 +88,7 @@ class LogMoEConfig(PretrainedConfig):
 
     def _check_values(self) -> None:
         for name in ("input_dim", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
-                     "expert_intermediate_size", "max_window", "line_max_length"):
+                     "expert_intermediate_size", "max_window", "window_hop", "line_max_length"):
             _check_int(name, getattr(self, name), 1)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -93,6 +97,7 @@ class LogMoEConfig(PretrainedConfig):
             )
         _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_float("threshold", self.threshold, 0.0, 1.0)
+        _check_float("position_init_std", self.position_init_std, 0.0, float("inf"), low_open=True)
         _check_float("hidden_dropout", self.hidden_dropout, 0.0, 1.0, high_open=True)
         _check_float("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)
         _check_float("router_aux_loss_coef", self.router_aux_loss_coef, 0.0, float("inf"))

@@ -139,6 +139,11 @@ class LogScorer:
         return int(self.config.max_window)
 
     @property
+    def window_hop(self) -> int:
+        """The hop the model was trained and evaluated with; the worker windows sessions with it too."""
+        return int(self.config.window_hop)
+
+    @property
     def encoder(self) -> LineEncoder:
         return self._encoder
 

@@ -218,3 +218,15 @@ def test_window_experts_is_per_window_and_averages_to_the_batch_figure() -> None
     assert torch.allclose(alone.window_experts, out.window_experts[1:2], atol=1e-6)
     model.set_routing("dense")
     assert torch.equal(model(inputs_embeds=x, attention_mask=mask).window_experts, torch.full((3,), 4.0))
+
+
+def test_position_embeddings_start_on_the_scale_of_the_inputs() -> None:
+    torch.manual_seed(0)
+    model = LogMoEForSequenceClassification(LogMoEConfig(input_dim=16, hidden_size=32, max_window=512))
+    assert 0.9 < model.position.weight.std().item() < 1.1
+    small = LogMoEForSequenceClassification(LogMoEConfig(input_dim=16, hidden_size=32, position_init_std=0.02))
+    assert small.position.weight.std().item() < 0.05
+    with pytest.raises(ValueError, match="position_init_std.*-1"):
+        LogMoEConfig(position_init_std=-1)
+    with pytest.raises(ValueError, match="window_hop.*0"):
+        LogMoEConfig(window_hop=0)
