@@ -57,6 +57,7 @@ def test_ensure_topics_creates_each_once_with_the_configured_partitions(kafka: E
         admin.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_replay_skips_a_too_large_line_and_sends_the_rest_in_order(kafka: EmbeddedBroker, tmp_path: Path) -> None:
     topic = f"replay-{uuid.uuid4().hex[:8]}"
@@ -74,6 +75,7 @@ def test_replay_skips_a_too_large_line_and_sends_the_rest_in_order(kafka: Embedd
     assert got == [(0, "first request_id=a"), (0, "second request_id=b"), (0, "third request_id=a")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_alerts_command_prints_json_lines_and_exits_after_its_timeout(kafka: EmbeddedBroker) -> None:
     topic = f"alerts-{uuid.uuid4().hex[:8]}"

@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -17,6 +19,7 @@ def test_stream_subcommands_are_registered() -> None:
         assert name in out.stdout
 
 
+@pytest.mark.slow  # imports torch and transformers before it can say the folder is missing
 def test_worker_with_a_missing_model_fails_with_one_line_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no_model_here"
     out = logmoe("worker", "--broker", "127.0.0.1:1", "--model", str(missing))
