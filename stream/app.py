@@ -25,10 +25,10 @@ DEFAULT_HOP = 16
 
 
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
-    """cfg.hop, or when 0 the hop the model was trained with (config.json window_hop), else DEFAULT_HOP."""
+    """cfg.hop, or when 0 the hop the model was trained with (LogScorer.window_hop), else DEFAULT_HOP."""
     if cfg.hop:
         return cfg.hop
-    model_hop = getattr(getattr(scorer, "config", None), "window_hop", None)
+    model_hop = getattr(scorer, "window_hop", None)
     return model_hop if isinstance(model_hop, int) and model_hop >= 1 else DEFAULT_HOP
 
 

@@ -18,7 +18,6 @@ from stream.tools import consume_alerts
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-HOP = 4
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +37,7 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Pa
         "model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=2",
         "model.expert_intermediate_size=64", "model.max_window=16",
         "training.epochs_stage1=6", "training.epochs_stage2=4", "training.batch_size=16",
-        "training.learning_rate=0.003", "training.device=cpu", f"training.hop={HOP}",
+        "training.learning_rate=0.003", "training.device=cpu",
     ]
     metrics = train(load_config(TrainConfig, None, overrides))
     return {"world": root / "world", "model": root / "run" / "final_moe_model", "metrics": metrics}
@@ -53,7 +52,7 @@ def offline_flags(model_dir: Path, world: Path) -> dict[str, bool]:
     scorer = LogScorer.from_pretrained(model_dir, device="cpu")
     flags = {}
     for session in load_jsonl(world / "dev.jsonl"):
-        windows = session_windows(list(session.lines), scorer.max_window, HOP)
+        windows = session_windows(list(session.lines), scorer.max_window, scorer.window_hop)
         flags[session.session_id] = max(scorer.score(windows)) >= scorer.threshold
     return flags
 

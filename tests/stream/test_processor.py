@@ -91,3 +91,14 @@ def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
     alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)
     assert [a["window"]["end"] for a in alerts] == [4]
     assert proc.metrics.counts["alerts_suppressed_cooldown"] == 0  # windows 6 and 8 no longer see the ERROR
+
+
+def test_hop_zero_means_the_models_own_hop() -> None:
+    from stream.app import DEFAULT_HOP, window_hop
+    from stream.config import StreamConfig
+
+    scorer = FakeScorer()
+    assert window_hop(StreamConfig(hop=0), scorer) == DEFAULT_HOP  # a scorer without window_hop
+    scorer.window_hop = 5
+    assert window_hop(StreamConfig(hop=0), scorer) == 5
+    assert window_hop(StreamConfig(hop=3), scorer) == 3
