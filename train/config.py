@@ -134,7 +134,9 @@ class TrainingSection:
     """The two-stage optimisation."""
 
     learning_rate: float = 1e-4
-    """Peak AdamW learning rate of each stage (the seed: 1e-4)."""
+    """Peak AdamW learning rate of each stage (the seed: 1e-4). Measured on HDFS (train+order_train -> dev+order_dev,
+    2+2 epochs): 1e-4 gives F1 0.889, 1e-3 gives F1 0.995; small data (the 1,000-session demo world) also wants
+    1e-3 and 5+5 epochs."""
     batch_size: int = 64
     """Windows per step (the seed: 64)."""
     epochs_stage1: int = 2
@@ -148,7 +150,9 @@ class TrainingSection:
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     class_weighting: str = "none"
-    """none, or balanced: cross-entropy weighted by inverse class frequency of the training windows."""
+    """none, or balanced: cross-entropy weighted by inverse class frequency of the training windows. none by
+    default: the decision threshold is calibrated on eval, which absorbs a class-prior shift between train and
+    eval (HDFS: 67% anomalous in train, 10% in dev)."""
     seed: int = 42
     """Seeds initialisation, dropout and shuffling: equal seeds give equal models."""
     logging_steps: int = 10
