@@ -99,7 +99,7 @@ def per_rule_table(per_rule: list[dict[str, Any]], methods: Sequence[str]) -> st
         res = r["results"]
         rows.append([r["template"], r["change"], r["description"], r["lines_changed"],
                      *[f"{fmt(res['dev+order_dev'][m]['f1'])} / {fmt(res['dev'][m]['f1'])}" for m in methods]])
-    return markdown_table(["template", "change", "rewrite", "dev lines changed",
+    return markdown_table(["template", "change", "rewrite", "eval lines changed",
                            *[f"{m} F1 all / dev" for m in methods]], rows)
 
 
