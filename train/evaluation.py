@@ -3,7 +3,6 @@ with model.windowing.session_windows and scored as the MAX over its windows."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +17,6 @@ from train.data import Session, load_sessions
 from train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_HOP = 16
-
 
 @dataclass
 class SessionScores:
@@ -58,16 +54,6 @@ def session_metrics(sessions: Sequence[Session], result: SessionScores, threshol
     return metrics
 
 
-def model_window_hop(model_dir: str | Path) -> int:
-    """The hop the model was trained with (stored in its config.json as window_hop), else the default."""
-    config_file = Path(model_dir) / "config.json"
-    if config_file.is_file():
-        hop = json.loads(config_file.read_text(encoding="utf-8")).get("window_hop")
-        if isinstance(hop, int) and hop >= 1:
-            return hop
-    return DEFAULT_HOP
-
-
 def load_scorer(model_dir: str, device: str, batch_size: int) -> Any:
     from model.scorer import LogScorer
 
@@ -78,7 +64,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Metrics of a trained model on labelled JSONL sessions, at its stored threshold (or cfg.threshold)."""
     sessions, report = load_sessions(cfg.data, skip_invalid=cfg.skip_invalid)
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
-    hop = cfg.hop if cfg.hop is not None else model_window_hop(cfg.model)
+    hop = cfg.hop if cfg.hop is not None else scorer.window_hop
     result = score_sessions(scorer, sessions, hop, cfg.batch_size)
     threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
     metrics = session_metrics(sessions, result, threshold)

@@ -31,6 +31,15 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert cfg == Outer(name="run", device="cpu", keys=["blk_-?\\d+"], limit=5, inner=Inner(0.9, 8))
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  top_p: 5e-1\n")  # YAML 1.1 reads this as the string '5e-1'
+    assert load_config(Outer, path).inner.top_p == 0.5
+    assert load_config(Outer, None, ["inner.top_p=3e-4"]).inner.top_p == 3e-4
+    with pytest.raises(ValueError, match="expected a number, got 'high'"):
+        load_config(Outer, None, ["inner.top_p=high"])
+
+
 def test_defaults_without_a_file() -> None:
     assert load_config(Outer) == Outer()
 

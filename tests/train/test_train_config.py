@@ -15,7 +15,7 @@ def test_yaml_equals_the_seed_defaults() -> None:
     cfg = load_config(TrainConfig, CONFIG)
     assert cfg == TrainConfig()
     assert (cfg.training.learning_rate, cfg.training.batch_size, cfg.training.epochs_stage1,
-            cfg.training.epochs_stage2, cfg.model.num_experts, cfg.model.top_p) == (1e-4, 64, 2, 2, 4, 0.8)
+            cfg.training.epochs_stage2, cfg.model.num_experts, cfg.model.top_p) == (1e-3, 64, 2, 2, 4, 0.8)
 
 
 def test_overrides_reach_nested_sections() -> None:
