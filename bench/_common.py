@@ -285,7 +285,7 @@ class LogMoE:
         self.model_dir = Path(cfg.output_dir) / "final_moe_model"
         self.scorer = LogScorer.from_pretrained(self.model_dir, device=cfg.training.device)
         self.threshold = float(self.scorer.threshold)
-        self.hop = cfg.training.hop
+        self.hop = self.scorer.window_hop  # the model owns its hop (training.hop), as the worker reads it
 
     def score(self, data: Prepared) -> np.ndarray:
         from model.windowing import session_windows
