@@ -329,6 +329,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result["alerts"] = {"read": len(raw), "unique": len(unique), "redeliveries": len(raw) - len(unique),
                         "sessions_alerted": len(alerted), "alerted_not_labelled": sorted(alerted - set(labels))}
     result["stream"] = stream_metrics(labels, alerted)
+    result["stream"]["false_positives"] = sorted(s for s in alerted if labels.get(s) == 0)
+    result["stream"]["false_negatives"] = sorted(s for s, y in labels.items() if y == 1 and s not in alerted)
     result["delay"] = detection_delay(first, labels, lengths)
     result["sessions_reopened"] = int(result["worker_metrics"].get("sessions_opened", 0)) - len(order)
     result["f1_abs_diff"] = abs(result["stream"]["f1"] - result["offline"]["f1"])
@@ -352,8 +354,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(markdown_table(
         ["detected anomalous sessions", "first alert at line (median)", "p90", "max",
          "median share of the session", "alerted before the session closed"],
-        [[d.get("n", 0), d.get("median"), d.get("p90"), d.get("max"), d.get("median_fraction_of_session"),
-          d.get("alerted_before_close")]]))
+        [[d.get("n", 0), fmt(d.get("median"), 1), fmt(d.get("p90"), 1), fmt(d.get("max"), 0),
+          fmt(d.get("median_fraction_of_session"), 2), d.get("alerted_before_close")]]))
     w, a, inp = r["worker_metrics"], r["alerts"], r["inputs"]
     print("\n" + markdown_table(["run fact", "value"], [
         ["lines replayed (skipped)", f"{r['replay']['sent']} ({r['replay']['skipped']})"],
@@ -367,7 +369,7 @@ def print_report(r: dict[str, Any]) -> None:
         ["worker: alerts out / suppressed by cooldown", f"{w.get('alerts_out')} / {w.get('alerts_suppressed_cooldown', 0)}"],
         ["alerts read / unique (redeliveries dropped)", f"{a['read']} / {a['unique']}"],
         ["alerted sessions not in the labels", len(a["alerted_not_labelled"])],
-        ["session idle (s)", r["session_idle"]],
+        ["session idle (s)", f"{r['session_idle']:g}"],
         ["replay (s) / worker read every line (s) / every session closed (s)",
          f"{r['replay']['seconds']:.1f} / {r.get('worker_read_all_s', 0):.1f} / {r.get('drained_s', 0):.1f}"],
         ["worker scoring latency p50 / max (ms), mean windows per batch",
