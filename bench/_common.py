@@ -65,10 +65,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        nproc = os.cpu_count() or 0
+    nproc = len(os.sched_getaffinity(0))  # what `nproc` prints without OMP_NUM_THREADS, which it would honour
     try:
         commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()

@@ -443,13 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)  # a temp folder: kept only when something went wrong
-    # `nproc` honours OMP_NUM_THREADS: hide ours from it, so the header names the machine, not our thread cap.
-    omp = os.environ.pop("OMP_NUM_THREADS", None)
-    try:
-        info = print_header("Streaming evaluation: worker alerts vs offline evaluate (HDFS dev)")
-    finally:
-        if omp is not None:
-            os.environ["OMP_NUM_THREADS"] = omp
+    info = print_header("Streaming evaluation: worker alerts vs offline evaluate (HDFS dev)")
     print(f"- worker and `logmoe evaluate`: device cpu, OMP_NUM_THREADS={args.threads}\n")
     print_report(result)
     write_json(args.json_out, {"machine": info, **result})
