@@ -198,9 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_sizes_"))
     cache_dir = args.cache_dir or work / "embed_cache"
     header = print_header("Model sizes on HDFS: accuracy vs speed" + (" (--quick)" if args.quick else ""))
-    # nproc honours OMP_NUM_THREADS (set to 1 for these runs); the affinity mask gives the machine's cores
-    print(f"- cores available: {len(os.sched_getaffinity(0))} (os.sched_getaffinity); "
-          f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print(f"- load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     started = time.perf_counter()
 
     files = write_subsets(args.data_dir / "hdfs", work, counts, args.seed)
