@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _common import (
     CountBaseline, LabelledSession, LogMoE, Method, baseline_estimators, default_data_dir, markdown_table, prepare,
-    print_header, require_file, setup_logging, write_hdfs_jsonl, write_json, REPO_ROOT,
+    print_header, require_file, start_run, add_run_options, write_hdfs_jsonl, write_json, REPO_ROOT,
 )
 
 logger = logging.getLogger("bench.bgl")
@@ -56,20 +56,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-hop", type=int, default=20, help="hop of the test windows (= window: disjoint)")
     parser.add_argument("--train-fraction", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one logmoe run of 1+1 epochs")
-    parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start_run(args)
     header = print_header("BGL_2k benchmark: logmoe vs bag-of-masked-lines, time-ordered split"
                           + (" (--quick)" if args.quick else ""))
     from train.metrics import classification_metrics

@@ -28,7 +28,8 @@ import numpy as np
 
 from _common import (
     CountBaseline, LabelledSession, LogMoE, Method, Prepared, baseline_estimators, default_data_dir, fmt, labels_of,
-    load_hdfs_jsonl, markdown_table, prepare, print_header, setup_logging, write_hdfs_jsonl, write_json, REPO_ROOT,
+    load_hdfs_jsonl, markdown_table, prepare, print_header, start_run, add_run_options, write_hdfs_jsonl, write_json,
+    REPO_ROOT,
 )
 from drift import DRIFT_RULES, DriftRule, TemplateParser, check_rules_fire, drift_sessions, rules_for_fraction
 
@@ -127,20 +128,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drift-levels", default="0.2,0.4,1.0",
                         help=f"fractions of the {len(DRIFT_RULES)} drift rules applied together (0: no drift table)")
     parser.add_argument("--per-rule", action="store_true", help="also one drift condition per single rule")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch's default); on a shared 2-core machine 1 trains ~3x faster")
-    parser.add_argument("--json-out", type=Path, default=None, help="write every number to this JSON file")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    start_run(args)
     hdfs = args.data_dir / "hdfs"
     header = print_header("HDFS benchmark: logmoe vs classical baselines" + (" (--quick)" if args.quick else ""))
     started = time.perf_counter()

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from _common import default_data_dir, fmt, markdown_table, print_header, setup_logging, write_json, REPO_ROOT
+from _common import (
+    REPO_ROOT, add_run_options, default_data_dir, fmt, markdown_table, print_header, start_run, write_json,
+)
 
 logger = logging.getLogger("bench.prep")
 
@@ -72,24 +74,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds the seed's way may run before it is extrapolated from what it did")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of logmoe's way (a fresh cache each), around the seed's; the median is used")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both sides (0: torch's default); 1 keeps small forwards from "
-                             "being dominated by contention on a shared machine")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 sessions, 20 s seed budget")
-    parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    start_run(args)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1 ({args.repeats})")
     if args.quick:
         args.sessions, args.seed_budget, args.repeats = min(args.sessions, 200), min(args.seed_budget, 20.0), 1
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     header = print_header("Training-data preparation: the seed's way vs logmoe's" + (" (--quick)" if args.quick
                                                                                        else ""))
     from model.config_io import load_config

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    LabelledSession, default_data_dir, load_hdfs_jsonl, markdown_table, print_header, setup_logging,
+    LabelledSession, default_data_dir, load_hdfs_jsonl, markdown_table, print_header, start_run, add_run_options,
     write_hdfs_jsonl, write_json, REPO_ROOT,
 )
 
@@ -173,19 +173,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 300+30 train, 150+15 eval sessions, 1+1 epochs, 200 speed windows")
     parser.add_argument("--reuse", action="store_true", help="reuse WORK_DIR/<size>/metrics.json where present")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--json-out", type=Path, default=None, help="write every number to this JSON file")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_run_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
-    import torch
+    start_run(args)
+    import torch  # after start_run: the thread count is set before torch does any work
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     chosen = [s for s in SIZES if s.name in args.sizes.split(",")]
     if DEFAULT not in chosen:
         raise ValueError(f"--sizes must include {DEFAULT.name!r} (the speed ratio's reference): {args.sizes!r}")
