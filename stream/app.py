@@ -21,15 +21,9 @@ def load_scorer(cfg: StreamConfig) -> Scorer:
     return LogScorer.from_pretrained(cfg.model, device=cfg.device)
 
 
-DEFAULT_HOP = 16
-
-
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
-    """cfg.hop, or when 0 the hop the model was trained with (LogScorer.window_hop), else DEFAULT_HOP."""
-    if cfg.hop:
-        return cfg.hop
-    model_hop = getattr(scorer, "window_hop", None)
-    return model_hop if isinstance(model_hop, int) and model_hop >= 1 else DEFAULT_HOP
+    """cfg.hop, or when 0 the hop the model was trained with (LogScorer.window_hop)."""
+    return cfg.hop or scorer.window_hop
 
 
 def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:

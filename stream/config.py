@@ -62,7 +62,7 @@ class StreamConfig:
     5 suits replays and the demo; in production set it to the longest normal pause inside a session."""
     hop: int = 0
     """A session's window (the model's max_window lines) is scored every `hop` new lines; 0 = the hop the
-    model was trained and evaluated with (window_hop in its config.json, else 16), for train/serve parity."""
+    model was trained and evaluated with (window_hop in its config.json), for train/serve parity."""
     max_open_sessions: int = 100_000
     """Open sessions per worker; beyond it the least recently seen are closed early (counted as evicted)."""
     max_session_lines: int = 1_000_000

@@ -26,6 +26,7 @@ class Scorer(Protocol):
     name: str
     fingerprint: str
     max_window: int
+    window_hop: int
 
     def score_detailed(self, windows: list[list[str]]) -> Sequence[ScoredWindow]: ...
 

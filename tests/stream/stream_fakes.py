@@ -19,8 +19,9 @@ class FakeScorer:
     name = "fake"
     fingerprint = "0" * 64
 
-    def __init__(self, max_window: int = 8) -> None:
+    def __init__(self, max_window: int = 8, window_hop: int = 16) -> None:
         self.max_window = max_window
+        self.window_hop = window_hop
         self.calls: list[list[list[str]]] = []
 
     def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[FakeScore]:

@@ -94,11 +94,11 @@ def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
 
 
 def test_hop_zero_means_the_models_own_hop() -> None:
-    from stream.app import DEFAULT_HOP, window_hop
+    from stream.app import window_hop
     from stream.config import StreamConfig
 
-    scorer = FakeScorer()
-    assert window_hop(StreamConfig(hop=0), scorer) == DEFAULT_HOP  # a scorer without window_hop
+    scorer = FakeScorer(window_hop=16)
+    assert window_hop(StreamConfig(hop=0), scorer) == 16
     scorer.window_hop = 5
     assert window_hop(StreamConfig(hop=0), scorer) == 5
     assert window_hop(StreamConfig(hop=3), scorer) == 3
