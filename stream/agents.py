@@ -1,7 +1,7 @@
-"""The worker's agents and timers: route (logs -> sessions), score (sessions -> alerts), close, metrics.
+"""The worker's score agent and timers: score (sessions -> alerts), close idle sessions, log metrics.
 
-Data flow: a raw line on `logs` is parsed and keyed by session, then re-published on the internal
-`sessions` topic keyed by the session, so all of a session's lines reach one worker in order. The score
+Data flow: the route agent (stream/route.py) re-publishes each raw line on the internal `sessions` topic keyed
+by its session, so all of a session's lines reach one worker in order. The score
 agent takes micro-batches from it, updates the session table, scores due windows in a worker thread and
 publishes alerts. A timer scans the open sessions and asks for idle ones to be closed by publishing a
 close event on the same topic, so closing follows the same ordered, changelogged path as lines.
@@ -25,8 +25,7 @@ from faust.types import EventT
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor
-from stream.records import BadInput, SessionKeyer, parse_message
-from stream.windows import Entry, SessionState, SessionWindows, sessions_to_close
+from stream.windows import SessionState, SessionWindows, sessions_to_close
 
 log = logging.getLogger("stream.worker")
 
@@ -42,32 +41,11 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, *, logs: faust.TopicT,
-                    sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table) -> Metrics:
-    metrics = Metrics()
-    keyer = SessionKeyer(cfg.session_key, cfg.catch_all_key)
+def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, metrics: Metrics, *,
+                    sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table) -> None:
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
     processor = SessionProcessor(windows, cfg.session_idle, metrics)
     close_requested: dict[str, float] = {}
-
-    @app.agent(logs, name="route")
-    async def route(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
-            for event in events:
-                message = event.message
-                try:
-                    parsed = parse_message(event.value, cfg.max_line_bytes)
-                except BadInput as exc:
-                    metrics.inc(f"bad_{exc.reason}")
-                    log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-                    continue
-                metrics.inc("lines_in")
-                if parsed.replaced_bytes:
-                    metrics.inc("lines_utf8_replaced")
-                session = keyer.key_for(parsed.line, message.key, parsed.source)
-                ts = parsed.ts if parsed.ts is not None else message.timestamp
-                entry = Entry(parsed.line, ts, message.partition, message.offset)
-                await sessions.send(key=session.encode("utf-8"), value=SessionEvent("line", session, entry).to_json())
 
     def load(key: str) -> SessionState | None:
         data = table.get(key)
@@ -152,7 +130,6 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     async def mark_start() -> None:
         processor.started_at = time.time()
 
-    return metrics
 
 
 def _cache_info(scorer: Scorer) -> dict[str, Any] | None:

@@ -8,7 +8,10 @@ import faust
 
 from stream.agents import register_agents
 from stream.config import StreamConfig
+from stream.metrics import Metrics
 from stream.processor import Scorer
+from stream.route import register_route
+from stream.security import describe, faust_credentials
 from stream.topics import SESSION_TABLE
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     app = faust.App(
         cfg.app_id,
         broker=cfg.faust_broker,
+        broker_credentials=faust_credentials(cfg),
         store=cfg.store,
         processing_guarantee=cfg.processing_guarantee,
         topic_partitions=cfg.partitions,
@@ -54,7 +58,9 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     SESSION_STATES = app.Table(SESSION_TABLE, default=None, partitions=cfg.partitions,
                                key_type=str)  # values: plain JSON mappings (SessionState.to_json)
     hop = window_hop(cfg, scorer)
-    register_agents(app, cfg, scorer, hop, logs=LOGS, sessions=SESSIONS, alerts=ALERTS, table=SESSION_STATES)
-    log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s", cfg.app_id, scorer.name,
-             scorer.max_window, hop, scorer.threshold, cfg.faust_broker)
+    metrics = Metrics()
+    register_route(app, cfg, metrics, logs=LOGS, sessions=SESSIONS)
+    register_agents(app, cfg, scorer, hop, metrics, sessions=SESSIONS, alerts=ALERTS, table=SESSION_STATES)
+    log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s (%s)", cfg.app_id, scorer.name,
+             scorer.max_window, hop, scorer.threshold, cfg.faust_broker, describe(cfg))
     return app
