@@ -21,6 +21,8 @@ from pathlib import Path
 ENV_PREFIX = "LOGMOE_"
 _STORES = ("memory://", "rocksdb://")
 _GUARANTEES = ("at_least_once",)
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass
@@ -85,6 +87,22 @@ class StreamConfig:
     """Worker log level: debug, info, warning, error."""
     web_port: int = 0
     """Faust web port for its HTTP stats; 0 disables the web server (two workers on one host need distinct ports)."""
+    security_protocol: str = "PLAINTEXT"
+    """Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (worker and CLI tools alike)."""
+    sasl_mechanism: str = "PLAIN"
+    """SASL mechanism when the protocol is SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."""
+    sasl_username: str = ""
+    """SASL user name (LOGMOE_SASL_USERNAME)."""
+    sasl_password: str = field(default="", repr=False)
+    """SASL password; set it through LOGMOE_SASL_PASSWORD rather than a file. Never logged."""
+    ssl_cafile: str = ""
+    """PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); empty = the system CAs."""
+    ssl_certfile: str = ""
+    """PEM client certificate for mutual TLS (optional)."""
+    ssl_keyfile: str = ""
+    """PEM private key of ssl_certfile (optional)."""
+    ssl_check_hostname: bool = True
+    """Check that the broker's certificate names the host connected to."""
 
     def __post_init__(self) -> None:
         if isinstance(self.session_key, str):
@@ -120,6 +138,20 @@ class StreamConfig:
             raise ValueError(f"producer_max_batch_size must be >= 1 byte, got {self.producer_max_batch_size}")
         if not 0 <= self.web_port <= 65535:
             raise ValueError(f"web_port must be in 0..65535, got {self.web_port}")
+        if self.security_protocol not in _PROTOCOLS:
+            raise ValueError(f"security_protocol must be one of {_PROTOCOLS}, got {self.security_protocol!r}")
+        if self.sasl_mechanism not in _MECHANISMS:
+            raise ValueError(f"sasl_mechanism must be one of {_MECHANISMS}, got {self.sasl_mechanism!r}")
+        if self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password "
+                             f"(LOGMOE_SASL_USERNAME, LOGMOE_SASL_PASSWORD); username is {self.sasl_username!r}")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name} {path!r} is not a file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: set both for mutual TLS or neither, got "
+                             f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}")
 
     @property
     def bootstrap_servers(self) -> list[str]:
