@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from model.checkpoint import FORMAT_VERSION, check_format
+
 ROUTING_MODES = ("dense", "top_p")  # "dense" = stage 1 (all experts averaged, no gate), "top_p" = stage 2
 POOLING_MODES = ("mean", "cls")  # how the line encoder pools its token states into one line embedding
 
@@ -59,6 +61,7 @@ class LogMoEConfig(PretrainedConfig):
         line_max_length: int = 64,  # encoder tokens per line
         threshold: float = 0.5,  # decision threshold on the anomaly probability, calibrated by training
         data_fingerprint: str = "",  # sha256 of the training data
+        logmoe_format: int = FORMAT_VERSION,  # layout version of the saved folder, see FORMAT_VERSION
         **kwargs: Any,
     ) -> None:
         self.input_dim = input_dim
@@ -82,11 +85,13 @@ class LogMoEConfig(PretrainedConfig):
         self.line_max_length = line_max_length
         self.threshold = threshold
         self.data_fingerprint = data_fingerprint
+        self.logmoe_format = logmoe_format
         kwargs.setdefault("num_labels", 2)
         super().__init__(**kwargs)
         self._check_values()
 
     def _check_values(self) -> None:
+        check_format(self.logmoe_format, "LogMoEConfig")
         for name in ("input_dim", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
                      "expert_intermediate_size", "max_window", "window_hop", "line_max_length"):
             _check_int(name, getattr(self, name), 1)
@@ -112,3 +117,16 @@ class LogMoEConfig(PretrainedConfig):
             raise ValueError(f"data_fingerprint must be a string, got {self.data_fingerprint!r}")
         if self.num_labels != 2:
             raise ValueError(f"num_labels must be 2 (normal, anomalous), got {self.num_labels!r}")
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What save_pretrained writes; always with logmoe_format, even at its default, so a later version can
+        tell the folder's format."""
+        return {**super().to_diff_dict(), "logmoe_format": self.logmoe_format}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Read a local folder's config.json; a bad value is a ValueError that names the folder."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"model config in {str(pretrained_model_name_or_path)!r}: {exc}") from exc

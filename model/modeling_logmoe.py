@@ -7,6 +7,8 @@ Shapes: B windows, T lines per window (<= max_window), D input (encoder) dim, H 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from model.checkpoint import check_model_folder
 from model.configuration_logmoe import ROUTING_MODES, LogMoEConfig
 from model.moe import RoutingStats, TopPMoE, load_balancing_loss, router_entropy_loss
 
@@ -113,6 +116,16 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, 2)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args: Any, **kwargs: Any) -> Any:
+        """Load a local folder saved with save_pretrained. Weights come from model.safetensors only: a pickled
+        checkpoint is refused, never unpickled. A missing, truncated or wrong-version folder is one
+        FileNotFoundError / ValueError naming it (model.checkpoint.check_model_folder)."""
+        path = check_model_folder(pretrained_model_name_or_path)
+        kwargs["use_safetensors"] = True
+        kwargs.setdefault("local_files_only", True)
+        return super().from_pretrained(path, *model_args, **kwargs)
 
     def set_routing(self, mode: str) -> None:
         """Switch every MoE layer between "dense" (stage 1) and "top_p" (stage 2); recorded in the config."""

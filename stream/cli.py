@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 
-from stream.config import load_stream_config, override
+from stream.config import StreamConfig, load_stream_config, override
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+_TOOL_EPILOG = ("The broker and its TLS/SASL settings come from the same config as the worker's: --config FILE, "
+                "LOGMOE_<KEY> variables (LOGMOE_BROKER, LOGMOE_SECURITY_PROTOCOL, LOGMOE_SASL_PASSWORD, ...) and "
+                "--set key=value, so the tools reach any cluster the worker reaches.")
 
 
-def _bootstrap_default() -> str:
-    return os.environ.get("LOGMOE_BROKER", DEFAULT_BOOTSTRAP).removeprefix("kafka://")
+def _tool_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka bootstrap host:port[,host:port] (default: the config's broker, env LOGMOE_BROKER)")
+    p.add_argument("--config", help="YAML config of the worker (broker, topics, security settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config key (e.g. security_protocol=SASL_SSL), repeatable")
+
+
+def tool_config(args: argparse.Namespace) -> StreamConfig:
+    """The tools' config: YAML < LOGMOE_* environment < --set < --bootstrap."""
+    flags = [override("broker", args.bootstrap)] if args.bootstrap else []
+    return load_stream_config(args.config, [*args.overrides, *flags])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,18 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override any config key, repeatable")
     p.set_defaults(func=cmd_worker)
 
-    p = subparsers.add_parser("replay", help="produce a log file into a topic, line by line")
+    p = subparsers.add_parser("replay", help="produce a log file into a topic, line by line",
+                              description=_TOOL_EPILOG)
     p.add_argument("file")
-    p.add_argument("--topic", default="logs")
-    p.add_argument("--bootstrap", default=None, help=f"Kafka bootstrap (default $LOGMOE_BROKER or {DEFAULT_BOOTSTRAP})")
+    p.add_argument("--topic", default=None, help="topic (default: the config's topic_logs, 'logs')")
+    _tool_connection_args(p)
     p.add_argument("--rate", type=float, default=None, help="lines per second (default: as fast as possible)")
     p.add_argument("--key-regex", default=None, metavar="R", help="message key from the line (group 1 or whole match); default: no key, every line to partition 0 in file order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = subparsers.add_parser("alerts", help="print alerts from the alerts topic")
-    p.add_argument("--bootstrap", default=None, help=f"Kafka bootstrap (default $LOGMOE_BROKER or {DEFAULT_BOOTSTRAP})")
-    p.add_argument("--topic", default="alerts")
+    p = subparsers.add_parser("alerts", help="print alerts from the alerts topic", description=_TOOL_EPILOG)
+    _tool_connection_args(p)
+    p.add_argument("--topic", default=None, help="topic (default: the config's topic_alerts, 'alerts')")
     p.add_argument("--from-beginning", action="store_true")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--follow", action="store_true", help="keep waiting for alerts until Ctrl-C")
@@ -88,23 +99,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from stream.security import kafka_python_kwargs
     from stream.tools import replay
 
     _quiet_clients()
-    bootstrap = args.bootstrap or _bootstrap_default()
-    result = replay(args.file, bootstrap, topic=args.topic, rate=args.rate, key_regex=args.key_regex,
-                    progress=not args.no_progress)
-    print(f"replayed {result['sent']} lines to {args.topic} on {bootstrap}"
+    cfg = tool_config(args)
+    topic = args.topic or cfg.topic_logs
+    result = replay(args.file, cfg.bootstrap_servers, topic=topic, rate=args.rate, key_regex=args.key_regex,
+                    progress=not args.no_progress, security=kafka_python_kwargs(cfg))
+    print(f"replayed {result['sent']} lines to {topic} on {','.join(cfg.bootstrap_servers)}"
           + (f", {result['skipped']} skipped (too large)" if result["skipped"] else ""))
     return 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
+    from stream.security import kafka_python_kwargs
     from stream.tools import consume_alerts, print_alerts
 
     _quiet_clients()
-    alerts = consume_alerts(args.bootstrap or _bootstrap_default(), topic=args.topic,
-                            from_beginning=args.from_beginning, follow=args.follow, timeout=args.timeout)
+    cfg = tool_config(args)
+    alerts = consume_alerts(cfg.bootstrap_servers, topic=args.topic or cfg.topic_alerts,
+                            from_beginning=args.from_beginning, follow=args.follow, timeout=args.timeout,
+                            security=kafka_python_kwargs(cfg))
     try:
         print_alerts(alerts, as_json=args.json)
     except KeyboardInterrupt:

@@ -1,4 +1,8 @@
-"""Operator tools on plain kafka-python: replay a log file into a topic, read the alerts topic."""
+"""Operator tools on plain kafka-python: replay a log file into a topic, read the alerts topic.
+
+Both take `security`: the TLS/SASL keyword arguments of stream.security.kafka_python_kwargs (empty for
+PLAINTEXT), passed to the client as they are and never logged.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,7 +31,8 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", rate: float | None = None,
-           key_regex: str | None = None, progress: bool = True) -> dict[str, int]:
+           key_regex: str | None = None, progress: bool = True,
+           security: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Produce `path` line by line (bytes as they are; blank lines dropped). Returns {"sent", "skipped"}.
 
     `rate` limits lines per second; `key_regex` sets each message's key from the line (group 1 or the
@@ -47,7 +52,7 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
     # batch_size=0: one record per batch, so the embedded broker's end offsets stay right (BROKER.md).
     # No idempotence: the embedded broker has no InitProducerId; duplicates are harmless to the worker.
     producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=3,
-                             enable_idempotence=False)
+                             enable_idempotence=False, **(security or {}))
     sent = skipped = 0
     started = time.monotonic()
     bar = tqdm(total=total, unit="line", desc=f"replay {path.name}", disable=not progress, file=sys.stderr)
@@ -95,12 +100,13 @@ def _settle(futures: list[tuple[int, Any]], sent: int, skipped: int) -> tuple[in
 
 def consume_alerts(bootstrap: str | list[str], topic: str = "alerts", from_beginning: bool = False,
                    follow: bool = False, timeout: float = 10.0,
-                   stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+                   stop: Callable[[], bool] | None = None,
+                   security: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Yield alert documents. Without `follow`, stop after `timeout` seconds with no new alert."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
                              auto_offset_reset="earliest" if from_beginning else "latest",
                              enable_auto_commit=False, group_id=None,
-                             session_timeout_ms=6000, heartbeat_interval_ms=2000)
+                             session_timeout_ms=6000, heartbeat_interval_ms=2000, **(security or {}))
     try:
         last = time.monotonic()
         while follow or time.monotonic() - last < timeout:

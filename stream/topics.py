@@ -7,7 +7,8 @@ co-partitioning of a table with its source topic; so every topic the worker touc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -38,11 +39,13 @@ def topic_specs(cfg: StreamConfig) -> list[TopicSpec]:
     return [TopicSpec(n, cfg.partitions, cfg.replication_factor) for n in names]
 
 
-def ensure_topics(bootstrap: Sequence[str] | str, specs: Sequence[TopicSpec], timeout: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: Sequence[str] | str, specs: Sequence[TopicSpec], timeout: float = 30.0,
+                  security: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics (idempotent); return the names created. An existing topic with another
-    partition count is left as it is and logged (Faust refuses a changelog that disagrees with its source)."""
+    partition count is left as it is and logged (Faust refuses a changelog that disagrees with its source).
+    `security`: TLS/SASL keyword arguments for the admin client (stream.security.kafka_python_kwargs)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="logmoe-admin",
-                             request_timeout_ms=int(timeout * 1000))
+                             request_timeout_ms=int(timeout * 1000), **(security or {}))
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

@@ -1,15 +1,19 @@
-"""Run the worker in the foreground: load the model, create the topics, start Faust until SIGTERM/SIGINT."""
+"""Run the worker in the foreground: check and load the model, create the topics, start Faust until SIGTERM/SIGINT.
+
+Faust, torch and the model load inside `run_worker`, after the cheap checks, so a bad model folder or config
+fails in a fraction of a second and before anything connects to a broker.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import faust
-
-from stream.app import create_app, load_scorer
+from model.checkpoint import check_model_folder
 from stream.config import StreamConfig
-from stream.processor import Scorer
-from stream.topics import ensure_topics, topic_specs
+
+if TYPE_CHECKING:
+    from stream.processor import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +21,17 @@ log = logging.getLogger(__name__)
 def run_worker(cfg: StreamConfig, scorer: Scorer | None = None) -> int:
     """Blocks until the worker stops; returns its exit code (0 after SIGTERM/SIGINT)."""
     if scorer is None:
-        scorer = load_scorer(cfg)  # a bad model dir fails here, before anything connects
-    ensure_topics(cfg.bootstrap_servers, topic_specs(cfg))
+        check_model_folder(cfg.model)  # missing, pickled, truncated, wrong type or version: fail before torch
+        from stream.app import load_scorer
+
+        scorer = load_scorer(cfg)
+    import faust
+
+    from stream.app import create_app
+    from stream.security import kafka_python_kwargs
+    from stream.topics import ensure_topics, topic_specs
+
+    ensure_topics(cfg.bootstrap_servers, topic_specs(cfg), security=kafka_python_kwargs(cfg))
     app = create_app(cfg, scorer)
     worker = faust.Worker(app, loglevel=cfg.log_level.upper(), redirect_stdouts=False)
     try:
