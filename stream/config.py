@@ -87,6 +87,14 @@ class StreamConfig:
     """Worker log level: debug, info, warning, error."""
     web_port: int = 0
     """Faust web port for its HTTP stats; 0 disables the web server (two workers on one host need distinct ports)."""
+    metrics_port: int = 0
+    """Port of the worker's own HTTP endpoint: Prometheus text on /metrics, health on /healthz (200 when the
+    agents run and a model is loaded, else 503). 0 = off; two workers on one host need distinct ports."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint listens on (0.0.0.0: every interface, as a container needs)."""
+    model_reload_interval: float = 10.0
+    """Seconds between checks of the model folder for a new model (config.json / model.safetensors changed);
+    a new one is loaded in a thread, checked, and swapped in between batches. 0 = never reload."""
     security_protocol: str = "PLAINTEXT"
     """Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (worker and CLI tools alike)."""
     sasl_mechanism: str = "PLAIN"
@@ -136,8 +144,11 @@ class StreamConfig:
             raise ValueError(f"alert_cooldown_lines must be >= 0, got {self.alert_cooldown_lines}")
         if self.producer_max_batch_size < 1:
             raise ValueError(f"producer_max_batch_size must be >= 1 byte, got {self.producer_max_batch_size}")
-        if not 0 <= self.web_port <= 65535:
-            raise ValueError(f"web_port must be in 0..65535, got {self.web_port}")
+        for name in ("web_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535 (0 = off), got {getattr(self, name)}")
+        if self.model_reload_interval < 0:
+            raise ValueError(f"model_reload_interval must be >= 0 seconds (0 = off), got {self.model_reload_interval}")
         if self.security_protocol not in _PROTOCOLS:
             raise ValueError(f"security_protocol must be one of {_PROTOCOLS}, got {self.security_protocol!r}")
         if self.sasl_mechanism not in _MECHANISMS:
