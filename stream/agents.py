@@ -15,17 +15,20 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.types import EventT
 
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor
-from stream.windows import SessionState, SessionWindows, sessions_to_close
+from stream.reload import ModelReloader, ScorerSlot, model_info
+from stream.windows import SessionState, SessionWindows, Window, sessions_to_close
 
 log = logging.getLogger("stream.worker")
 
@@ -41,17 +44,36 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+@dataclass
+class AgentsHandle:
+    """What the health check and tests need to see of the registered agents."""
+
+    slot: ScorerSlot  # the model scoring now
+    processor: SessionProcessor  # processor.started_at > 0 once the worker is running (after recovery)
+    reloader: ModelReloader | None  # None when model_reload_interval is 0 or no loader was given
+
+
 def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, metrics: Metrics, *,
-                    sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table) -> None:
+                    sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table,
+                    load_model: Callable[[Scorer], Scorer] | None = None) -> AgentsHandle:
+    """Register the score agent and the timers. `load_model(running) -> Scorer` reads the model folder again for hot
+    reload (every cfg.model_reload_interval seconds); without it the model never changes."""
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
     processor = SessionProcessor(windows, cfg.session_idle, metrics)
     close_requested: dict[str, float] = {}
+    slot = ScorerSlot(scorer)
+    metrics.model = model_info(scorer)
+
+    def install(new: Scorer) -> None:
+        """Window sessions the way the new model was trained (called between batches, before the swap)."""
+        processor.windows = SessionWindows(new.max_window, cfg.hop or new.window_hop, cfg.max_session_lines,
+                                           cfg.alert_cooldown_lines)
 
     def load(key: str) -> SessionState | None:
         data = table.get(key)
         return SessionState.from_json(data) if data else None
 
-    async def score_windows(batch: Batch, now: float) -> list[dict[str, Any]]:
+    async def score_windows(scorer: Scorer, batch: Batch, now: float) -> list[dict[str, Any]]:
         """Score the batch's windows off the event loop (so it keeps heartbeating); the alerts they raise."""
         if not batch.windows:
             return []
@@ -66,38 +88,44 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
             return []
         metrics.observe_batch(len(texts), time.perf_counter() - started)
         metrics.inc("windows_scored", len(texts))
+        metrics.cache_info = _cache_info(scorer)
         return processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now)
 
     @app.agent(sessions, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
-            pairs: list[tuple[int, SessionEvent]] = []
-            last_event: dict[str, EventT] = {}
-            for event in events:
-                try:
-                    session_event = SessionEvent.from_json(event.value)
-                except (ValueError, KeyError, TypeError, IndexError) as exc:
-                    metrics.inc("session_events_invalid")
-                    log.warning("skipped session event at offset %d: %s", event.message.offset, exc)
-                    continue
-                pairs.append((event.message.offset, session_event))
-                last_event[session_event.session] = event
-            now = time.time()
-            batch = processor.apply(pairs, load, now)
-            for alert in await score_windows(batch, now):
-                await alerts.send(key=alert["session"].encode("utf-8"),
-                                  value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
-                metrics.inc("alerts_out")
-                log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
-                         alert["session"], alert["score"], alert["window"]["end"])
-            for key, state in batch.states.items():
-                with event_context(last_event[key]):
-                    if state is None:
-                        if key in table:
-                            del table[key]
-                        close_requested.pop(key, None)
-                    else:
-                        table[key] = state.to_json()
+            async with slot.lock:  # one model per batch; a reload swaps only between batches
+                await process(slot.scorer, events)
+
+    async def process(scorer: Scorer, events: Iterable[EventT]) -> None:
+        pairs: list[tuple[int, SessionEvent]] = []
+        last_event: dict[str, EventT] = {}
+        for event in events:
+            try:
+                session_event = SessionEvent.from_json(event.value)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                metrics.inc("session_events_invalid")
+                log.warning("skipped session event at offset %d: %s", event.message.offset, exc)
+                continue
+            pairs.append((event.message.offset, session_event))
+            last_event[session_event.session] = event
+        now = time.time()
+        batch = processor.apply(pairs, load, now)
+        fit_to_window(batch, scorer.max_window)
+        for alert in await score_windows(scorer, batch, now):
+            await alerts.send(key=alert["session"].encode("utf-8"),
+                              value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
+            metrics.inc("alerts_out")
+            log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
+                     alert["session"], alert["score"], alert["window"]["end"])
+        for key, state in batch.states.items():
+            with event_context(last_event[key]):
+                if state is None:
+                    if key in table:
+                        del table[key]
+                    close_requested.pop(key, None)
+                else:
+                    table[key] = state.to_json()
 
     @app.timer(cfg.close_scan_interval)
     async def close_idle_sessions() -> None:
@@ -124,11 +152,62 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     @app.timer(cfg.metrics_interval)
     async def log_metrics() -> None:
         metrics.counts["open_sessions"] = len(table)  # a gauge, kept with the counters for one log line
-        metrics.log(_cache_info(scorer))
+        metrics.consumer_lag = consumer_lag(app, (cfg.topic_logs, cfg.topic_sessions))
+        metrics.cache_info = _cache_info(slot.scorer)
+        metrics.tick()
+        metrics.log()
 
     @app.task
     async def mark_start() -> None:
         processor.started_at = time.time()
+
+    reloader = None
+    if load_model is not None and cfg.model_reload_interval > 0:
+        reloader = ModelReloader(cfg.model, slot, metrics, load_model, install)
+
+        @app.timer(cfg.model_reload_interval)
+        async def reload_model() -> None:
+            await reloader.check()
+
+    return AgentsHandle(slot, processor, reloader)
+
+
+def fit_to_window(batch: Batch, max_window: int) -> None:
+    """Keep at most `max_window` lines per window and per stored state. Only matters after a reload to a model
+    with a smaller window: open sessions still hold the old model's window of lines."""
+    for i, window in enumerate(batch.windows):
+        if len(window.entries) > max_window:
+            batch.windows[i] = Window(window.session, window.end, window.entries[-max_window:], window.final)
+    for state in batch.states.values():
+        if state is not None and len(state.items) > max_window:
+            del state.items[:-max_window]
+
+
+def consumer_lag(app: faust.App, topics: Iterable[str]) -> dict[str, int]:
+    """Records behind the high watermark on this worker's assigned partitions of `topics`: highwater minus
+    the offset this worker last committed (else the next one it reads, else 0). The high watermark is the one
+    the last fetch reported (aiokafka caches it), so the value is as fresh as the last fetch of a partition."""
+    lag = {topic: 0 for topic in topics}
+    try:
+        consumer = app.consumer
+        assigned = consumer.assignment()
+    except ConsumerNotStarted:
+        return lag
+    committed, read = app.monitor.tp_committed_offsets, app.monitor.tp_read_offsets
+    for tp in assigned:
+        if tp.topic not in lag:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except AssertionError:  # aiokafka asserts the partition is assigned: it was revoked meanwhile
+            continue
+        if high is None:
+            continue  # not fetched yet
+        done = committed.get(tp)
+        if done is None:
+            done = read[tp] + 1 if tp in read else 0
+        lag[tp.topic] += max(0, high - done)
+    return lag
 
 
 

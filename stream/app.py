@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
-from stream.agents import register_agents
+from stream.agents import AgentsHandle, register_agents
 from stream.config import StreamConfig
+from stream.http import StatusServer, StatusService
 from stream.metrics import Metrics
 from stream.processor import Scorer
+from stream.reload import reusable_encoder
 from stream.route import register_route
 from stream.security import describe, faust_credentials
 from stream.topics import SESSION_TABLE
@@ -17,11 +20,14 @@ from stream.topics import SESSION_TABLE
 log = logging.getLogger(__name__)
 
 
-def load_scorer(cfg: StreamConfig) -> Scorer:
-    """The trained model named by cfg.model (FileNotFoundError / ValueError naming the folder)."""
+def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
+    """The trained model named by cfg.model (FileNotFoundError / ValueError naming the folder). On a reload,
+    `running` is the model in use: its encoder, with its warm cache, is reused when the new model names the same
+    one."""
     from model import LogScorer
 
-    return LogScorer.from_pretrained(cfg.model, device=cfg.device)
+    encoder = reusable_encoder(cfg.model, running) if running is not None else None
+    return LogScorer.from_pretrained(cfg.model, device=cfg.device, encoder=encoder)
 
 
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
@@ -60,7 +66,24 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     hop = window_hop(cfg, scorer)
     metrics = Metrics()
     register_route(app, cfg, metrics, logs=LOGS, sessions=SESSIONS)
-    register_agents(app, cfg, scorer, hop, metrics, sessions=SESSIONS, alerts=ALERTS, table=SESSION_STATES)
+    handle = register_agents(app, cfg, scorer, hop, metrics, sessions=SESSIONS, alerts=ALERTS,
+                             table=SESSION_STATES, load_model=lambda running: load_scorer(cfg, running))
+    app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and embedding code
+    app.logmoe_handle = handle  # type: ignore[attr-defined]
+    if cfg.metrics_port:
+        server = StatusServer(cfg.metrics_host, cfg.metrics_port, metrics.registry, lambda: health(app, handle))
+        app.add_dependency(StatusService(server))
     log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s (%s)", cfg.app_id, scorer.name,
              scorer.max_window, hop, scorer.threshold, cfg.faust_broker, describe(cfg))
     return app
+
+
+def health(app: faust.App, handle: AgentsHandle) -> tuple[bool, dict[str, Any]]:
+    """Healthy when the worker finished starting (table recovery done), every agent runs and a model is loaded."""
+    agents = {str(name).rsplit(".", 1)[-1]: agent.state for name, agent in app.agents.items()}
+    ready = handle.processor.started_at > 0
+    scorer = handle.slot.scorer
+    healthy = ready and scorer is not None and all(state == "running" for state in agents.values())
+    model = None if scorer is None else {"name": scorer.name, "fingerprint": scorer.fingerprint,
+                                         "max_window": scorer.max_window, "threshold": scorer.threshold}
+    return healthy, {"ready": ready, "agents": agents, "model": model, "rebalancing": bool(app.rebalancing)}

@@ -1,0 +1,170 @@
+"""Hot model reload: notice a new model in the configured folder, load it off the event loop, check it, and
+swap it in between two batches of the score agent. A model that fails any step is refused with one log line,
+counted, and the running model keeps scoring.
+
+`logmoe train` writes `final_moe_model/` in place, so the folder is read only once its files have stopped
+changing (the same sizes and mtimes on two consecutive checks) and again after loading (a load that raced a
+writer is dropped and retried, not refused). Rolling out by switching a symlink is atomic and also works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stream.metrics import Metrics
+from stream.processor import Scorer
+
+log = logging.getLogger("stream.worker")
+
+REQUIRED_FILES = ("config.json", "model.safetensors")
+OPTIONAL_FILES = ("seen_lines.json",)
+PROBE = [["logmoe model reload check: one line"]]  # scored once by a new model before it goes live
+_ENCODER_KEYS = ("encoder_name_or_path", "pooling", "line_max_length")
+
+Signature = tuple[str, tuple[tuple[str, int, int], ...]]  # (resolved folder, ((file, mtime_ns, size), ...))
+
+
+def model_signature(path: str | Path) -> Signature | None:
+    """What identifies the model in a folder without reading it: the folder's resolved path (so a switched
+    symlink counts) and the mtime and size of its files. None when the folder or a required file is missing."""
+    try:
+        folder = Path(path).expanduser().resolve(strict=True)
+    except OSError:
+        return None
+    files = []
+    for name in (*REQUIRED_FILES, *OPTIONAL_FILES):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            if name in REQUIRED_FILES:
+                return None
+            continue
+        files.append((name, st.st_mtime_ns, st.st_size))
+    return str(folder), tuple(files)
+
+
+class ModelWatcher:
+    """Decides when the folder holds a model to try: its signature differs from the running model's and did
+    not change since the previous poll. A refused signature is not tried again until the folder changes.
+    Disarmed when the folder held no model at start (the scorer then came from elsewhere, e.g. a test fake)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.running = model_signature(path)
+        self.refused: Signature | None = None
+        self._seen: Signature | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self.running is not None
+
+    def poll(self) -> Signature | None:
+        if not self.armed:
+            return None
+        sig = model_signature(self.path)
+        previous, self._seen = self._seen, sig
+        if sig is None or sig == self.running or sig == self.refused:
+            return None
+        return sig if sig == previous else None  # changed since the last poll: let the writer finish
+
+    def unchanged(self, sig: Signature) -> bool:
+        """True when the folder still has signature `sig` (checked after loading it)."""
+        return model_signature(self.path) == sig
+
+    def accept(self, sig: Signature) -> None:
+        self.running, self.refused = sig, None
+
+    def refuse(self, sig: Signature) -> None:
+        self.refused = sig
+
+
+def model_info(scorer: Scorer) -> dict[str, str]:
+    """name, fingerprint (sha256 of the training data) and, for a model folder, the sha256 of its weights file
+    (first 16 hex digits): two models trained on the same data differ there."""
+    info = {"name": str(scorer.name), "fingerprint": str(scorer.fingerprint)}
+    model_dir = getattr(scorer, "model_dir", None)
+    weights = Path(model_dir) / "model.safetensors" if model_dir is not None else None
+    if weights is not None and weights.is_file():
+        digest = hashlib.sha256()
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        info["weights"] = digest.hexdigest()[:16]
+    return info
+
+
+def reusable_encoder(model_dir: str | Path, running: Scorer) -> Any | None:
+    """The running scorer's encoder (and its warm cache) when the new model names the same encoder, pooling
+    and line length; None to build a new one."""
+    config = getattr(running, "config", None)
+    encoder = getattr(running, "encoder", None)
+    if config is None or encoder is None:
+        return None
+    try:
+        new = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the load itself will report it
+    if not isinstance(new, dict):
+        return None
+    same = all(new.get(key) == getattr(config, key, None) for key in _ENCODER_KEYS)
+    return encoder if same else None
+
+
+class ScorerSlot:
+    """The scorer in use. The score agent holds `lock` for a whole batch, the reloader to swap: a batch is
+    scored and alerted by one model, and a swap happens only between batches."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.lock = asyncio.Lock()
+
+
+class ModelReloader:
+    """Polled by a timer: watch `path`, load (`load(running) -> Scorer`, in a thread), probe, then `install`
+    (rebuild what depends on the model; may raise ValueError) and swap, all under the slot's lock."""
+
+    def __init__(self, path: str | Path, slot: ScorerSlot, metrics: Metrics, load: Callable[[Scorer], Scorer],
+                 install: Callable[[Scorer], None]) -> None:
+        self.watcher = ModelWatcher(path)
+        self.slot = slot
+        self.metrics = metrics
+        self.load = load
+        self.install = install
+        if not self.watcher.armed:
+            log.warning("model reload off: %s holds no model (no %s)", path, " / ".join(REQUIRED_FILES))
+
+    async def check(self) -> bool:
+        """One poll; True when a new model was swapped in."""
+        sig = self.watcher.poll()
+        if sig is None:
+            return False
+        old = self.slot.scorer
+        try:
+            candidate = await asyncio.to_thread(self.load, old)
+            if not self.watcher.unchanged(sig):
+                log.info("model folder %s changed while loading; trying again when it settles", self.watcher.path)
+                return False
+            info = await asyncio.to_thread(model_info, candidate)
+            async with self.slot.lock:  # between two batches of the score agent
+                await asyncio.to_thread(candidate.score_detailed, PROBE)
+                self.install(candidate)
+                self.slot.scorer = candidate
+        except Exception as exc:  # any failure (unreadable, wrong shapes, a probe that raises): keep the old model
+            self.watcher.refuse(sig)
+            self.metrics.inc("model_reloads_refused")
+            log.error("refused the new model in %s, still scoring with %s (fingerprint %s): %s: %s",
+                      self.watcher.path, old.name, str(old.fingerprint)[:12], type(exc).__name__, exc)
+            return False
+        self.watcher.accept(sig)
+        self.metrics.inc("model_reloads_ok")
+        self.metrics.model = info
+        log.info("switched to the new model in %s: fingerprint %s, weights %s, window %d, threshold %.4f "
+                 "(was fingerprint %s)", self.watcher.path, str(candidate.fingerprint)[:12], info.get("weights", "-"),
+                 candidate.max_window, candidate.threshold, str(old.fingerprint)[:12])
+        return True

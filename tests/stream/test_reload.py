@@ -1,0 +1,210 @@
+"""Hot model reload without a broker: the folder watcher, the reloader's swap/refuse logic, encoder reuse on
+real (tiny) models, and trimming open sessions to a smaller window."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from stream.agents import fit_to_window
+from stream.app import load_scorer
+from stream.config import StreamConfig
+from stream.metrics import Metrics
+from stream.processor import Batch
+from stream.reload import ModelReloader, ModelWatcher, ScorerSlot, model_signature
+from stream.windows import Entry, SessionState, Window
+from stream_fakes import FakeScorer
+
+
+def write_model(folder: Path, encoder_dir: Path, *, fingerprint: str, max_window: int = 8, seed: int = 0,
+                threshold: float = 0.0) -> Path:
+    """A small random LogMoE model over the tiny test encoder (threshold 0: every window alerts)."""
+    from model.configuration_logmoe import LogMoEConfig
+    from model.modeling_logmoe import LogMoEForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LogMoEConfig(input_dim=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=2,
+                          expert_intermediate_size=16, max_window=max_window, window_hop=4,
+                          encoder_name_or_path=str(encoder_dir), threshold=threshold, data_fingerprint=fingerprint)
+    LogMoEForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def touch(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a distinct mtime even on coarse clocks
+
+
+def model_files(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"w1")
+    return folder
+
+
+def test_signature_needs_both_files_and_follows_changes_and_symlinks(tmp_path: Path) -> None:
+    assert model_signature(tmp_path / "missing") is None
+    a = model_files(tmp_path / "a")
+    (a / "model.safetensors").unlink()
+    assert model_signature(a) is None
+    model_files(a)
+    first = model_signature(a)
+    touch(a / "model.safetensors", b"w2")
+    assert model_signature(a) not in (None, first)
+    b = model_files(tmp_path / "b")
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    on_a = model_signature(link)
+    tmp = tmp_path / "next"
+    tmp.symlink_to(b)
+    tmp.replace(link)  # the atomic roll-out: switch the symlink
+    assert model_signature(link) != on_a and model_signature(link)[0] == str(b.resolve())
+
+
+def test_watcher_waits_for_the_folder_to_settle_and_does_not_retry_a_refused_model(tmp_path: Path) -> None:
+    folder = model_files(tmp_path / "m")
+    watcher = ModelWatcher(folder)
+    assert watcher.armed and watcher.poll() is None  # nothing new
+    touch(folder / "model.safetensors", b"new weights")
+    assert watcher.poll() is None  # changed since the last poll: maybe still being written
+    sig = watcher.poll()
+    assert sig == model_signature(folder)  # the same twice: settled
+    watcher.refuse(sig)
+    assert watcher.poll() is None and watcher.poll() is None  # refused: not tried again
+    touch(folder / "config.json", b'{"x": 1}')
+    assert watcher.poll() is None and watcher.poll() is not None  # changed again: tried again
+    shutil.rmtree(folder)
+    assert watcher.poll() is None  # a folder being replaced is not a model
+
+
+def test_watcher_is_disarmed_when_the_folder_held_no_model_at_start(tmp_path: Path) -> None:
+    watcher = ModelWatcher(tmp_path / "absent")
+    model_files(tmp_path / "absent")
+    assert not watcher.armed and watcher.poll() is None and watcher.poll() is None
+
+
+class Harness:
+    """A ModelReloader over fake scorers: `next` is what the loader returns (or raises)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.old = FakeScorer(max_window=8)
+        self.slot = ScorerSlot(self.old)
+        self.metrics = Metrics()
+        self.next: Any = None
+        self.installed: list[Any] = []
+        self.reloader = ModelReloader(folder, self.slot, self.metrics, self.load, self.installed.append)
+
+    def load(self, running: Any) -> Any:
+        assert running is self.slot.scorer
+        if isinstance(self.next, Exception):
+            raise self.next
+        return self.next
+
+    def check_twice(self) -> list[bool]:
+        """Two polls: the first sees the change, the second sees it settled and loads."""
+        return [asyncio.run(self.reloader.check()) for _ in range(2)]
+
+
+def test_a_new_model_is_swapped_in_and_counted(tmp_path: Path) -> None:
+    h = Harness(model_files(tmp_path / "m"))
+    new = FakeScorer(max_window=4)
+    new.fingerprint = "1" * 64
+    h.next = new
+    touch(h.folder / "model.safetensors", b"v2")
+    assert h.check_twice() == [False, True]
+    assert h.slot.scorer is new and h.installed == [new] and new.calls == [[["logmoe model reload check: one line"]]]
+    assert h.metrics.counts["model_reloads_ok"] == 1 and h.metrics.model["fingerprint"] == "1" * 64
+    assert asyncio.run(h.reloader.check()) is False  # the same folder again: nothing to do
+
+
+@pytest.mark.parametrize("failure", ["load", "probe", "install"])
+def test_a_model_that_fails_is_refused_once_and_the_old_keeps_scoring(tmp_path: Path, failure: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(model_files(tmp_path / "m"))
+    if failure == "load":
+        h.next = ValueError("cannot read the weights")
+    else:
+        h.next = FakeScorer(max_window=4)
+        if failure == "probe":
+            h.next.max_window = 0  # FakeScorer raises on every window
+        else:
+            h.reloader.install = lambda new: (_ for _ in ()).throw(ValueError("hop must be >= 1"))
+    touch(h.folder / "model.safetensors", b"broken")
+    assert h.check_twice() == [False, False]
+    assert asyncio.run(h.reloader.check()) is False
+    assert h.slot.scorer is h.old and h.installed == []
+    assert h.metrics.counts["model_reloads_refused"] == 1 and "model_reloads_ok" not in h.metrics.counts
+    refusals = [r for r in caplog.records if "refused the new model" in r.getMessage()]
+    assert len(refusals) == 1 and "still scoring with fake" in refusals[0].getMessage()
+
+
+def test_a_folder_that_changes_while_loading_is_retried_not_refused(tmp_path: Path) -> None:
+    h = Harness(model_files(tmp_path / "m"))
+    new = FakeScorer(max_window=8)
+
+    def load_while_written(running: Any) -> Any:
+        touch(h.folder / "model.safetensors", b"still writing")
+        return new
+
+    h.reloader.load = load_while_written
+    touch(h.folder / "model.safetensors", b"v2")
+    assert h.check_twice() == [False, False]
+    assert h.slot.scorer is h.old and not h.metrics.counts["model_reloads_refused"]
+    h.reloader.load = lambda running: new
+    assert h.check_twice() == [False, True] and h.slot.scorer is new  # settled again, then loaded
+
+
+def test_the_swap_waits_for_the_batch_in_progress(tmp_path: Path) -> None:
+    h = Harness(model_files(tmp_path / "m"))
+    h.next = FakeScorer(max_window=8)
+    touch(h.folder / "model.safetensors", b"v2")
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        assert await h.reloader.check() is False
+        async with h.slot.lock:  # a batch is being scored
+            reload = asyncio.create_task(h.reloader.check())
+            await asyncio.sleep(0.3)
+            events.append("batch done" if h.slot.scorer is h.old else "swapped mid-batch")
+        assert await reload is True
+        events.append("swapped")
+        return events
+
+    assert asyncio.run(scenario()) == ["batch done", "swapped"]
+
+
+def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_encoder_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
+    cfg = StreamConfig(model=str(folder), device="cpu")
+    running = load_scorer(cfg)
+    running.score([["INFO one line"]])  # warm the cache
+    write_model(folder, tiny_encoder_dir, fingerprint="b" * 64, max_window=4, seed=1)
+    new = load_scorer(cfg, running)
+    assert new.fingerprint == "b" * 64 and new.max_window == 4
+    assert new.encoder is running.encoder and new.encoder.cache_info()["size"] == 1
+    other = tmp_path / "other_encoder"
+    shutil.copytree(tiny_encoder_dir, other)
+    write_model(folder, other, fingerprint="c" * 64)
+    assert load_scorer(cfg, running).encoder is not running.encoder
+
+
+def test_fit_to_window_trims_windows_and_states_after_a_smaller_model() -> None:
+    entries = [Entry(f"l{i}", None, 0, i) for i in range(8)]
+    state = SessionState(items=list(entries), count=8)
+    batch = Batch(states={"s": state}, windows=[Window("s", 8, list(entries), True)], owners=[state])
+    fit_to_window(batch, 4)
+    assert [e.line for e in batch.windows[0].entries] == ["l4", "l5", "l6", "l7"]
+    assert batch.windows[0].end == 8 and len(state.items) == 4
+    assert batch.owners == [state]
+    empty = SimpleNamespace(windows=[], states={"gone": None})
+    fit_to_window(empty, 4)  # closed sessions (None) are left alone
