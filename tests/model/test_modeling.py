@@ -1,6 +1,7 @@
 """LogMoE config validation and the classifier's contract: padding/batch invariance, exact line scores, routing
 stages, gradients and the safetensors round trip."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,83 @@ def test_position_embeddings_start_on_the_scale_of_the_inputs() -> None:
         LogMoEConfig(position_init_std=-1)
     with pytest.raises(ValueError, match="window_hop.*0"):
         LogMoEConfig(window_hop=0)
+
+
+# ---- bad model folders: one clear error naming the folder, and nothing is ever unpickled ------------------------
+
+class _Tripwire:
+    """Unpickling this touches a file: proof that a loader ran pickle."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
+        return (Path.touch, (Path(self.path),))
+
+
+def bad_folder(root: Path, fault: str) -> Path:
+    """A saved tiny model with one fault injected."""
+    import pickle
+
+    folder = root / f"model-{fault}"
+    tiny_model().save_pretrained(folder)
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if fault == "missing":
+        return root / "no-such-model"
+    if fault == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif fault == "empty_weights":
+        weights.write_bytes(b"")
+    elif fault == "no_config":
+        config.unlink()
+    elif fault in ("wrong_type", "newer_format", "bad_json"):
+        raw = json.loads(config.read_text())
+        raw.update({"wrong_type": {"model_type": "bert"}, "newer_format": {"logmoe_format": 99}}.get(fault, {}))
+        config.write_text("{not json" if fault == "bad_json" else json.dumps(raw))
+    elif fault == "pickle_only":
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Tripwire(str(root / "UNPICKLED"))))
+    return folder
+
+
+FAULTS = {  # fault -> (error type, fragment of the message)
+    "missing": (FileNotFoundError, "does not exist"),
+    "no_config": (FileNotFoundError, "has no config.json"),
+    "truncated": (ValueError, "truncated"),
+    "empty_weights": (ValueError, "truncated"),
+    "wrong_type": (ValueError, "model_type 'bert'"),
+    "newer_format": (ValueError, "logmoe_format 99 is not supported"),
+    "bad_json": (ValueError, "cannot read"),
+    "pickle_only": (ValueError, "never unpickles"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_bad_model_folder_is_one_clear_error_naming_it(tmp_path: Path, fault: str) -> None:
+    folder = bad_folder(tmp_path, fault)
+    error, fragment = FAULTS[fault]
+    with pytest.raises(error, match=fragment) as raised:
+        LogMoEForSequenceClassification.from_pretrained(folder)
+    assert folder.name in str(raised.value)
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def test_pickled_weights_beside_safetensors_are_never_loaded(tmp_path: Path) -> None:
+    import pickle
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "pytorch_model.bin").write_bytes(pickle.dumps(_Tripwire(str(tmp_path / "UNPICKLED"))))
+    loaded = LogMoEForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    x, mask = pad(window(4), 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, mask).logits, model(x, mask).logits)
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def test_saved_config_records_its_format(tmp_path: Path) -> None:
+    tiny_config().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["logmoe_format"] == 1
+    with pytest.raises(ValueError, match="logmoe_format 2"):
+        tiny_config(logmoe_format=2)

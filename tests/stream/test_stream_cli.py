@@ -1,5 +1,8 @@
+import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,48 @@ def test_stream_subcommands_are_registered() -> None:
         assert name in out.stdout
 
 
-@pytest.mark.slow  # imports torch and transformers before it can say the folder is missing
-def test_worker_with_a_missing_model_fails_with_one_line_naming_it(tmp_path: Path) -> None:
-    missing = tmp_path / "no_model_here"
-    out = logmoe("worker", "--broker", "127.0.0.1:1", "--model", str(missing))
-    assert out.returncode == 2
-    assert "logmoe: error:" in out.stderr and "no_model_here" in out.stderr
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model import LogMoEConfig, LogMoEForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("model") / "final_moe_model"
+    config = LogMoEConfig(input_dim=16, hidden_size=32, num_attention_heads=4, expert_intermediate_size=32,
+                          max_window=8)
+    LogMoEForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def broken_copy(saved: Path, root: Path, fault: str) -> Path:
+    folder = root / f"model-{fault}"
+    shutil.copytree(saved, folder)
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if fault == "missing":
+        shutil.rmtree(folder)
+    elif fault == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif fault == "pickle_only":
+        weights.rename(folder / "pytorch_model.bin")
+    elif fault == "newer_format":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "logmoe_format": 7}))
+    elif fault == "wrong_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "bert"}))
+    return folder
+
+
+@pytest.mark.parametrize("fault, fragment", [
+    ("missing", "does not exist"), ("truncated", "is truncated"), ("pickle_only", "never unpickles"),
+    ("newer_format", "logmoe_format 7 is not supported"), ("wrong_type", "is not a LogMoE config"),
+])
+def test_worker_with_a_bad_model_fails_at_start_with_one_line_naming_it(saved_model: Path, tmp_path: Path,
+                                                                        fault: str, fragment: str) -> None:
+    """Before torch is imported and before any broker is contacted (port 1: nothing listens there)."""
+    folder = broken_copy(saved_model, tmp_path, fault)
+    started = time.monotonic()
+    out = logmoe("worker", "--broker", "127.0.0.1:1", "--model", str(folder))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line, no traceback
+    assert out.stderr.startswith("logmoe: error:") and str(folder) in out.stderr and fragment in out.stderr
+    assert time.monotonic() - started < 60
 
 
 def test_worker_with_a_bad_session_regex_fails_naming_it() -> None:
