@@ -35,11 +35,12 @@ def kafka() -> Iterator[EmbeddedBroker]:
 class WorkerProcess:
     """A `logmoe worker` (or the fake-scorer worker) in a subprocess, its log in a file."""
 
-    def __init__(self, cmd: list[str], log_path: Path) -> None:
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Run in the log's folder: Faust writes its data folder (<app_id>-data) into the working directory.
+        self.proc = subprocess.Popen(cmd, cwd=log_path.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -71,6 +72,21 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.log_text()[-3000:]}")
 
+    def kill(self) -> int:
+        """SIGKILL: no shutdown, no flush, no commit (a crash)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the worker process (Linux /proc), 0 once it has exited."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        kb = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS:"))
+        return kb / 1024
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -89,7 +105,7 @@ def start_worker(kafka: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[...
     model_dir is None. Every worker started is stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(model_dir: Path | None = None, **overrides: Any) -> WorkerProcess:
+    def start(model_dir: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> WorkerProcess:
         settings = {"broker": kafka.bootstrap, "metrics_interval": 1.0, "batch_within": 0.2,
                     "close_scan_interval": 0.5, **overrides}
         sets = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
@@ -98,13 +114,15 @@ def start_worker(kafka: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[...
         else:
             cmd = [sys.executable, "-m", "model.cli", "worker", "--model", str(model_dir)]
             cmd += [arg for s in sets for arg in ("--set", s)]
-        worker = WorkerProcess(cmd, tmp_path / f"worker-{len(started)}.log")
+        worker = WorkerProcess(cmd, tmp_path / f"worker-{len(started)}.log", env)
         started.append(worker)
         return worker
 
-    yield start
-    for worker in started:
-        worker.stop()
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 @pytest.fixture()

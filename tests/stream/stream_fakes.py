@@ -1,9 +1,18 @@
-"""A stand-in scorer for worker tests that need no trained model: a window is anomalous when a line says ERROR."""
+"""A stand-in scorer for worker tests that need no trained model: a window is anomalous when a line says ERROR.
+
+For the fault tests it can also slow down (`delay` seconds per window, to build a backlog) and append every
+window it scores to a file (`scored_log`: one JSON list of the window's lines per line), so a test can count
+the windows scored by every worker that ran, across kills and restarts.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -19,9 +28,12 @@ class FakeScorer:
     name = "fake"
     fingerprint = "0" * 64
 
-    def __init__(self, max_window: int = 8, window_hop: int = 16) -> None:
+    def __init__(self, max_window: int = 8, window_hop: int = 16, delay: float = 0.0,
+                 scored_log: str | Path | None = None) -> None:
         self.max_window = max_window
         self.window_hop = window_hop
+        self.delay = delay
+        self.scored_log = Path(scored_log) if scored_log else None
         self.calls: list[list[list[str]]] = []
 
     def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[FakeScore]:
@@ -32,4 +44,21 @@ class FakeScorer:
                 raise ValueError(f"bad window length {len(window)}")
             contrib = [1.0 if "ERROR" in line else -0.1 for line in window]
             out.append(FakeScore(0.9 if any(c > 0 for c in contrib) else 0.1, contrib, 1.5, 0.0))
+        if self.delay:
+            time.sleep(self.delay * len(windows))
+        if self.scored_log is not None:
+            # One write per batch, appended: several workers may share the file, and a SIGKILL loses at most
+            # the batch being written (which is then scored again from its redelivery).
+            text = "".join(json.dumps(list(w), ensure_ascii=False) + "\n" for w in windows)
+            fd = os.open(self.scored_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
         return out
+
+
+def from_env() -> FakeScorer:
+    """The fake worker's scorer: LOGMOE_FAKE_DELAY (seconds per window) and LOGMOE_FAKE_SCORED_LOG (a path)."""
+    return FakeScorer(max_window=8, delay=float(os.environ.get("LOGMOE_FAKE_DELAY", "0")),
+                      scored_log=os.environ.get("LOGMOE_FAKE_SCORED_LOG") or None)
