@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -12,7 +13,7 @@ from stream.config import StreamConfig
 from stream.http import StatusServer, StatusService
 from stream.metrics import Metrics
 from stream.processor import Scorer
-from stream.reload import reusable_encoder
+from stream.reload import private_copy, reusable_encoder
 from stream.route import register_route
 from stream.security import describe, faust_credentials
 from stream.topics import SESSION_TABLE
@@ -27,7 +28,13 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
     from model import LogScorer
 
     encoder = reusable_encoder(cfg.model, running) if running is not None else None
-    return LogScorer.from_pretrained(cfg.model, device=cfg.device, encoder=encoder)
+    with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
+        try:
+            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
+        except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
+            raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
+    scorer.model_dir = Path(cfg.model)  # its name and its files, as configured
+    return scorer
 
 
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:

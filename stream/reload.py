@@ -5,15 +5,22 @@ counted, and the running model keeps scoring.
 `logmoe train` writes `final_moe_model/` in place, so the folder is read only once its files have stopped
 changing (the same sizes and mtimes on two consecutive checks) and again after loading (a load that raced a
 writer is dropped and retried, not refused). Rolling out by switching a symlink is atomic and also works.
+
+Models are loaded from a private copy of the folder (`private_copy`): the weights are memory-mapped, and a
+file rewritten in place under a live mapping kills the process with SIGBUS (seen here when a new model was
+written over the running one's folder); a copy made with plain reads cannot be truncated under the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +89,24 @@ class ModelWatcher:
 
     def refuse(self, sig: Signature) -> None:
         self.refused = sig
+
+
+@contextlib.contextmanager
+def private_copy(model_dir: str | Path) -> Iterator[Path]:
+    """A copy of the model folder's files in a fresh temporary folder of the same name (so the model's name,
+    the folder name, is kept), removed on exit. A model loaded from it keeps its memory-mapped weights valid
+    after the removal (Linux keeps an unlinked file's pages), and nobody else ever writes that file."""
+    source = Path(model_dir).expanduser()
+    if not source.is_dir():
+        raise FileNotFoundError(f"model folder {str(source)!r} does not exist; train one (logmoe train) or give "
+                                "the folder that holds config.json and model.safetensors")
+    with tempfile.TemporaryDirectory(prefix="logmoe-model-") as tmp:
+        copy = Path(tmp) / source.resolve().name
+        copy.mkdir()
+        for item in source.iterdir():
+            if item.is_file():
+                shutil.copyfile(item, copy / item.name)
+        yield copy
 
 
 def model_info(scorer: Scorer) -> dict[str, str]:

@@ -188,10 +188,12 @@ def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_en
     cfg = StreamConfig(model=str(folder), device="cpu")
     running = load_scorer(cfg)
     running.score([["INFO one line"]])  # warm the cache
-    write_model(folder, tiny_encoder_dir, fingerprint="b" * 64, max_window=4, seed=1)
+    write_model(folder, tiny_encoder_dir, fingerprint="b" * 64, max_window=4, seed=1)  # rewritten in place
+    assert running.score([["INFO still scoring"]])  # its weights come from a private copy: no SIGBUS
+    assert running.name == "final_moe_model" and running.model_dir == folder
     new = load_scorer(cfg, running)
     assert new.fingerprint == "b" * 64 and new.max_window == 4
-    assert new.encoder is running.encoder and new.encoder.cache_info()["size"] == 1
+    assert new.encoder is running.encoder and new.encoder.cache_info()["size"] == 2  # warm cache kept
     other = tmp_path / "other_encoder"
     shutil.copytree(tiny_encoder_dir, other)
     write_model(folder, other, fingerprint="c" * 64)
@@ -208,3 +210,11 @@ def test_fit_to_window_trims_windows_and_states_after_a_smaller_model() -> None:
     assert batch.owners == [state]
     empty = SimpleNamespace(windows=[], states={"gone": None})
     fit_to_window(empty, 4)  # closed sessions (None) are left alone
+
+
+def test_a_broken_model_error_names_the_configured_folder(tmp_path: Path) -> None:
+    folder = model_files(tmp_path / "final_moe_model")
+    with pytest.raises(ValueError, match=str(folder)):
+        load_scorer(StreamConfig(model=str(folder), device="cpu"))
+    with pytest.raises(FileNotFoundError, match="absent"):
+        load_scorer(StreamConfig(model=str(tmp_path / "absent"), device="cpu"))
