@@ -5,7 +5,7 @@
 set -eu
 models="${MODELS_DIR:-/models}"
 keep="${KEEP:-3}"
-run="$models/runs/$(date -u +%Y%m%dT%H%M%SZ)"
+run="$models/runs/$(date -u +%Y%m%dT%H%M%S.%NZ)"  # sorts by time
 mkdir -p "$models/runs"
 logmoe train --output-dir "$run" "$@"
 test -f "$run/final_moe_model/config.json" || { echo "no model in $run/final_moe_model" >&2; exit 1; }

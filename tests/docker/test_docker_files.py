@@ -144,7 +144,6 @@ def test_train_and_publish_switches_current_atomically_and_keeps_the_newest_runs
                              capture_output=True, text=True, timeout=30, check=True)
         assert out.stdout.startswith("published ")
         targets.append(os.readlink(models / "current"))
-        time.sleep(1.1)  # run folders are named by the second
     assert len(set(targets)) == 3 and Path(targets[-1]).is_dir()
     assert sorted(p.name for p in (models / "runs").iterdir()) == sorted(Path(t).parent.name for t in targets[1:])
     calls = (tmp_path / "calls").read_text().splitlines()
@@ -177,7 +176,7 @@ def tiny_model(folder: Path, encoder_dir: Path) -> Path:
 def test_the_image_entrypoint_runs_in_the_venv(compose: dict, dockerfile: str, tiny_encoder_dir: Path,
                                                tmp_path: Path) -> None:
     """ENTRYPOINT + CMD with the compose worker's environment, only the broker, model path and metrics port
-    pointed at this machine; the alerts service's command too."""
+    pointed at this machine: healthy on /healthz, and a clean exit on SIGTERM."""
     from stream.broker import EmbeddedBroker
 
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", dockerfile, flags=re.M).group(1))
@@ -207,11 +206,6 @@ def test_the_image_entrypoint_runs_in_the_venv(compose: dict, dockerfile: str, t
             text = (tmp_path / "worker.log").read_text(errors="replace")
             assert health is not None, f"no healthy /healthz:\n{text[-3000:]}"
             assert health["model"]["fingerprint"] == "d" * 64 and health["model"]["name"] == "final_moe_model"
-            alerts = [str(LOGMOE), *compose["services"]["alerts"]["command"]]
-            alerts[alerts.index("kafka:9092")] = broker.bootstrap
-            alerts[alerts.index("--follow")] = "--timeout=1"
-            out = subprocess.run(alerts, env=env, capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
