@@ -1,0 +1,94 @@
+"""Hypothesis generators of hostile input lines, each kind with the outcome the worker must give it.
+
+Kinds and outcomes (stream.records): kept lines (counted in lines_in; invalid UTF-8 also in lines_utf8_replaced)
+or skipped lines counted under bad_<reason>. The kept kinds never match a session regex nor say ERROR, so they
+go to the catch-all session and cannot touch the workload's sessions or alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+MAX_LINE_BYTES = 65_536
+MB = 1 << 20
+_FORBIDDEN = (b"ERROR", b"request_id=", b"blk_", b"\xef\xbf\xbd")  # would join a session, alert, or fake a U+FFFD
+
+
+def _clean(data: bytes) -> bool:
+    return not any(f in data for f in _FORBIDDEN)
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
+_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                         _text)
+_json_value = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(_text, inner, max_size=3), max_leaves=8)
+
+# kind -> (strategy of message values, outcome): outcome is "kept", "replaced" or a bad-input reason.
+KINDS: dict[str, tuple[st.SearchStrategy[Any], str]] = {
+    "invalid_utf8": (st.tuples(st.binary(max_size=120), st.sampled_from([b"\xff", b"\xfe", b"\xc0\xaf", b"\xed\xa0\x80"]),
+                               st.binary(max_size=40))
+                     .map(lambda t: b"BAD " + t[0] + t[1] + t[2]).filter(_clean), "replaced"),
+    "nul_bytes": (st.lists(_text, min_size=1, max_size=4).map(lambda parts: ("NUL " + "\x00".join(parts) + "\x00")
+                                                             .encode()).filter(_clean), "kept"),
+    "control_chars": (st.text(st.characters(categories=["Cc"]), min_size=1, max_size=80)
+                      .map(lambda t: ("CTL " + t).encode()).filter(_clean), "kept"),
+    "empty": (st.one_of(st.none(), st.just(b""),
+                        st.text(st.sampled_from(" \t\r\n\x0b\x0c\x1c\u00a0\u2028\u3000"), max_size=30)
+                        .map(str.encode)), "empty"),
+    "oversized": (st.one_of(st.just(MB), st.integers(MAX_LINE_BYTES + 1, MB)).map(lambda n: b"y" * n), "oversized"),
+    "deep_json": (st.tuples(st.integers(20, 400), st.sampled_from(["[", '{"a":']))
+                  .map(lambda t: (t[1] * t[0] + "0" + ("]" if t[1] == "[" else "}") * t[0]).encode()),
+                  "not_envelope"),
+    "not_envelope": (st.one_of(st.dictionaries(_text.filter(lambda k: k != "line"), _json_value, max_size=4),
+                               st.lists(_json_value, max_size=4),
+                               st.fixed_dictionaries({"line": _text.filter(str.strip), "extra": _json_value}))
+                     .map(lambda d: json.dumps(d).encode()).filter(_clean), "not_envelope"),
+    "wrong_type": (st.one_of(
+        st.fixed_dictionaries({"line": _json_value.filter(lambda v: not isinstance(v, str))}),
+        st.fixed_dictionaries({"line": st.just("x ok"), "ts": st.one_of(st.booleans(), st.lists(_json_scalar),
+                                                                        st.dictionaries(_text, _json_scalar))}),
+        st.fixed_dictionaries({"line": st.just("x ok"), "source": st.one_of(st.integers(), st.booleans(),
+                                                                            st.lists(_json_scalar))}),
+    ).map(lambda d: json.dumps(d).encode()).filter(_clean), "wrong_type"),
+}
+
+
+def draw(strategy: st.SearchStrategy[Any], n: int, chunk: int = 25) -> list[Any]:
+    """n values of a strategy, reproducibly (derandomized), drawn chunk by chunk through @given."""
+    out: list[Any] = []
+
+    @settings(max_examples=math.ceil(n / chunk) + 5, database=None, derandomize=True, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(st.lists(strategy, min_size=chunk, max_size=chunk))
+    def gather(values: list[Any]) -> None:
+        out.extend(values)
+
+    gather()
+    while out and len(out) < n:  # a small space (e.g. blank lines) runs out of distinct examples
+        out.extend(out[: n - len(out)])
+    return out[:n]
+
+
+def hostile_lines(counts: dict[str, int]) -> list[tuple[str, Any]]:
+    """(kind, value) for counts[kind] values of each kind."""
+    return [(kind, value) for kind, n in counts.items() for value in draw(KINDS[kind][0], n)]
+
+
+def expected_counts(lines: list[tuple[str, Any]]) -> Counter[str]:
+    """What the worker's counters must say about these lines: bad_<reason>, kept, lines_utf8_replaced."""
+    out: Counter[str] = Counter()
+    for kind, _ in lines:
+        outcome = KINDS[kind][1]
+        if outcome in ("kept", "replaced"):
+            out["kept"] += 1
+            out["lines_utf8_replaced"] += outcome == "replaced"
+        else:
+            out[f"bad_{outcome}"] += 1
+    return out
