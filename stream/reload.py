@@ -61,9 +61,9 @@ class ModelWatcher:
     not change since the previous poll. A refused signature is not tried again until the folder changes.
     Disarmed when the folder held no model at start (the scorer then came from elsewhere, e.g. a test fake)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, running: Signature | None = None) -> None:
         self.path = path
-        self.running = model_signature(path)
+        self.running = running if running is not None else model_signature(path)
         self.refused: Signature | None = None
         self._seen: Signature | None = None
 
@@ -156,7 +156,8 @@ class ModelReloader:
 
     def __init__(self, path: str | Path, slot: ScorerSlot, metrics: Metrics, load: Callable[[Scorer], Scorer],
                  install: Callable[[Scorer], None]) -> None:
-        self.watcher = ModelWatcher(path)
+        # The folder as it was when the running model was read from it (load_scorer records it), else as now.
+        self.watcher = ModelWatcher(path, getattr(slot.scorer, "source_signature", None))
         self.slot = slot
         self.metrics = metrics
         self.load = load

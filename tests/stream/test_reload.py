@@ -85,6 +85,14 @@ def test_watcher_waits_for_the_folder_to_settle_and_does_not_retry_a_refused_mod
     assert watcher.poll() is None  # a folder being replaced is not a model
 
 
+def test_a_change_between_loading_and_watching_is_not_missed(tmp_path: Path) -> None:
+    folder = model_files(tmp_path / "m")
+    loaded = model_signature(folder)  # what load_scorer records as source_signature
+    touch(folder / "model.safetensors", b"published meanwhile")
+    watcher = ModelWatcher(folder, loaded)
+    assert watcher.poll() is None and watcher.poll() == model_signature(folder)
+
+
 def test_watcher_is_disarmed_when_the_folder_held_no_model_at_start(tmp_path: Path) -> None:
     watcher = ModelWatcher(tmp_path / "absent")
     model_files(tmp_path / "absent")
@@ -191,6 +199,7 @@ def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_en
     write_model(folder, tiny_encoder_dir, fingerprint="b" * 64, max_window=4, seed=1)  # rewritten in place
     assert running.score([["INFO still scoring"]])  # its weights come from a private copy: no SIGBUS
     assert running.name == "final_moe_model" and running.model_dir == folder
+    assert running.source_signature not in (None, model_signature(folder))  # the folder it was read from
     new = load_scorer(cfg, running)
     assert new.fingerprint == "b" * 64 and new.max_window == 4
     assert new.encoder is running.encoder and new.encoder.cache_info()["size"] == 2  # warm cache kept
@@ -218,3 +227,14 @@ def test_a_broken_model_error_names_the_configured_folder(tmp_path: Path) -> Non
         load_scorer(StreamConfig(model=str(folder), device="cpu"))
     with pytest.raises(FileNotFoundError, match="absent"):
         load_scorer(StreamConfig(model=str(tmp_path / "absent"), device="cpu"))
+
+
+def test_a_model_of_a_newer_format_is_refused_on_reload(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
+    config = json.loads((folder / "config.json").read_text())
+    config["logmoe_format"] = 99
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=str(folder)):
+        load_scorer(StreamConfig(model=str(folder), device="cpu"))
