@@ -33,14 +33,29 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class SessionEvent:
-    """A value on the sessions topic: a line of a session, or a request to close it."""
+    """A value on the sessions topic: lines of a session, or a request to close it.
 
-    kind: str  # "line" | "close"
+    The route publishes one "lines" event per session per input batch (the batch's lines of that session, in
+    order), so the sessions topic, the score agent and the table's changelog carry one message where they would
+    carry one per line; "line" (one entry) is still read, from workers that published it.
+    """
+
+    kind: str  # "line" | "lines" | "close"
     session: str
-    entry: Entry | None = None
+    entry: Entry | None = None  # for "line"
     reason: str = ""  # for "close": idle | evict
+    entries: tuple[Entry, ...] = ()  # for "lines", oldest first
+
+    @property
+    def line_entries(self) -> tuple[Entry, ...]:
+        """The lines this event adds to its session, in order (none for "close")."""
+        if self.kind == "lines":
+            return self.entries
+        return (self.entry,) if self.kind == "line" and self.entry is not None else ()
 
     def to_json(self) -> dict[str, Any]:
+        if self.kind == "lines":
+            return {"kind": "lines", "session": self.session, "entries": [e.to_json() for e in self.entries]}
         if self.kind == "line" and self.entry is not None:
             return {"kind": "line", "session": self.session, "entry": self.entry.to_json()}
         return {"kind": "close", "session": self.session, "reason": self.reason}
@@ -48,6 +63,10 @@ class SessionEvent:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionEvent:
         kind = data.get("kind")
+        if kind == "lines":
+            entries = tuple(Entry.from_json(e) for e in data["entries"])
+            if entries:
+                return cls("lines", str(data["session"]), entries=entries)
         if kind == "line":
             return cls("line", str(data["session"]), entry=Entry.from_json(data["entry"]))
         if kind == "close" and data.get("reason") in CLOSE_REASONS:
@@ -84,19 +103,24 @@ class SessionProcessor:
             if event.kind == "close":
                 self._close(batch, key, state, event.reason, now)
                 continue
-            assert event.entry is not None  # from_json guarantees it for "line"
-            if state is None:
-                state = SessionState()
-                self.metrics.inc("sessions_opened")
-            state.last_event_offset = offset
-            window = self.windows.add(key, state, event.entry, now)
-            batch.states[key] = state
-            if window is not None:
-                batch.windows.append(window)
-                batch.owners.append(state)
-            if self.windows.too_long(state):
-                self.metrics.inc("sessions_evicted_too_long")
-                self._finish(batch, key, state)
+            for entry in event.line_entries:
+                if state is not None and state.seen_input(entry):
+                    self.metrics.inc("lines_redelivered_skipped")
+                    continue
+                if state is None:
+                    state = SessionState()
+                    self.metrics.inc("sessions_opened")
+                state.last_event_offset = offset
+                state.input_offsets[entry.partition] = entry.offset
+                window = self.windows.add(key, state, entry, now)
+                batch.states[key] = state
+                if window is not None:
+                    batch.windows.append(window)
+                    batch.owners.append(state)
+                if self.windows.too_long(state):
+                    self.metrics.inc("sessions_evicted_too_long")
+                    self._finish(batch, key, state)
+                    state = None  # the session's next line starts it over
         return batch
 
     def _close(self, batch: Batch, key: str, state: SessionState | None, reason: str, now: float) -> None:

@@ -1,0 +1,34 @@
+import json
+from types import SimpleNamespace
+
+from stream.metrics import Metrics
+from stream.processor import SessionEvent
+from stream.records import SessionKeyer
+from stream.route import group_lines, lines_event
+
+
+def _event(value: bytes, offset: int, key: bytes | None = None, partition: int = 0) -> SimpleNamespace:
+    message = SimpleNamespace(topic="logs", partition=partition, offset=offset, key=key, timestamp=1000.0 + offset)
+    return SimpleNamespace(message=message, value=value)
+
+
+def test_a_batch_is_grouped_by_session_keeping_each_sessions_order_and_counting_bad_lines() -> None:
+    metrics = Metrics()
+    events = [_event(b"open blk_1", 0), _event(b"open blk_2", 1), _event(b"", 2), _event(b"write blk_1", 3),
+              _event(json.dumps({"line": "close blk_2", "ts": 5.5}).encode(), 4), _event(b"no key", 5, key=b"k9")]
+    groups = group_lines(events, SessionKeyer([r"(blk_\d+)"]), 1000, metrics)
+    assert {s: [(e.line, e.offset) for e in es] for s, es in groups.items()} == {
+        "blk_1": [("open blk_1", 0), ("write blk_1", 3)],
+        "blk_2": [("open blk_2", 1), ("close blk_2", 4)],
+        "k9": [("no key", 5)],
+    }
+    assert groups["blk_2"][1].ts == 5.5 and groups["blk_1"][0].ts == 1000.0  # envelope ts, else Kafka's
+    assert metrics.counts["bad_empty"] == 1
+
+
+def test_the_published_value_is_a_lines_session_event() -> None:
+    groups = group_lines([_event(b"a blk_1", 7), _event(b"b blk_1", 8)], SessionKeyer([r"(blk_\d+)"]), 1000,
+                         Metrics())
+    event = SessionEvent.from_json(json.loads(lines_event("blk_1", groups["blk_1"])))
+    assert event.kind == "lines" and event.session == "blk_1"
+    assert [(e.line, e.offset) for e in event.line_entries] == [("a blk_1", 7), ("b blk_1", 8)]
