@@ -41,18 +41,26 @@ class SessionState:
     last_seen: float = 0.0  # wall-clock time of the last line (drives the idle close)
     last_event_offset: int = -1  # offset of the last applied session event: redeliveries are skipped
     alerted_at: int = -1  # `count` at the end of the last alerted window (drives the cooldown)
+    # Input partition -> offset of the last input line applied: a line the route publishes again (its input
+    # offset was not committed before a crash or a rebalance) arrives in a new event and is skipped by this.
+    input_offsets: dict[int, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"items": [e.to_json() for e in self.items], "count": self.count, "emitted_at": self.emitted_at,
                 "last_seen": self.last_seen, "last_event_offset": self.last_event_offset,
-                "alerted_at": self.alerted_at}
+                "alerted_at": self.alerted_at, "input_offsets": {str(p): o for p, o in self.input_offsets.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionState:
         return cls(items=[Entry.from_json(e) for e in data["items"]], count=int(data["count"]),
                    emitted_at=int(data["emitted_at"]), last_seen=float(data["last_seen"]),
                    last_event_offset=int(data.get("last_event_offset", -1)),
-                   alerted_at=int(data.get("alerted_at", -1)))
+                   alerted_at=int(data.get("alerted_at", -1)),
+                   input_offsets={int(p): int(o) for p, o in data.get("input_offsets", {}).items()})
+
+    def seen_input(self, entry: Entry) -> bool:
+        """True when this input line (by partition and offset) is already in the session."""
+        return entry.offset <= self.input_offsets.get(entry.partition, -1)
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,5 @@
+import pytest
+
 from stream.metrics import Metrics
 from stream.processor import SessionEvent, SessionProcessor
 from stream.windows import Entry, SessionState, SessionWindows
@@ -102,3 +104,57 @@ def test_hop_zero_means_the_models_own_hop() -> None:
     scorer.window_hop = 5
     assert window_hop(StreamConfig(hop=0), scorer) == 5
     assert window_hop(StreamConfig(hop=3), scorer) == 3
+
+
+def _lines(session: str, texts: list[str], first_offset: int) -> SessionEvent:
+    entries = tuple(Entry(t, None, 0, first_offset + i) for i, t in enumerate(texts))
+    return SessionEvent("lines", session, entries=entries)
+
+
+def test_lines_event_round_trips_and_an_empty_one_is_refused() -> None:
+    event = _lines("s", ["x", "y"], 3)
+    assert SessionEvent.from_json(event.to_json()) == event
+    assert event.line_entries == event.entries
+    with pytest.raises(ValueError, match="not a session event"):
+        SessionEvent.from_json({"kind": "lines", "session": "s", "entries": []})
+
+
+def test_a_lines_event_windows_exactly_as_its_lines_sent_one_by_one() -> None:
+    texts = [f"l{i}" for i in range(7)]
+    one_by_one = _processor().apply([(i, _line("a", t, i)) for i, t in enumerate(texts)], Store().load, now=1.0)
+    grouped = _processor().apply([(0, _lines("a", texts[:3], 0)), (1, _lines("a", texts[3:], 3))],
+                                 Store().load, now=1.0)
+    assert [(w.end, [e.line for e in w.entries]) for w in grouped.windows] == \
+        [(w.end, [e.line for e in w.entries]) for w in one_by_one.windows]
+    assert grouped.states["a"].count == one_by_one.states["a"].count == 7
+
+
+def test_a_redelivered_lines_event_is_skipped_whole() -> None:
+    proc, store = _processor(), Store()
+    store.write(proc.apply([(5, _lines("a", ["x", "y", "z"], 0))], store.load, now=1.0).states)
+    again = proc.apply([(5, _lines("a", ["x", "y", "z"], 0))], store.load, now=2.0)
+    assert again.windows == [] and store.load("a").count == 3
+    assert proc.metrics.counts["events_redelivered_skipped"] == 1
+
+
+def test_a_session_too_long_inside_one_lines_event_starts_over_with_its_next_line() -> None:
+    proc = SessionProcessor(SessionWindows(4, 2, 3, 0), 5.0, Metrics())
+    batch = proc.apply([(0, _lines("a", ["a", "b", "c", "d", "e"], 0))], Store().load, now=1.0)
+    assert [[e.line for e in w.entries] for w in batch.windows] == [["a", "b", "c"]]
+    assert batch.states["a"] is not None and batch.states["a"].count == 2
+    assert proc.metrics.counts["sessions_evicted_too_long"] == 1
+    assert proc.metrics.counts["sessions_opened"] == 2
+
+
+def test_input_lines_published_again_in_a_new_event_are_skipped_by_input_offset() -> None:
+    # After a crash the route re-reads input lines whose offsets were not committed and publishes them again:
+    # a later sessions-topic offset, the same input partition and offset.
+    proc, store = _processor(), Store()
+    store.write(proc.apply([(0, _lines("a", ["x", "y"], 10))], store.load, now=1.0).states)
+    again = proc.apply([(1, _lines("a", ["y", "z"], 11))], store.load, now=2.0)
+    store.write(again.states)
+    state = store.load("a")
+    assert state.count == 3 and [e.line for e in state.items] == ["x", "y", "z"]
+    assert proc.metrics.counts["lines_redelivered_skipped"] == 1
+    other_partition = proc.apply([(2, SessionEvent("line", "a", Entry("w", None, 1, 5)))], store.load, now=3.0)
+    assert other_partition.states["a"].count == 4  # offsets are per input partition
