@@ -49,6 +49,8 @@ def parse_message(value: bytes | str | None, max_bytes: int) -> LogLine:
             doc = json.loads(stripped)
         except ValueError:
             doc = None  # a plain line that happens to start with a bracket
+        except RecursionError:
+            raise BadInput("not_envelope", "JSON nested too deeply to parse") from None
         if isinstance(doc, (dict, list)):
             return _from_envelope(doc, replaced)
     return LogLine(line=text.rstrip("\r\n"), replaced_bytes=replaced)
