@@ -50,7 +50,14 @@ class AgentsHandle:
 
     slot: ScorerSlot  # the model scoring now
     processor: SessionProcessor  # processor.started_at > 0 once the worker is running (after recovery)
-    reloader: ModelReloader | None  # None when model_reload_interval is 0 or no loader was given
+    reloader: ModelReloader | None = None  # None when model_reload_interval is 0 or no loader was given
+    last_tick: float = 0.0  # time.monotonic() of the last metrics timer run: the event loop is alive
+
+    def loop_stalled_for(self, now: float, interval: float) -> float:
+        """Seconds the metrics timer is overdue (0 when on time): a busy or wedged event loop shows here."""
+        if not self.last_tick:
+            return 0.0
+        return max(0.0, now - self.last_tick - interval)
 
 
 def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, metrics: Metrics, *,
@@ -62,6 +69,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     processor = SessionProcessor(windows, cfg.session_idle, metrics)
     close_requested: dict[str, float] = {}
     slot = ScorerSlot(scorer)
+    handle = AgentsHandle(slot, processor)
     metrics.model = model_info(scorer)
 
     def install(new: Scorer) -> None:
@@ -156,20 +164,20 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         metrics.cache_info = _cache_info(slot.scorer)
         metrics.tick()
         metrics.log()
+        handle.last_tick = time.monotonic()
 
     @app.task
     async def mark_start() -> None:
         processor.started_at = time.time()
 
-    reloader = None
     if load_model is not None and cfg.model_reload_interval > 0:
-        reloader = ModelReloader(cfg.model, slot, metrics, load_model, install)
+        reloader = handle.reloader = ModelReloader(cfg.model, slot, metrics, load_model, install)
 
         @app.timer(cfg.model_reload_interval)
         async def reload_model() -> None:
             await reloader.check()
 
-    return AgentsHandle(slot, processor, reloader)
+    return handle
 
 
 def fit_to_window(batch: Batch, max_window: int) -> None:

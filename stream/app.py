@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +83,24 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and embedding code
     app.logmoe_handle = handle  # type: ignore[attr-defined]
     if cfg.metrics_port:
-        server = StatusServer(cfg.metrics_host, cfg.metrics_port, metrics.registry, lambda: health(app, handle))
+        server = StatusServer(cfg.metrics_host, cfg.metrics_port, metrics.registry,
+                              lambda: health(app, handle, cfg.metrics_interval))
         app.add_dependency(StatusService(server))
     log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s (%s)", cfg.app_id, scorer.name,
              scorer.max_window, hop, scorer.threshold, cfg.faust_broker, describe(cfg))
     return app
 
 
-def health(app: faust.App, handle: AgentsHandle) -> tuple[bool, dict[str, Any]]:
-    """Healthy when the worker finished starting (table recovery done), every agent runs and a model is loaded."""
+def health(app: faust.App, handle: AgentsHandle, metrics_interval: float) -> tuple[bool, dict[str, Any]]:
+    """Healthy when the worker finished starting (table recovery done), every agent runs, a model is loaded and
+    the event loop is not stuck (the metrics timer is overdue by less than max(2 intervals, 30 s))."""
     agents = {str(name).rsplit(".", 1)[-1]: agent.state for name, agent in app.agents.items()}
     ready = handle.processor.started_at > 0
     scorer = handle.slot.scorer
-    healthy = ready and scorer is not None and all(state == "running" for state in agents.values())
+    stalled = handle.loop_stalled_for(time.monotonic(), metrics_interval)
+    healthy = (ready and scorer is not None and all(state == "running" for state in agents.values())
+               and stalled < max(2 * metrics_interval, 30.0))
     model = None if scorer is None else {"name": scorer.name, "fingerprint": scorer.fingerprint,
                                          "max_window": scorer.max_window, "threshold": scorer.threshold}
-    return healthy, {"ready": ready, "agents": agents, "model": model, "rebalancing": bool(app.rebalancing)}
+    return healthy, {"ready": ready, "agents": agents, "model": model, "rebalancing": bool(app.rebalancing),
+                     "loop_stalled_s": round(stalled, 1)}

@@ -135,3 +135,30 @@ def test_a_taken_port_is_one_clear_error(server: Any) -> None:
     other = StatusServer("127.0.0.1", srv.port, metrics.registry, lambda: (True, {}))
     with pytest.raises(OSError, match="distinct metrics_port"):
         other.start()
+
+
+def test_health_needs_ready_running_agents_a_model_and_a_live_loop() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from stream.agents import AgentsHandle
+    from stream.app import health
+    from stream.reload import ScorerSlot
+    from stream_fakes import FakeScorer
+
+    agents = {"stream.route.route": SimpleNamespace(state="running"),
+              "stream.agents.score": SimpleNamespace(state="running")}
+    app = SimpleNamespace(agents=agents, rebalancing=False)
+    handle = AgentsHandle(ScorerSlot(FakeScorer()), SimpleNamespace(started_at=0.0))
+    ok, body = health(app, handle, 10.0)
+    assert not ok and body["ready"] is False  # still starting (table recovery)
+    handle.processor.started_at = time.time()
+    handle.last_tick = time.monotonic()
+    ok, body = health(app, handle, 10.0)
+    assert ok and body["agents"] == {"route": "running", "score": "running"} and body["model"]["name"] == "fake"
+    handle.last_tick = time.monotonic() - 45.0  # the metrics timer is 35 s overdue: the loop is stuck
+    assert health(app, handle, 10.0)[0] is False
+    handle.last_tick = time.monotonic()
+    agents["stream.agents.score"].state = "crashed"
+    ok, body = health(app, handle, 10.0)
+    assert not ok and body["agents"]["score"] == "crashed"
