@@ -176,7 +176,7 @@ def tiny_model(folder: Path, encoder_dir: Path) -> Path:
 def test_the_image_entrypoint_runs_in_the_venv(compose: dict, dockerfile: str, tiny_encoder_dir: Path,
                                                tmp_path: Path) -> None:
     """ENTRYPOINT + CMD with the compose worker's environment, only the broker, model path and metrics port
-    pointed at this machine: healthy on /healthz, and a clean exit on SIGTERM."""
+    pointed at this machine: healthy on /healthz (and by the compose healthcheck), a clean exit on SIGTERM."""
     from stream.broker import EmbeddedBroker
 
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", dockerfile, flags=re.M).group(1))
@@ -206,6 +206,10 @@ def test_the_image_entrypoint_runs_in_the_venv(compose: dict, dockerfile: str, t
             text = (tmp_path / "worker.log").read_text(errors="replace")
             assert health is not None, f"no healthy /healthz:\n{text[-3000:]}"
             assert health["model"]["fingerprint"] == "d" * 64 and health["model"]["name"] == "final_moe_model"
+            # The compose healthcheck itself, as Docker would run it in the container (python is the venv's).
+            check = [c.replace(":9100/", f":{port}/") for c in compose["services"]["worker"]["healthcheck"]["test"]]
+            assert check[:2] == ["CMD", "python"]
+            assert subprocess.run([sys.executable, *check[2:]], timeout=30).returncode == 0
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
