@@ -37,8 +37,8 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
             scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
-    scorer.model_dir = Path(cfg.model)  # its name and its files, as configured
-    scorer.source_signature = signature  # what hot reload compares the folder with
+    scorer.model_dir = Path(cfg.model)  # its name and its files, as configured (not the private copy)
+    scorer.source_signature = signature  # type: ignore[attr-defined]  # what hot reload compares the folder with
     return scorer
 
 
