@@ -60,6 +60,16 @@ def test_dockerfile_copies_only_what_exists_and_runs_as_non_root(dockerfile: str
     assert re.search(r'^ENTRYPOINT \["logmoe"\]$', dockerfile, flags=re.M)
 
 
+def test_build_context_sends_only_what_the_image_copies(dockerfile: str) -> None:
+    lines = [ln.strip() for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert patterns[0] == "*"  # everything out (.venv, data, runs), then the copied paths back in
+    included = {p[1:] for p in patterns if p.startswith("!")}
+    copied = {src.rstrip("/") for m in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, flags=re.M)
+              for src in m.split()[:-1]}
+    assert copied == included
+
+
 def test_cuda_is_a_build_argument_and_cpu_the_default(dockerfile: str) -> None:
     assert re.search(r"^ARG TORCH_VARIANT=cpu$", dockerfile, flags=re.M)
     assert "\nARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}\n" in dockerfile
