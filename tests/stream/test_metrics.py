@@ -162,3 +162,18 @@ def test_health_needs_ready_running_agents_a_model_and_a_live_loop() -> None:
     agents["stream.agents.score"].state = "crashed"
     ok, body = health(app, handle, 10.0)
     assert not ok and body["agents"]["score"] == "crashed"
+
+
+def test_two_apps_in_one_process_keep_separate_metrics() -> None:
+    from stream.app import create_app
+    from stream.config import StreamConfig
+    from stream_fakes import FakeScorer
+
+    apps = [create_app(StreamConfig(app_id=f"twin{i}", metrics_port=9100 + i, model_reload_interval=0),
+                       FakeScorer()) for i in range(2)]
+    first, second = (app.logmoe_metrics for app in apps)
+    assert first.registry is not second.registry
+    first.inc("lines_in", 3)
+    assert exposition(first)[("logmoe_lines_in_total", ())] == 3
+    assert ("logmoe_lines_in_total", ()) not in exposition(second)
+    assert all(app.logmoe_handle.reloader is None for app in apps)  # model_reload_interval 0: no watcher
