@@ -147,11 +147,21 @@ def alert_outcome(alerts: list[dict[str, Any]], workload: Workload) -> dict[str,
     same = all(len({json.dumps({k: v for k, v in a.items() if k != "detected_at"}, sort_keys=True)
                     for a in copies}) == 1 for copies in by_id.values())
     alerted = {a["session"] for a in alerts}
-    return {"alerts": len(alerts), "alert_ids": len(by_id), "expected_alert_ids": len(expected),
+    foreign = [a for a in alerts if not own_lines_only(a)]
+    return {"alerts_with_foreign_lines": len(foreign),"alerts": len(alerts), "alert_ids": len(by_id), "expected_alert_ids": len(expected),
             "missing_alert_ids": len(set(expected) - set(by_id)), "unexpected_alert_ids": len(set(by_id) - set(expected)),
             "missed_anomalous_sessions": len(workload.anomalous - alerted),
             "false_alarm_sessions": len(alerted - workload.anomalous),
             "duplicate_alerts": len(alerts) - len(by_id), "duplicates_identical": same}
+
+
+def own_lines_only(alert: dict[str, Any]) -> bool:
+    """The alert carries exactly its window: lines start..end, all of its own session, at most WINDOW."""
+    w, lines = alert["window"], alert["lines"]
+    tag = f"request_id={alert['session']}"
+    return (len(lines) == w["end"] - w["start"] + 1 == w["n_lines"] <= WINDOW
+            and [ln["n"] for ln in lines] == list(range(w["start"], w["end"] + 1))
+            and all(ln["line"].endswith(tag) and f"step={ln['n'] - 1} " in ln["line"] for ln in lines))
 
 
 def record(fault: str, figures: dict[str, Any]) -> None:

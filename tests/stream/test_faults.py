@@ -29,6 +29,7 @@ def assert_complete(outcome: dict, scored, workload: Workload) -> None:
     assert outcome["missing_alert_ids"] == 0 and outcome["missed_anomalous_sessions"] == 0, outcome
     assert outcome["unexpected_alert_ids"] == 0 and outcome["false_alarm_sessions"] == 0, outcome
     assert outcome["duplicates_identical"], "a duplicate alert differs from its first copy"
+    assert outcome["alerts_with_foreign_lines"] == 0, "an alert carries lines outside its own window"
 
 
 @pytest.mark.timeout(150)
