@@ -7,7 +7,7 @@ import logging
 
 from stream.config import StreamConfig, load_stream_config, override
 
-_TOOL_EPILOG = ("The broker and its TLS/SASL settings come from the same config as the worker's: --config FILE, "
+_TOOL_DESCRIPTION = ("The broker and its TLS/SASL settings come from the same config as the worker's: --config FILE, "
                 "LOGMOE_<KEY> variables (LOGMOE_BROKER, LOGMOE_SECURITY_PROTOCOL, LOGMOE_SASL_PASSWORD, ...) and "
                 "--set key=value, so the tools reach any cluster the worker reaches.")
 
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = subparsers.add_parser("replay", help="produce a log file into a topic, line by line",
-                              description=_TOOL_EPILOG)
+                              description=_TOOL_DESCRIPTION)
     p.add_argument("file")
     p.add_argument("--topic", default=None, help="topic (default: the config's topic_logs, 'logs')")
     _tool_connection_args(p)
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = subparsers.add_parser("alerts", help="print alerts from the alerts topic", description=_TOOL_EPILOG)
+    p = subparsers.add_parser("alerts", help="print alerts from the alerts topic", description=_TOOL_DESCRIPTION)
     _tool_connection_args(p)
     p.add_argument("--topic", default=None, help="topic (default: the config's topic_alerts, 'alerts')")
     p.add_argument("--from-beginning", action="store_true")
