@@ -77,11 +77,11 @@ def check_safetensors(weights: Path) -> None:
             header = json.loads(fh.read(header_len))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        expected = 8 + header_len + max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                                        default=0)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"{str(weights)!r} is not a readable safetensors file: {exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{str(weights)!r} is truncated or not a safetensors file: {exc}") from exc
-    expected = 8 + header_len + max(ends, default=0)
     if size < expected:
         raise ValueError(f"{str(weights)!r} is truncated: {size} bytes, its header describes {expected}")
