@@ -201,10 +201,36 @@ def test_a_failed_sasl_connection_logs_nothing_secret_even_at_debug(kafka, tmp_p
                        sasl_password=SECRET)
     log = tmp_path / "in.log"
     log.write_text("a line\n", encoding="utf-8")
-    with caplog.at_level(logging.DEBUG), pytest.raises(Exception) as failed:
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="kafka"), \
+            pytest.raises(Exception) as failed:
         stream.tools.replay(log, cfg.bootstrap_servers, progress=False, security=kafka_python_kwargs(cfg))
     assert "SaslHandshake" in caplog.text  # it did try to authenticate, and logged every request
     assert SECRET not in caplog.text and SECRET not in str(failed.value) and SECRET not in repr(failed.value)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_the_workers_own_client_logs_nothing_secret_when_sasl_fails(kafka, caplog) -> None:
+    """Faust's aiokafka producer at DEBUG, SCRAM against the embedded broker: the handshake fails, and no log
+    line or error holds the password."""
+    from stream.app import create_app
+
+    cfg = StreamConfig(broker=kafka.bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+                       sasl_username="alice", sasl_password=SECRET)
+
+    async def start() -> None:
+        producer = create_app(cfg, FakeScorer()).producer._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), 30)
+        finally:
+            await producer.stop()
+
+    # The CLI tools quiet the client loggers (stream.cli._quiet_clients), and an earlier test may have run one.
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="aiokafka"), \
+            pytest.raises(Exception) as failed:
+        asyncio.run(start())
+    assert "SaslHandShakeRequest" in caplog.text and "user=alice" in caplog.text
+    assert SECRET not in caplog.text and SECRET not in repr(failed.value)
 
 
 def test_an_alert_holds_only_its_own_windows_lines() -> None:
