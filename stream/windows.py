@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from model.windowing import Windower, WindowState
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One line of a session with where it came from (the input topic's partition and offset)."""
+class Entry(NamedTuple):
+    """One line of a session with where it came from (the input topic's partition and offset).
+
+    A named tuple, not a dataclass: the score agent rebuilds every open session's entries from the table for each
+    batch, and a tuple is built ~4x faster than a frozen dataclass."""
 
     line: str
     ts: float | str | None
@@ -28,7 +30,7 @@ class Entry:
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Entry:
-        return cls(line=data[0], ts=data[1], partition=int(data[2]), offset=int(data[3]))
+        return cls(data[0], data[1], int(data[2]), int(data[3]))
 
 
 @dataclass
