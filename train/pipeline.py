@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -209,23 +210,44 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def publish_dir(staging: Path, final_dir: Path) -> None:
+    """Replace final_dir with staging by renames (each atomic on one file system); the old model is moved
+    aside first and deleted last, so final_dir always holds either the old or the new complete model,
+    except for the instant between the two renames."""
+    previous = final_dir.with_name(f".{final_dir.name}.previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final_dir.exists():
+        final_dir.rename(previous)
+    staging.rename(final_dir)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
               train_masked: list[tuple[str, ...]], device: torch.device) -> dict[str, Any]:
     """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold,
     write seen_lines.json and the eval plots; returns the eval metrics at the stored threshold."""
     from model.scorer import LogScorer
 
+    # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
+    # watching final_moe_model (hot reload) never sees a half-written or uncalibrated model.
     final_dir = cfg.output_path / FINAL_DIR
-    model.save_pretrained(final_dir)
-    LogScorer.save_seen_lines(final_dir, dict.fromkeys(line for lines in train_masked for line in lines))
-    scorer = LogScorer.from_pretrained(final_dir, device=str(device), encoder=encoder,
+    staging = cfg.output_path / f".{FINAL_DIR}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging)
+    LogScorer.save_seen_lines(staging, dict.fromkeys(line for lines in train_masked for line in lines))
+    scorer = LogScorer.from_pretrained(staging, device=str(device), encoder=encoder,
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
     threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
                                     cfg.training.target_fpr)
     model.config.threshold = threshold
-    model.save_pretrained(final_dir)
+    model.save_pretrained(staging)
+    del scorer  # its weights map files in staging/
+    publish_dir(staging, final_dir)
     metrics = session_metrics(eval_sessions, scores, threshold)
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
     plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")

@@ -16,7 +16,7 @@ from train.config import EvalConfig, TrainConfig
 from train.data import load_jsonl
 from train.evaluation import evaluate, load_scorer, score_sessions
 from train.metrics import calibrate_threshold
-from train.pipeline import data_fingerprint, train
+from train.pipeline import data_fingerprint, publish_dir, train
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,22 @@ def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, 
     assert json.loads((model_dir / "seen_lines.json").read_text())
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
     assert (out / ".embed_cache").is_dir()
+    assert sorted(p.name for p in out.iterdir() if "final_moe_model" in p.name) == ["final_moe_model"]
+
+
+def test_publish_dir_swaps_a_complete_model_in(tmp_path: Path) -> None:
+    final, staging = tmp_path / "final_moe_model", tmp_path / ".final_moe_model.staging"
+    final.mkdir()
+    (final / "config.json").write_text("old")
+    staging.mkdir()
+    (staging / "config.json").write_text("new")
+    publish_dir(staging, final)
+    assert (final / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_moe_model"]
+    staging.mkdir()  # first publish: no previous model
+    (staging / "config.json").write_text("newer")
+    publish_dir(staging, final)
+    assert (final / "config.json").read_text() == "newer"
 
 
 def test_stage_two_routes_to_fewer_experts(trained: tuple[TrainConfig, dict[str, Any]]) -> None:
