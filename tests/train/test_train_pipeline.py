@@ -85,7 +85,7 @@ def test_publish_dir_swaps_a_complete_model_in(tmp_path: Path) -> None:
     publish_dir(staging, final)
     assert (final / "config.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final_moe_model"]
-    staging.mkdir()  # first publish: no previous model
+    staging.mkdir()  # and again over that one
     (staging / "config.json").write_text("newer")
     publish_dir(staging, final)
     assert (final / "config.json").read_text() == "newer"
