@@ -382,12 +382,18 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if variant == "passthrough":
                     res = run_passthrough(broker.bootstrap, work, tag, n, args)
                 else:
-                    res = run_worker(broker.bootstrap, work, tag, n, args, variant,
-                                     profile=args.profile and r == 0)
+                    res = run_worker(broker.bootstrap, work, tag, n, args, variant, profile=False)
                 res.update(round=r, loadavg_before=load, loadavg_after=loadavg())
                 logger.info("round %d %s: %.0f lines/s (%.1f s)", r, variant, res["lines_per_s"], res["seconds"])
                 runs.append(res)
-    return {"lines": n, "stream": str(stream), "runs": runs, "variants": variants}
+        profiled = []
+        if args.profile:  # an extra run per worker variant: py-spy slows what it samples, so it is not timed
+            for variant in args.variants:
+                res = run_worker(broker.bootstrap, work, f"perf-{variant}-profile-{os.getpid()}", n, args, variant,
+                                 profile=True)
+                res.update(round="profile", loadavg_before=loadavg())
+                profiled.append(res)
+    return {"lines": n, "stream": str(stream), "runs": runs, "variants": variants, "profiled": profiled}
 
 
 def report_throughput(r: dict[str, Any], args: argparse.Namespace) -> None:
@@ -421,9 +427,11 @@ def report_throughput(r: dict[str, Any], args: argparse.Namespace) -> None:
               f"{m.get('cache_hit_rate')}")
     print("\n- load average (1/5/15 min) before each run: " +
           "; ".join(f"{x['variant']}#{x['round']}: {x['loadavg_before']}" for x in r["runs"]))
-    for run in r["runs"]:
-        if "profile" in run:
-            print_profile(f"py-spy profile of `{run['variant']}` (round {run['round']})", run["profile"])
+    for run in r.get("profiled", []):
+        per_k = run["profile"].get("busy_samples", 0) / (r["lines"] / 1000)
+        print_profile(f"py-spy profile of `{run['variant']}` (an extra, untimed run: {run['lines_per_s']:.0f} lines/s "
+                      f"while sampled; {per_k:.0f} busy samples = {per_k / 50:.2f} CPU-s per 1,000 lines)",
+                      run["profile"])
 
 
 # --------------------------------------------------------------------------------------------- 3 scoring
@@ -614,15 +622,18 @@ def section_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             n_lines = int(rate * args.latency_seconds)
             records = [(f"src{rng.randrange(args.sources):03d}".encode(), line)
                        for line in pool[args.calib_lines:args.calib_lines + n_lines]]
-            if args.profile:
-                prof_proc = start_profile(proc.pid, work / f"{tag}.pyspy.txt")
             load = loadavg()
             started = time.monotonic()
             sent = produce(broker.bootstrap, "logs", records, rate=rate)
             produce_s = time.monotonic() - started
-            stop_profile(prof_proc)
             proc.wait_for(drained(n_cal + sent), args.run_timeout)
             m = proc.poll()
+            if args.profile:  # 3. the same paced load on new sessions, sampled (py-spy slows it: not measured)
+                extra = [(f"prf{rng.randrange(args.sources):03d}".encode(), line)
+                         for line in pool[:int(rate * min(30.0, args.latency_seconds))]]
+                prof_proc = start_profile(proc.pid, work / f"{tag}.pyspy.txt")
+                produce(broker.bootstrap, "logs", extra, rate=rate)
+                stop_profile(prof_proc)
         finally:
             stop_profile(prof_proc)
             proc.stop()
@@ -632,7 +643,7 @@ def section_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         consumer.close()
     trigger, per_line, finals, calibration = [], {}, 0, 0
     for ts, alert in alerts:
-        if alert["session"].startswith("cal"):
+        if alert["session"].startswith(("cal", "prf")):
             calibration += 1
             continue
         if alert["window"]["final"]:
@@ -660,7 +671,8 @@ def report_latency(r: dict[str, Any], args: argparse.Namespace) -> None:
           f"at {r['sustainable']:.0f} lines/s (this also warms the worker up).")
     print(f"2. {r['sent']} lines on new sessions produced at {r['rate']:.0f} lines/s (achieved "
           f"{r['achieved_rate']:.0f}){' = half the sustainable rate' if not args.rate else ' (--rate)'}; "
-          f"{r['alerts']} alerts in all: {r['calibration_alerts']} from step 1 and {r['final_alerts']} at session "
+          f"{r['alerts']} alerts in all: {r['calibration_alerts']} from the unmeasured phases (burst, profile) and "
+          f"{r['final_alerts']} at session "
           f"close left out (their delay is the idle time). Load average before: {r['loadavg']}.\n")
     rows = []
     for name, p in (("window-completing line -> its alert", r["trigger"]),
@@ -673,7 +685,8 @@ def report_latency(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\n- goal p99 <= {GOALS['p99_s']:g} s (window-completing line -> alert): "
           f"{'met' if ok else 'NOT met'} ({fmt(p99, 3)} s)")
     if "profile" in r:
-        print_profile("py-spy profile of the worker during the paced phase", r["profile"])
+        print_profile("py-spy profile of the worker under the same paced load (an extra, unmeasured 30 s phase)",
+                      r["profile"])
 
 
 # --------------------------------------------------------------------------------------------- 5 memory
@@ -730,8 +743,9 @@ def report_memory(r: dict[str, Any], args: argparse.Namespace) -> None:
         first, last = at_bound[0]["rss_mb"], at_bound[-1]["rss_mb"]
         drift = (last - first) / first
         ok = abs(drift) <= GOALS["rss_band"]
-        print(f"\n- goal: RSS within ±{GOALS['rss_band']:.0%} once the bound is reached (from the first stage past the "
-              f"bound, where overflow sessions are already being closed and scored, to the last): {'met' if ok else 'NOT met'} "
+        print(f"\n- goal: RSS within ±{GOALS['rss_band']:.0%} once the bound is reached (from the first stage past "
+              f"the bound, where overflow sessions are already being closed and scored, to the last): "
+              f"{'met' if ok else 'NOT met'} "
               f"({first:.0f} MB at {at_bound[0]['sessions_offered']} sessions offered -> {last:.0f} MB at "
               f"{at_bound[-1]['sessions_offered']}, {drift:+.1%})")
     else:
@@ -756,7 +770,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="throughput: worker variants to run against the pass-through (see bench/_worker_variant.py)")
     p.add_argument("--session-idle", type=float, default=2.0, help="throughput: worker session idle (s)")
     p.add_argument("--profile", action="store_true",
-                   help="py-spy the worker: throughput, the first run of each variant; latency, the paced phase")
+                   help="py-spy the worker: throughput, one extra untimed run per variant; latency, the paced phase")
     p.add_argument("--worker-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra worker config overrides")
     p.add_argument("--windows", type=int, default=2000, help="scoring: windows")
     p.add_argument("--score-batch", type=int, default=256, help="scoring: windows per LogScorer call")
@@ -768,7 +782,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-idle", type=float, default=5.0, help="latency: worker session idle (s)")
     p.add_argument("--sources", type=int, default=64, help="latency: message keys (sessions)")
     p.add_argument("--bound", type=int, default=10000, help="memory: max_open_sessions")
-    p.add_argument("--levels", type=int, nargs="+", default=[1000, 10000, 20000, 40000], help="memory: sessions offered")
+    p.add_argument("--levels", type=int, nargs="+", default=[1000, 10000, 20000, 40000],
+                   help="memory: sessions offered, cumulative")
     p.add_argument("--run-timeout", type=float, default=480.0, help="seconds one worker run may take")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs and profiles here (default: temp)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the section (not a benchmark)")
