@@ -8,6 +8,7 @@ a real Kafka; nothing else in stream/ knows which broker it talks to.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.resources
 import logging
 import os
@@ -34,6 +35,17 @@ _TANSU_ENV_VARS = (
     "SCHEMA_REGISTRY",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 )
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the thread that started it dies, even by SIGKILL, so a
+    killed test run or demo leaves no broker or S3 server behind. Start them from a long-lived thread."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def tansu_binary() -> Path:
@@ -116,7 +128,7 @@ class EmbeddedBroker:
                "--storage-engine", self.storage]
         log.info("starting tansu on %s", self.bootstrap)
         self._proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         ready = threading.Event()
         threading.Thread(target=self._drain, args=(ready,), daemon=True, name="tansu-output").start()
         deadline = time.monotonic() + timeout
@@ -226,7 +238,7 @@ class LocalS3:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}, **self.env}
         with self._log_path.open("ab") as out:
             self._proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT)
+                                          stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -269,7 +281,7 @@ def run_foreground(port: int = 0, data_dir: str | Path | None = None, host: str 
     def _on_signal(signum: int, _frame: object) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with EmbeddedBroker(host=host, port=port, data_dir=data_dir) as broker:
             print(f"ready {broker.bootstrap}", flush=True)
