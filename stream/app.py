@@ -37,6 +37,10 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
             scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
+    if encoder is None:
+        # The first call pays torch's lazy set-up (1.6-3.2 s here): pay it now, not on the first live batch.
+        scorer.score_detailed([["logmoe warm-up"]])
+        scorer.encoder.cache_clear()
     scorer.model_dir = Path(cfg.model)  # its name and its files, as configured (not the private copy)
     scorer.source_signature = signature  # type: ignore[attr-defined]  # what hot reload compares the folder with
     return scorer
