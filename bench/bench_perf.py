@@ -157,7 +157,7 @@ class Proc:
         logger.info("%s: %s", name, " ".join(cmd))
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=child_env(threads), cwd=REPO_ROOT, start_new_session=True)
+                                         env=child_env(threads), cwd=log_path.parent, start_new_session=True)
         self.samples: list[tuple[float, dict[str, Any]]] = []
 
     @property
@@ -203,7 +203,7 @@ def worker_cmd(bootstrap: str, model: Path, app_id: str, *, session_key: str, se
                extra: Sequence[str] = ()) -> list[str]:
     sets = {"app_id": app_id, "topic_sessions": f"{app_id}-sessions", "topic_alerts": f"{app_id}-alerts",
             "metrics_interval": 0.5, "device": "cpu"}
-    cmd = logmoe("worker", "--broker", bootstrap, "--model", str(model), "--session-key", session_key,
+    cmd = logmoe("worker", "--broker", bootstrap, "--model", str(model.resolve()), "--session-key", session_key,
                  "--session-idle", str(session_idle))
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]

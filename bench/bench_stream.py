@@ -125,14 +125,14 @@ def child_env(threads: int) -> dict[str, str]:
 
 
 def start_worker(bootstrap: str, model: Path, args: argparse.Namespace, log_path: Path) -> subprocess.Popen[bytes]:
-    cmd = logmoe("worker", "--broker", bootstrap, "--model", str(model), "--session-key", args.key_regex,
+    cmd = logmoe("worker", "--broker", bootstrap, "--model", str(model.resolve()), "--session-key", args.key_regex,
                  "--session-idle", str(args.session_idle), "--set", f"app_id=logmoe-bench-stream-{os.getpid()}",
                  "--set", f"metrics_interval={args.metrics_interval}", "--set", "device=cpu")
     logger.info("worker: %s (log %s)", " ".join(cmd), log_path)
     with log_path.open("wb") as out:
         # Own session: a Ctrl-C in the terminal reaches only us; we stop the worker ourselves, in order.
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=child_env(args.threads), cwd=REPO_ROOT, start_new_session=True)
+                                env=child_env(args.threads), cwd=log_path.parent, start_new_session=True)
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, name: str, timeout: float = 30.0) -> None:
