@@ -27,7 +27,7 @@ from faust.types import EventT
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor
-from stream.reload import ModelReloader, ScorerSlot, model_info
+from stream.reload import ModelReloader, ScorerSlot
 from stream.windows import SessionState, SessionWindows, Window, sessions_to_close
 
 log = logging.getLogger("stream.worker")
@@ -70,7 +70,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     close_requested: dict[str, float] = {}
     slot = ScorerSlot(scorer)
     handle = AgentsHandle(slot, processor)
-    metrics.model = model_info(scorer)
+    metrics.model = slot.info
 
     def install(new: Scorer) -> None:
         """Window sessions the way the new model was trained (called between batches, before the swap)."""
@@ -97,7 +97,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         metrics.observe_batch(len(texts), time.perf_counter() - started)
         metrics.inc("windows_scored", len(texts))
         metrics.cache_info = _cache_info(scorer)
-        return processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now)
+        return processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now, model=slot.info)
 
     @app.agent(sessions, name="score")
     async def score(stream: faust.StreamT) -> None:

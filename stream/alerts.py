@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from stream.windows import Window
@@ -24,9 +25,9 @@ def alert_id(session: str, end: int) -> str:
     return hashlib.sha256(f"{session}\n{end}".encode()).hexdigest()[:32]
 
 
-def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model_name: str,
-                fingerprint: str, top_lines: int, detected_at: float) -> dict[str, Any]:
-    """The alert JSON document. Lines are ranked by their exact additive contribution to the anomaly
+def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model: Mapping[str, str],
+                top_lines: int, detected_at: float) -> dict[str, Any]:
+    """The alert JSON document; `model` names the model that scored it (name, fingerprint, weights). Lines are ranked by their exact additive contribution to the anomaly
     logit (`line_scores`); the `top_lines` highest are marked suspicious."""
     entries = window.entries
     contributions = list(scored.line_scores)[: len(entries)]
@@ -39,7 +40,7 @@ def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model
         "session": window.session,
         "score": round(float(scored.score), 6),
         "threshold": float(threshold),
-        "model": {"name": model_name, "fingerprint": fingerprint},
+        "model": dict(model),
         "window": {
             "start": start,
             "end": window.end,

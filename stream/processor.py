@@ -8,7 +8,7 @@ by offset, so a worker that dies mid-batch re-does the batch without losing or d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,8 +140,12 @@ class SessionProcessor:
         batch.states[key] = None
 
     def alerts_for(self, batch: Batch, scored: Sequence[ScoredWindow], scorer: Scorer, top_lines: int,
-                   now: float) -> list[dict[str, Any]]:
-        """Alerts for windows at or above the model's threshold, honouring each session's cooldown."""
+                   now: float, model: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Alerts for windows at or above the model's threshold, honouring each session's cooldown. `model` is
+        what alerts say about the scorer (stream.reload.model_info: name, fingerprint, weights); by default its
+        name and fingerprint."""
+        if model is None:
+            model = {"name": scorer.name, "fingerprint": scorer.fingerprint}
         alerts = []
         for window, state, result in zip(batch.windows, batch.owners, scored, strict=True):
             if result.score < scorer.threshold:
@@ -150,6 +154,6 @@ class SessionProcessor:
                 self.metrics.inc("alerts_suppressed_cooldown")
                 continue
             state.alerted_at = window.end
-            alerts.append(build_alert(window, result, threshold=scorer.threshold, model_name=scorer.name,
-                                      fingerprint=scorer.fingerprint, top_lines=top_lines, detected_at=now))
+            alerts.append(build_alert(window, result, threshold=scorer.threshold, model=model, top_lines=top_lines,
+                                      detected_at=now))
         return alerts

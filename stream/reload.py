@@ -145,8 +145,9 @@ class ScorerSlot:
     """The scorer in use. The score agent holds `lock` for a whole batch, the reloader to swap: a batch is
     scored and alerted by one model, and a swap happens only between batches."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, info: dict[str, str] | None = None) -> None:
         self.scorer = scorer
+        self.info = model_info(scorer) if info is None else info  # what alerts and metrics say about it
         self.lock = asyncio.Lock()
 
 
@@ -180,7 +181,7 @@ class ModelReloader:
             async with self.slot.lock:  # between two batches of the score agent
                 await asyncio.to_thread(candidate.score_detailed, PROBE)
                 self.install(candidate)
-                self.slot.scorer = candidate
+                self.slot.scorer, self.slot.info = candidate, info
         except Exception as exc:  # any failure (unreadable, wrong shapes, a probe that raises): keep the old model
             self.watcher.refuse(sig)
             self.metrics.inc("model_reloads_refused")

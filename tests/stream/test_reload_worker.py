@@ -71,6 +71,9 @@ def test_reload_swaps_between_batches_refuses_a_broken_model_and_drops_no_window
     assert len(alerts) == len(by_session) == len(everyone) and set(by_session) == set(everyone)
     assert {by_session[s]["model"]["fingerprint"] for s in first} == {A}
     assert {by_session[s]["model"]["fingerprint"] for s in fourth} == {B}
+    weights_before = {by_session[s]["model"]["weights"] for s in first}
+    weights_after = {by_session[s]["model"]["weights"] for s in fourth}
+    assert len(weights_before) == len(weights_after) == 1 and weights_before != weights_after
     # One clean switch: once an alert carries B, no later one carries A.
     ordered = sorted(alerts, key=lambda a: a["detected_at"])
     switch = next(i for i, a in enumerate(ordered) if a["model"]["fingerprint"] == B)
