@@ -157,14 +157,7 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the broker (SIGKILL after timeout) and remove its temporary folder."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("tansu pid %d ignored SIGTERM for %.0f s, killing it", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout, "tansu")
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -181,6 +174,19 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float, name: str) -> None:
+    """SIGTERM a child process if it still runs; SIGKILL it after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s pid %d ignored SIGTERM for %.0f s, killing it", name, proc.pid, timeout)
+        proc.kill()
+        proc.wait()
 
 
 def weed_binary() -> Path:
@@ -259,13 +265,7 @@ class LocalS3:
 
     def stop(self, timeout: float = 20.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout, "weed")
 
     def __enter__(self) -> LocalS3:
         return self.start()
