@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import faust
 from faust.types import EventT
@@ -44,6 +44,26 @@ def group_lines(events: Iterable[EventT], keyer: SessionKeyer, max_line_bytes: i
     return groups
 
 
+# A "lines" event stays well under Kafka's default 1 MB message limit (message.max.bytes): a batch of long lines
+# of one session is split into several events, sent in order on the session's partition.
+MAX_EVENT_BYTES = 512 * 1024
+
+
+def chunk_entries(entries: list[Entry], max_bytes: int = MAX_EVENT_BYTES) -> Iterator[list[Entry]]:
+    """Consecutive runs of `entries` whose lines add up to at most `max_bytes` (a longer line goes alone)."""
+    chunk: list[Entry] = []
+    size = 0
+    for entry in entries:
+        cost = len(entry.line.encode("utf-8", "surrogatepass")) + 64  # the line plus its JSON framing
+        if chunk and size + cost > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += cost
+    if chunk:
+        yield chunk
+
+
 def lines_event(session: str, entries: list[Entry]) -> bytes:
     """The sessions-topic value of a "lines" event (stream.processor.SessionEvent), as JSON bytes."""
     doc = {"kind": "lines", "session": session, "entries": [e.to_json() for e in entries]}
@@ -59,7 +79,8 @@ def register_route(app: faust.App, cfg: StreamConfig, metrics: Metrics, *, logs:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
             groups = group_lines(events, keyer, cfg.max_line_bytes, metrics)
             for session, entries in groups.items():
-                # Already JSON: sent as is; the score agent reads it through the topic's json serializer.
-                await sessions.send(key=session.encode("utf-8"), value=lines_event(session, entries),
-                                    value_serializer="raw")
+                for chunk in chunk_entries(entries):
+                    # Already JSON: sent as is; the score agent reads it through the topic's json serializer.
+                    await sessions.send(key=session.encode("utf-8"), value=lines_event(session, chunk),
+                                        value_serializer="raw")
                 metrics.inc("lines_in", len(entries))

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 from stream.metrics import Metrics
 from stream.processor import SessionEvent
 from stream.records import SessionKeyer
-from stream.route import group_lines, lines_event
+from stream.route import chunk_entries, group_lines, lines_event
 
 
 def _event(value: bytes, offset: int, key: bytes | None = None, partition: int = 0) -> SimpleNamespace:
@@ -32,3 +32,14 @@ def test_the_published_value_is_a_lines_session_event() -> None:
     event = SessionEvent.from_json(json.loads(lines_event("blk_1", groups["blk_1"])))
     assert event.kind == "lines" and event.session == "blk_1"
     assert [(e.line, e.offset) for e in event.line_entries] == [("a blk_1", 7), ("b blk_1", 8)]
+
+
+def test_long_lines_of_one_session_are_split_into_events_under_the_size_limit_in_order() -> None:
+    lines = [("x" * 300_000 + f" blk_1 #{i}").encode() for i in range(5)] + [b"short blk_1"]
+    groups = group_lines([_event(v, i) for i, v in enumerate(lines)], SessionKeyer([r"(blk_\d+)"]), 10**6,
+                         Metrics())
+    chunks = list(chunk_entries(groups["blk_1"]))
+    assert [len(c) for c in chunks] == [1, 1, 1, 1, 2]  # two 300 kB lines never share an event
+    assert [e.offset for c in chunks for e in c] == list(range(6))
+    assert all(len(lines_event("blk_1", c)) < 1024 * 1024 for c in chunks)
+    assert list(chunk_entries(groups["blk_1"][:1], max_bytes=10)) == [groups["blk_1"][:1]]  # too long: alone
