@@ -218,7 +218,6 @@ def consumer_lag(app: faust.App, topics: Iterable[str]) -> dict[str, int]:
     return lag
 
 
-
 def _cache_info(scorer: Scorer) -> dict[str, Any] | None:
     encoder = getattr(scorer, "encoder", None)
     info = getattr(encoder, "cache_info", None)
