@@ -51,6 +51,8 @@ import numpy as np
 
 from _common import REPO_ROOT, default_data_dir, fmt, markdown_table, print_header, setup_logging, write_json
 
+from stream.broker import terminate
+
 logger = logging.getLogger("bench.stream")
 
 KEY_REGEX = r"(blk_-?\d+)"
@@ -136,16 +138,9 @@ def start_worker(bootstrap: str, model: Path, args: argparse.Namespace, log_path
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, name: str, timeout: float = 30.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    logger.info("stopping %s (pid %d)", name, proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s (pid %d) ignored SIGTERM for %.0f s, killing it", name, proc.pid, timeout)
-        proc.kill()
-        proc.wait()
+    if proc is not None and proc.poll() is None:
+        logger.info("stopping %s (pid %d)", name, proc.pid)
+    terminate(proc, timeout, name)
 
 
 def read_log(path: Path) -> str:
