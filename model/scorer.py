@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_folder
 from model.configuration_logmoe import LogMoEConfig
 from model.device import autocast_dtype, resolve_device
 from model.encoder import LineEncoder
@@ -32,8 +33,6 @@ __all__ = ["CONFIG_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "Windo
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
 
 # Raw line -> masked line. Sliding windows (hop < window) score each raw line in several windows, across calls
@@ -91,15 +90,7 @@ class LogScorer:
     ) -> LogScorer:
         """Load config.json + model.safetensors (+ seen_lines.json) from ``model_dir``; build the encoder the
         config names unless one is given."""
-        path = Path(model_dir).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"model folder {str(path)!r} does not exist; train one (logmoe train) or give the folder that "
-                f"holds {CONFIG_FILE} and {WEIGHTS_FILE}"
-            )
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"model folder {str(path)!r} has no {name}; is it a trained LogMoE model?")
+        path = check_model_folder(model_dir)  # missing, pickled, truncated, not LogMoE, newer format: one error
         config = _load_config(path)
         torch_device = resolve_device(device)
         try:
@@ -245,14 +236,8 @@ class LogScorer:
 
 
 def _load_config(path: Path) -> LogMoEConfig:
+    """The config of a folder check_model_folder accepted (so readable JSON of model_type logmoe)."""
     config_file = path / CONFIG_FILE
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {str(config_file)!r}: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("model_type") != LogMoEConfig.model_type:
-        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{str(config_file)!r} is not a LogMoE config (model_type {found!r}, expected 'logmoe')")
     try:
         return LogMoEConfig.from_pretrained(path)
     except (OSError, TypeError) as exc:  # ValueError from the config's own checks passes through as is

@@ -27,13 +27,11 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
     `running` is the model in use: its encoder, with its warm cache, is reused when the new model names the same
     one."""
     from model import LogScorer
-    from model.checkpoint import check_model_folder
 
     encoder = reusable_encoder(cfg.model, running) if running is not None else None
     signature = model_signature(cfg.model)  # before copying: a change from here on is a new model
     with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
         try:
-            check_model_folder(folder)  # pickled, truncated, newer format: refused before torch reads it
             scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc

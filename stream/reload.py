@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_folder
 from stream.metrics import Metrics
 from stream.processor import Scorer
 
 log = logging.getLogger("stream.worker")
 
-REQUIRED_FILES = ("config.json", "model.safetensors")
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 OPTIONAL_FILES = ("seen_lines.json",)
 PROBE = [["logmoe model reload check: one line"]]  # scored once by a new model before it goes live
 _ENCODER_KEYS = ("encoder_name_or_path", "pooling", "line_max_length")
@@ -96,10 +97,7 @@ def private_copy(model_dir: str | Path) -> Iterator[Path]:
     """A copy of the model folder's files in a fresh temporary folder of the same name (so the model's name,
     the folder name, is kept), removed on exit. A model loaded from it keeps its memory-mapped weights valid
     after the removal (Linux keeps an unlinked file's pages), and nobody else ever writes that file."""
-    source = Path(model_dir).expanduser()
-    if not source.is_dir():
-        raise FileNotFoundError(f"model folder {str(source)!r} does not exist; train one (logmoe train) or give "
-                                "the folder that holds config.json and model.safetensors")
+    source = check_model_folder(model_dir)  # a missing or unloadable folder is not copied at all
     with tempfile.TemporaryDirectory(prefix="logmoe-model-") as tmp:
         copy = Path(tmp) / source.resolve().name
         copy.mkdir()
@@ -114,7 +112,7 @@ def model_info(scorer: Scorer) -> dict[str, str]:
     (first 16 hex digits): two models trained on the same data differ there."""
     info = {"name": str(scorer.name), "fingerprint": str(scorer.fingerprint)}
     model_dir = getattr(scorer, "model_dir", None)
-    weights = Path(model_dir) / "model.safetensors" if model_dir is not None else None
+    weights = Path(model_dir) / WEIGHTS_FILE if model_dir is not None else None
     if weights is not None and weights.is_file():
         digest = hashlib.sha256()
         with weights.open("rb") as f:
@@ -132,7 +130,7 @@ def reusable_encoder(model_dir: str | Path, running: Scorer) -> Any | None:
     if config is None or encoder is None:
         return None
     try:
-        new = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        new = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # the load itself will report it
     if not isinstance(new, dict):
