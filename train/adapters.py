@@ -38,35 +38,52 @@ def compile_one_group(pattern: str, what: str) -> re.Pattern[str]:
     return compiled
 
 
-def read_session_labels(path: str | Path) -> dict[str, int]:
-    """CSV with a header holding `session_id` and `label` columns; labels in any accepted spelling."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels file not found: {path}")
+class UnlabelledSessionsError(ValueError):
+    """No session key of a keyed log has a label in the labels file(s): the message names how many keys, which
+    files and one example key."""
+
+
+def read_session_labels(paths: str | Path | Sequence[str | Path]) -> dict[str, int]:
+    """CSV(s) with a header holding `session_id` and `label` columns; labels in any accepted spelling. Several
+    files are read as one; a session labelled differently in two places is refused, naming both."""
     labels: dict[str, int] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"session_id", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} "
-                             f"(header: {','.join(reader.fieldnames or ())})")
-        for row in reader:
-            try:
-                labels[row["session_id"]] = parse_label(row["label"])
-            except ValueError as err:
-                raise ValueError(f"{path}:{reader.line_num}: {err}") from None
+    where: dict[str, str] = {}
+    for path in [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]:
+        if not path.is_file():
+            raise FileNotFoundError(f"labels file not found: {path}")
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"session_id", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))} "
+                                 f"(header: {','.join(reader.fieldnames or ())})")
+            for row in reader:
+                location = f"{path}:{reader.line_num}"
+                try:
+                    label = parse_label(row["label"])
+                except ValueError as err:
+                    raise ValueError(f"{location}: {err}") from None
+                key = row["session_id"]
+                if labels.get(key, label) != label:
+                    raise ValueError(f"{location}: session {key!r} labelled {label} here and {labels[key]} at "
+                                     f"{where[key]}")
+                labels[key] = label
+                where.setdefault(key, location)
     return labels
 
 
-def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str, labels_csv: str | Path,
+def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str,
+                            labels_csv: str | Path | Sequence[str | Path],
                             report: SkipReport | None = None) -> list[Session]:
-    """Group raw lines by the session key the regex captures; label each session from the CSV. Sessions come out
-    in order of their first line."""
+    """Group raw lines by the session key the regex captures; label each session from the CSV(s). Sessions come
+    out in order of their first line. Lines of unlabelled keys are counted and skipped; when no key has a label,
+    UnlabelledSessionsError."""
     pattern = compile_one_group(key_regex, "key_regex")
+    label_names = ", ".join(str(p) for p in ([labels_csv] if isinstance(labels_csv, (str, Path)) else labels_csv))
     labels = read_session_labels(labels_csv)
     report = report if report is not None else SkipReport()
     grouped: dict[str, list[str]] = {}
-    unlabelled: set[str] = set()
+    unlabelled: dict[str, int] = {}  # key -> lines skipped, in order of first line
     for log_path in log_paths:
         for number, line in _read_lines(log_path):
             found = pattern.search(line)
@@ -75,12 +92,19 @@ def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str, lab
                 continue
             key = found.group(1)
             if key not in labels:
-                unlabelled.add(key)
-                report.add("line of an unlabelled session", f"{log_path}:{number}: session {key!r} not in {labels_csv}")
+                unlabelled[key] = unlabelled.get(key, 0) + 1
+                report.add("line of an unlabelled session",
+                           f"{log_path}:{number}: session {key!r} not in {label_names}")
                 continue
             grouped.setdefault(key, []).append(line)
+    logs = ", ".join(str(p) for p in log_paths)
     if unlabelled:
-        logger.warning("%d session keys have no label in %s; their lines were skipped", len(unlabelled), labels_csv)
+        example = next(iter(unlabelled))
+        summary = (f"{len(unlabelled):,} of the {len(unlabelled) + len(grouped):,} session keys in {logs} have no "
+                   f"label in {label_names} (e.g. {example!r})")
+        if not grouped:
+            raise UnlabelledSessionsError(summary)
+        logger.warning("%s; their %d lines were skipped", summary, sum(unlabelled.values()))
     return [Session(session_id=key, lines=tuple(lines), label=labels[key], source=str(log_paths[0]))
             for key, lines in grouped.items()]
 

@@ -99,8 +99,12 @@ class DataSection:
     order); either way an identical sequence never sits on both sides."""
     key_regex: str = r"(blk_-?\d+)"
     """keyed_log: regex whose one group is the session key."""
-    labels_csv: str | None = None
-    """keyed_log: CSV with session_id,label."""
+    labels_csv: str | list[str] | None = None
+    """keyed_log: CSV with session_id,label labelling the training files, and the eval files too unless
+    eval_labels_csv is set; a list of CSVs is read as one (a key labelled differently in two of them is refused)."""
+    eval_labels_csv: str | list[str] | None = None
+    """keyed_log: CSV(s) labelling the eval files (--eval-data), for per-split label files such as
+    train_labels.csv + dev_labels.csv; None: labels_csv."""
     label_column: str = "Label"
     """labelled_csv: the label column."""
     text_columns: list[str] = field(default_factory=list)
@@ -121,12 +125,26 @@ class DataSection:
             raise ValueError(f"data.split must be one of {', '.join(SPLIT_MODES)} ({self.split!r})")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"data.eval_fraction must be in (0, 1) ({self.eval_fraction})")
+        for name in ("labels_csv", "eval_labels_csv"):
+            value = getattr(self, name)
+            if isinstance(value, list) and not all(isinstance(item, str) and item for item in value):
+                raise ValueError(f"data.{name} must be a file or a list of files ({value!r})")
         if self.format == "keyed_log" and not self.labels_csv:
-            raise ValueError("data.labels_csv is required with data.format=keyed_log (None)")
+            raise ValueError(f"data.labels_csv is required with data.format=keyed_log ({self.labels_csv!r})")
         for name in ("window", "window_hop"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 ({value})")
+
+    def label_files(self, role: str) -> list[str]:
+        """keyed_log: the labels CSV(s) of the "train" or the "eval" files (eval: eval_labels_csv, else
+        labels_csv)."""
+        if role not in ("train", "eval"):
+            raise ValueError(f"role must be train or eval ({role!r})")
+        chosen = self.eval_labels_csv if role == "eval" and self.eval_labels_csv else self.labels_csv
+        if not chosen:
+            return []
+        return [chosen] if isinstance(chosen, str) else list(chosen)
 
 
 @dataclass

@@ -74,7 +74,7 @@ def load_run_data(cfg: TrainConfig) -> tuple[list[Session], list[Session], dict[
     """Train and eval sessions: the eval files, or a leak-free split of the training files."""
     train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
     if cfg.data.eval:
-        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window)
+        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval")
         report.merge(eval_report)
         split = "eval files"
     else:

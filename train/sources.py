@@ -5,22 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from train.adapters import (labelled_lines_from_csv, labelled_lines_from_log, sessions_from_keyed_log,
-                            windows_from_labelled_lines)
+from train.adapters import (UnlabelledSessionsError, labelled_lines_from_csv, labelled_lines_from_log,
+                            sessions_from_keyed_log, windows_from_labelled_lines)
 from train.config import DataSection
 from train.data import Session, SkipReport, load_sessions
 
 
-def load_source(paths: Sequence[str], data: DataSection, max_window: int) -> tuple[list[Session], SkipReport]:
+def load_source(paths: Sequence[str], data: DataSection, max_window: int,
+                role: str = "train") -> tuple[list[Session], SkipReport]:
     """Sessions from `paths` in data.format; line-labelled formats are cut into windows of data.window lines
-    (default max_window) every data.window_hop lines (default: the window, i.e. no overlap)."""
+    (default max_window) every data.window_hop lines (default: the window, i.e. no overlap). `role` is "train" or
+    "eval": keyed logs of the eval files are labelled by data.eval_labels_csv when set."""
     if not paths:
         raise ValueError("no data files given (data.train is empty; pass --data FILE)")
     if data.format == "jsonl":
         return load_sessions(paths, skip_invalid=data.skip_invalid)
     report = SkipReport()
     if data.format == "keyed_log":
-        sessions = sessions_from_keyed_log(paths, data.key_regex, str(data.labels_csv), report)
+        sessions = _keyed_sessions(paths, data, role, report)
     else:
         window = data.window or max_window
         if window > max_window:
@@ -37,3 +39,17 @@ def load_source(paths: Sequence[str], data: DataSection, max_window: int) -> tup
     if not sessions:
         raise ValueError(f"no sessions in {', '.join(paths)} (format {data.format})")
     return sessions, report
+
+
+def _keyed_sessions(paths: Sequence[str], data: DataSection, role: str, report: SkipReport) -> list[Session]:
+    """keyed_log sessions; when none of their keys is labelled, say which setting labels these files."""
+    try:
+        return sessions_from_keyed_log(paths, data.key_regex, data.label_files(role), report)
+    except UnlabelledSessionsError as err:
+        if role == "eval" and not data.eval_labels_csv:
+            hint = ("the eval files take data.labels_csv unless data.eval_labels_csv is set: pass their labels "
+                    "with data.eval_labels_csv=FILE, or list both files in data.labels_csv=[A, B]")
+        else:
+            setting = "data.eval_labels_csv" if role == "eval" else "data.labels_csv"
+            hint = f"check {setting} and data.key_regex ({data.key_regex!r})"
+        raise UnlabelledSessionsError(f"{err}; {hint}") from None

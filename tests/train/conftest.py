@@ -1,4 +1,5 @@
-"""Fixtures of the training tests: a small generated world and a fast CPU training config on the tiny encoder."""
+"""Fixtures of the training tests: a small generated world, HDFS-style keyed logs with per-split label files, and
+a fast CPU training config on the tiny encoder."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,3 +45,37 @@ def make_config(tiny_encoder_dir: Path, world: Path) -> Callable[..., TrainConfi
         ])
 
     return make
+
+
+def write_keyed_split(folder: Path, split: str, blocks: int, anomalous_every: int, first_block: int) -> list[str]:
+    """<split>_stream.log (the blocks' lines interleaved, as HDFS writes them) and <split>_labels.csv, the layout of
+    ../shared/data/hdfs_real; every anomalous_every-th block fails with an exception. Returns the block ids."""
+    ids = [f"blk_{'-' if n % 3 == 0 else ''}{7_000_000_000 + first_block + n}" for n in range(blocks)]
+    steps = [
+        "081109 2035{s:02d} 147 INFO dfs.DataNode$DataXceiver: Receiving block {b} src: /10.250.18.{n}:43996 "
+        "dest: /10.250.18.{n}:50010",
+        "081109 2035{s:02d} 27 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/rand/part-{n:05d}. {b}",
+        "081109 2036{s:02d} 151 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block {b} terminating",
+    ]
+    failure = ("081109 2036{s:02d} 19 WARN dfs.DataNode$DataXceiver: writeBlock {b} received exception "
+               "java.io.IOException: Connection reset by peer")
+    lines = []
+    for step, template in enumerate(steps):
+        for n, block in enumerate(ids):
+            bad = n % anomalous_every == 0
+            text = failure if bad and step == len(steps) - 1 else template
+            lines.append(text.format(s=(n + step) % 60, b=block, n=n))
+    (folder / f"{split}_stream.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [f"{block},{int(n % anomalous_every == 0)}" for n, block in enumerate(ids)]
+    (folder / f"{split}_labels.csv").write_text("session_id,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return ids
+
+
+@pytest.fixture(scope="session")
+def keyed_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train_stream.log + train_labels.csv (24 blocks, 6 anomalous) and dev_stream.log + dev_labels.csv (12 other
+    blocks, 3 anomalous): hdfs_real's per-split layout, small."""
+    out = tmp_path_factory.mktemp("keyed_split")
+    write_keyed_split(out, "train", blocks=24, anomalous_every=4, first_block=0)
+    write_keyed_split(out, "dev", blocks=12, anomalous_every=4, first_block=1000)
+    return out

@@ -1,15 +1,18 @@
 """Raw-log adapters: session-keyed logs + labels CSV, and line-labelled logs cut into the worker's windows."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from model.windowing import session_windows
-from train.adapters import (labelled_lines_from_csv, labelled_lines_from_log, read_session_labels,
-                            sessions_from_keyed_log, windows_from_labelled_lines)
-from train.config import DataSection
+from model.config_io import load_config
+from train.adapters import (UnlabelledSessionsError, labelled_lines_from_csv, labelled_lines_from_log,
+                            read_session_labels, sessions_from_keyed_log, windows_from_labelled_lines)
+from train.config import DataSection, TrainConfig
 from train.data import SkipReport
+from train.pipeline import load_run_data
 from train.sources import load_source
 
 HDFS_LINES = [
@@ -52,6 +55,91 @@ def test_labels_csv_errors_name_file_and_line(tmp_path: Path) -> None:
     labels.write_text("id,label\n", encoding="utf-8")
     with pytest.raises(ValueError, match="missing column"):
         read_session_labels(labels)
+
+
+def keyed(**settings: object) -> DataSection:
+    return DataSection(format="keyed_log", **settings)  # type: ignore[arg-type]
+
+
+def labels_of(path: Path) -> dict[str, int]:
+    rows = path.read_text(encoding="utf-8").splitlines()[1:]
+    return {key: int(label) for key, label in (row.split(",") for row in rows)}
+
+
+def test_per_split_label_files_label_each_split(keyed_split: Path) -> None:
+    data = keyed(labels_csv=str(keyed_split / "train_labels.csv"),
+                 eval_labels_csv=str(keyed_split / "dev_labels.csv"))
+    train, _ = load_source([str(keyed_split / "train_stream.log")], data, 64, role="train")
+    dev, report = load_source([str(keyed_split / "dev_stream.log")], data, 64, role="eval")
+    assert {s.session_id: s.label for s in train} == labels_of(keyed_split / "train_labels.csv")
+    assert {s.session_id: s.label for s in dev} == labels_of(keyed_split / "dev_labels.csv")
+    assert report.total == 0 and all(len(s.lines) == 3 for s in dev)
+
+
+def test_one_labels_file_for_both_splits_says_the_eval_keys_are_unlabelled(keyed_split: Path) -> None:
+    """The issue's run: per-split files, only train_labels.csv given; it used to fail with `no sessions in
+    dev_stream.log`."""
+    labels = keyed_split / "train_labels.csv"
+    dev = keyed_split / "dev_stream.log"
+    with pytest.raises(UnlabelledSessionsError) as err:
+        load_source([str(dev)], keyed(labels_csv=str(labels)), 64, role="eval")
+    assert str(err.value) == (
+        f"12 of the 12 session keys in {dev} have no label in {labels} (e.g. 'blk_-7000001000'); the eval files "
+        "take data.labels_csv unless data.eval_labels_csv is set: pass their labels with data.eval_labels_csv=FILE, "
+        "or list both files in data.labels_csv=[A, B]")
+    with pytest.raises(UnlabelledSessionsError, match=r"12 of the 12 .* check data.labels_csv and data.key_regex"):
+        load_source([str(dev)], keyed(labels_csv=str(labels)), 64, role="train")
+
+
+def test_a_list_of_label_files_labels_both_splits(keyed_split: Path) -> None:
+    data = keyed(labels_csv=[str(keyed_split / "train_labels.csv"), str(keyed_split / "dev_labels.csv")])
+    paths = [str(keyed_split / "train_stream.log"), str(keyed_split / "dev_stream.log")]
+    sessions, report = load_source(paths, data, 64, role="eval")
+    expected = {**labels_of(keyed_split / "train_labels.csv"), **labels_of(keyed_split / "dev_labels.csv")}
+    assert {s.session_id: s.label for s in sessions} == expected and report.total == 0
+
+
+def test_the_training_run_reads_eval_labels_for_the_eval_files(keyed_split: Path, tmp_path: Path) -> None:
+    cfg = load_config(TrainConfig, None, [
+        f'data.train=["{keyed_split / "train_stream.log"}"]', f'data.eval=["{keyed_split / "dev_stream.log"}"]',
+        "data.format=keyed_log", f"data.labels_csv={keyed_split / 'train_labels.csv'}",
+        f"data.eval_labels_csv={keyed_split / 'dev_labels.csv'}", f"output_dir={tmp_path}"])
+    train, dev, info = load_run_data(cfg)
+    assert (info["train"]["n"], info["train"]["n_anomalous"], info["eval"]["n"], info["eval"]["n_anomalous"]) == \
+        (24, 6, 12, 3)
+    assert {s.session_id for s in dev} == set(labels_of(keyed_split / "dev_labels.csv"))
+
+
+def test_partly_unlabelled_keys_are_skipped_with_a_warning_naming_them(keyed_split: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    labels = tmp_path / "some.csv"
+    labels.write_text("\n".join((keyed_split / "dev_labels.csv").read_text().splitlines()[:5]) + "\n")
+    report = SkipReport()
+    with caplog.at_level(logging.WARNING, logger="train.adapters"):
+        sessions = sessions_from_keyed_log([keyed_split / "dev_stream.log"], r"(blk_-?\d+)", labels, report)
+    assert len(sessions) == 4 and report.counts["line of an unlabelled session"] == 8 * 3
+    assert f"8 of the 12 session keys in {keyed_split / 'dev_stream.log'} have no label in {labels} " \
+           "(e.g. 'blk_7000001004'); their 24 lines were skipped" in caplog.text
+
+
+def test_a_session_labelled_twice_differently_is_refused(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("session_id,label\nblk_1,0\nblk_2,1\n")
+    second.write_text("session_id,label\nblk_3,0\nblk_2,0\n")
+    with pytest.raises(ValueError, match=rf"b.csv:3: session 'blk_2' labelled 0 here and 1 at .*a.csv:3"):
+        read_session_labels([first, second])
+    second.write_text("session_id,label\nblk_2,1\n")  # the same label twice is fine
+    assert read_session_labels([first, second]) == {"blk_1": 0, "blk_2": 1}
+
+
+def test_label_files_per_role() -> None:
+    assert DataSection(format="keyed_log", labels_csv="t.csv").label_files("eval") == ["t.csv"]
+    data = DataSection(format="keyed_log", labels_csv=["t.csv", "x.csv"], eval_labels_csv="d.csv")
+    assert (data.label_files("train"), data.label_files("eval")) == (["t.csv", "x.csv"], ["d.csv"])
+    with pytest.raises(ValueError, match=r"data.labels_csv is required with data.format=keyed_log \(\[\]\)"):
+        DataSection(format="keyed_log", labels_csv=[])
+    with pytest.raises(ValueError, match=r"data.eval_labels_csv must be a file or a list of files \(\[''\]\)"):
+        DataSection(format="keyed_log", labels_csv="t.csv", eval_labels_csv=[""])
 
 
 BGL_CSV = """LineId,Label,Timestamp,Node,Level,Content,EventId,EventTemplate
@@ -124,3 +212,27 @@ def test_bgl_structured_csv_windows(shared_data: Path) -> None:
     assert len(lines) == 2000 and sum(flag for _, flag in lines) == 143
     windows = windows_from_labelled_lines(lines, window=20, hop=20, name=path.name)
     assert len(windows) == 100 and 0 < sum(w.label for w in windows) < 100
+
+
+@pytest.mark.data
+def test_hdfs_real_per_split_label_files_on_slices(shared_data: Path, tmp_path: Path) -> None:
+    """The first 3,000 lines of hdfs_real's train_stream.log and dev_stream.log, each labelled by its own file."""
+    real = shared_data / "hdfs_real"
+    if not (real / "dev_stream.log").is_file():
+        pytest.skip(f"no hdfs_real streams in {real}")
+    for split in ("train", "dev"):
+        with (real / f"{split}_stream.log").open(encoding="utf-8") as handle:
+            (tmp_path / f"{split}_stream.log").write_text("".join(next(handle) for _ in range(3000)))
+    logs = [str(tmp_path / "train_stream.log")], [str(tmp_path / "dev_stream.log")]
+    data = DataSection(format="keyed_log", labels_csv=str(real / "train_labels.csv"),
+                       eval_labels_csv=str(real / "dev_labels.csv"))
+    train, train_report = load_source(logs[0], data, 64, role="train")
+    dev, dev_report = load_source(logs[1], data, 64, role="eval")
+    assert train_report.total == dev_report.total == 0
+    dev_labels = read_session_labels(real / "dev_labels.csv")
+    assert dev and all(dev_labels[s.session_id] == s.label for s in dev)
+    assert not {s.session_id for s in train} & {s.session_id for s in dev}
+    with pytest.raises(UnlabelledSessionsError, match=rf"{len(dev)} of the {len(dev)} session keys in .*dev_stream.log "
+                       r"have no label in .*train_labels.csv \(e.g. 'blk_-?\d+'\); the eval files take"):
+        load_source(logs[1], DataSection(format="keyed_log", labels_csv=str(real / "train_labels.csv")), 64,
+                    role="eval")

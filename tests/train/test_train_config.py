@@ -35,11 +35,20 @@ def test_overrides_reach_nested_sections() -> None:
     ("training.threshold_objective=auc", "training.threshold_objective must be one of f1, fpr ('auc')"),
     ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
+    ("data.eval_label_csv=dev.csv", "unknown key(s) 'eval_label_csv' for DataSection"),
+    ("data.eval_labels_csv={a: b}", "data: eval_labels_csv: {'a': 'b'} fits none of"),
 ])
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ValueError) as err:
         load_config(TrainConfig, CONFIG, [override])
     assert message in str(err.value)
+
+
+def test_labels_csv_takes_one_file_or_a_list() -> None:
+    cfg = load_config(TrainConfig, CONFIG, ["data.format=keyed_log", "data.labels_csv=[train.csv, dev.csv]",
+                                            "data.eval_labels_csv=dev.csv"])
+    assert cfg.data.labels_csv == ["train.csv", "dev.csv"] and cfg.data.eval_labels_csv == "dev.csv"
+    assert cfg.data.label_files("train") == ["train.csv", "dev.csv"] and cfg.data.label_files("eval") == ["dev.csv"]
 
 
 def test_eval_config_checks() -> None:
