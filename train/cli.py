@@ -1,15 +1,27 @@
 """`logmoe generate | train | evaluate | score`: thin argparse layers over train.generate, train.train and
-train.evaluate. Results go to stdout (human text, or JSON where asked); logging goes to stderr."""
+train.evaluate. Results go to stdout (human text, or JSON where asked); logging goes to stderr.
+
+Config keys are set with `--set key=value` (repeatable) on train, evaluate and score, as on the stream commands;
+train also keeps its positional KEY=VALUE form. A multi-file option (`--data F…`) never takes a `key=value`
+argument that is not an existing file: train moves it to the settings, evaluate and score refuse it in one line
+that says how to write it."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# `key=value` with a (dotted) config key before the `=`: what a swallowed setting looks like, unlike a path.
+_SETTING = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+_SET_HELP = "set a config key, repeatable; dotted for sections: --set model.top_p=0.9 --set data.format=keyed_log"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,22 +46,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int, help="random seed (training.seed)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N (training.device)")
     tr.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help=_SET_HELP)
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides, dotted for sections: training.learning_rate=3e-4 model.top_p=0.9")
+                    help="config keys set as with --set (training.learning_rate=3e-4 model.top_p=0.9)")
     tr.set_defaults(func=run_train)
 
+    eval_keys = ("Settings (--set key=value): threshold, hop, batch_size, device, skip_invalid, and data.KEY for "
+                 "how the files are read, as in the training config: data.format, data.key_regex, data.labels_csv "
+                 "(or data.eval_labels_csv), data.label_regex, data.window, data.window_hop, ... (train/config.py).")
     ev = subparsers.add_parser("evaluate", help="metrics of a trained model on labelled sessions",
-                               description="Score sessions (max over windows) at the model's stored threshold.")
+                               description="Score sessions (max over windows) at the model's stored threshold. "
+                                           + eval_keys)
     _add_model_args(ev)
-    ev.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labelled JSONL file(s)")
+    ev.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                    help="labelled file(s): JSONL sessions, or raw logs with --set data.format=...")
     ev.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.set_defaults(func=run_evaluate)
 
-    sc = subparsers.add_parser("score", help="score each session of a JSONL file",
-                               description="Print one JSON line per session: session_id, score, anomalous.")
+    sc = subparsers.add_parser("score", help="score each session of a file",
+                               description="Print one JSON line per session: session_id, score, anomalous. "
+                                           + eval_keys)
     _add_model_args(sc)
-    sc.add_argument("data", nargs="+", metavar="FILE", help="JSONL file(s) of sessions")
+    sc.add_argument("--threshold", type=float, help="threshold for `anomalous` (default: the model's)")
+    sc.add_argument("data", nargs="+", metavar="FILE", help="file(s) of sessions (as evaluate reads them)")
     sc.set_defaults(func=run_score)
 
 
@@ -57,18 +77,44 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="trained model folder (…/final_moe_model)")
     parser.add_argument("--hop", type=int, help="window hop for sessions longer than max_window "
                                                 "(default: the model's window_hop)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=256, help="windows per scoring batch")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, help="windows per scoring batch (default 256)")
     parser.add_argument("--skip-invalid", action="store_true", help="count and report invalid records")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="set a key, repeatable: --set threshold=0.3 --set data.format=keyed_log")
+
+
+def split_settings(values: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The files of a multi-file option, and the `key=value` settings it swallowed: arguments that are not an
+    existing file and whose text before `=` is a (dotted) config key."""
+    files: list[str] = []
+    settings: list[str] = []
+    for value in values or ():
+        is_setting = _SETTING.match(value) is not None and not Path(value).exists()
+        (settings if is_setting else files).append(value)
+    return files, settings
+
+
+def refuse_swallowed(option: str, values: Sequence[str] | None) -> list[str]:
+    """The files of `option`; a ValueError saying how to write it when a setting was given among them."""
+    files, settings = split_settings(values)
+    if settings:
+        spelled = " ".join(f"--set {setting}" for setting in settings)
+        raise ValueError(f"{option} takes files, and {', '.join(map(repr, settings))} is no file: write settings "
+                         f"as {spelled}")
+    return files
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
-    """CLI flags as config overrides (JSON is YAML, so lists and strings survive), then the free overrides."""
+    """CLI flags as config overrides (JSON is YAML, so lists and strings survive), then the KEY=VALUE arguments,
+    any that --data or --eval-data swallowed, and the --set ones: the last setting of a key wins."""
+    data, swallowed = split_settings(args.data)
+    eval_data, swallowed_by_eval = split_settings(args.eval_data)
     flags: list[str] = []
-    if args.data:
-        flags.append(f"data.train={json.dumps(args.data)}")
-    if args.eval_data:
-        flags.append(f"data.eval={json.dumps(args.eval_data)}")
+    if data:
+        flags.append(f"data.train={json.dumps(data)}")
+    if eval_data:
+        flags.append(f"data.eval={json.dumps(eval_data)}")
     if args.output_dir:
         flags.append(f"output_dir={json.dumps(args.output_dir)}")
     if args.resume:
@@ -79,7 +125,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         flags.append(f"training.seed={args.seed}")
     if args.device:
         flags.append(f"training.device={json.dumps(args.device)}")
-    return flags + list(args.overrides)
+    return [*flags, *args.overrides, *swallowed, *swallowed_by_eval, *args.settings]
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -110,29 +156,38 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_config(args: argparse.Namespace, files: Sequence[str]) -> Any:
+    """The EvalConfig of evaluate and score: the named flags, then --set (the last setting of a key wins)."""
+    from train.config import load_eval_config
+
+    flags = {"hop": args.hop, "device": args.device, "batch_size": args.batch_size, "threshold": args.threshold}
+    settings = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    if args.skip_invalid:
+        settings.append("skip_invalid=true")
+    return load_eval_config(args.model, files, [*settings, *args.settings])
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from train.config import EvalConfig
     from train.evaluation import evaluate
 
-    metrics = evaluate(EvalConfig(model=args.model, data=list(args.data), skip_invalid=args.skip_invalid,
-                                  hop=args.hop, device=args.device, batch_size=args.batch_size,
-                                  threshold=args.threshold))
+    cfg = eval_config(args, refuse_swallowed("--data", args.data))
+    metrics = evaluate(cfg)
     if args.json:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
-        print(format_metrics(metrics, title=f"{', '.join(args.data)} with {args.model}"))
+        print(format_metrics(metrics, title=f"{', '.join(cfg.data)} with {cfg.model}"))
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from train.data import load_sessions
-    from train.evaluation import load_scorer, score_sessions
+    from train.evaluation import load_eval_sessions, load_scorer, score_sessions
 
-    sessions, _ = load_sessions(args.data, skip_invalid=args.skip_invalid)
-    scorer = load_scorer(args.model, args.device, args.batch_size)
-    hop = args.hop if args.hop is not None else scorer.window_hop
-    result = score_sessions(scorer, sessions, hop, args.batch_size)
-    threshold = float(scorer.threshold)
+    cfg = eval_config(args, refuse_swallowed("FILE", args.data))
+    scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
+    sessions, _ = load_eval_sessions(cfg, scorer.max_window)
+    hop = cfg.hop if cfg.hop is not None else scorer.window_hop
+    result = score_sessions(scorer, sessions, hop, cfg.batch_size)
+    threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
     out = sys.stdout
     for session, score in zip(sessions, result.scores):
         out.write(json.dumps({"session_id": session.session_id, "score": score, "anomalous": score >= threshold},

@@ -6,15 +6,21 @@ refused there; the value checks (ranges, choices) live in each section's __post_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from model.config_io import config_from_dict, parse_override
 
 DATA_FORMATS = ("jsonl", "keyed_log", "labelled_csv", "labelled_log")
 SPLIT_MODES = ("grouped", "chronological")
 POOLING_MODES = ("mean", "cls")
 CLASS_WEIGHTING = ("none", "balanced")
 THRESHOLD_OBJECTIVES = ("f1", "fpr")
+# The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
+EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
+                  "label_regex", "normal_labels", "window", "window_hop")
 
 
 @dataclass
@@ -245,12 +251,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """What `train.evaluate` needs: a trained model dir and sessions to score (the seed's JSONL)."""
+    """What `train.evaluate` needs: a trained model dir and labelled sessions to score, in any data format."""
 
     model: str
     """A final_moe_model/ folder (or any LogScorer model dir)."""
     data: list[str]
-    """JSONL files of labelled sessions."""
+    """Files of labelled sessions, read as training reads its eval files (--eval-data), in source.format."""
     skip_invalid: bool = False
     """Count and report invalid records instead of failing."""
     hop: int | None = None
@@ -262,11 +268,44 @@ class EvalConfig:
     """Windows per scoring batch."""
     threshold: float | None = None
     """Decision threshold; None: the one stored with the model."""
+    source: DataSection = field(default_factory=DataSection)
+    """How the data files are read: the training config's data keys that describe files (EVAL_DATA_KEYS: format,
+    key_regex, labels_csv / eval_labels_csv, label_regex, window, ...), `--set data.KEY=VALUE` on the CLI. Windows
+    of line-labelled logs default to the model's max_window, as in training."""
 
     def __post_init__(self) -> None:
+        unused = sorted(key for key in ("train", "eval", "eval_fraction", "split", "skip_invalid")
+                        if getattr(self.source, key) != getattr(DataSection(), key))
+        if unused:
+            raise ValueError(f"data.{unused[0]} is a training setting that evaluation does not read; it reads "
+                             f"{', '.join('data.' + key for key in EVAL_DATA_KEYS)}")
         if not self.data:
             raise ValueError("evaluate needs at least one data file ([])")
         if (self.hop is not None and self.hop < 1) or self.batch_size < 1:
             raise ValueError(f"hop and batch_size must be >= 1 ({self.hop}, {self.batch_size})")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] ({self.threshold})")
+
+
+def load_eval_config(model: str, data: Sequence[str], settings: Sequence[str] = ()) -> EvalConfig:
+    """EvalConfig from a model folder, data files and `key=value` settings: EvalConfig's own keys (threshold=0.3,
+    hop=8, batch_size, device, skip_invalid) and data.KEY for how the files are read, spelled as in the training
+    config (data.format=keyed_log, data.labels_csv=dev_labels.csv). Later settings win."""
+    values: dict[str, Any] = {"model": model, "data": list(data)}
+    source: dict[str, Any] = {}
+    own = sorted(f.name for f in fields(EvalConfig) if f.name not in ("model", "data", "source"))
+    for text in settings:
+        key, value = parse_override(text)
+        if key.startswith("data."):
+            if key[5:] not in EVAL_DATA_KEYS:
+                raise ValueError(f"unknown setting {key!r} for evaluation; data keys: "
+                                 f"{', '.join('data.' + name for name in EVAL_DATA_KEYS)}")
+            source[key[5:]] = value
+        elif key in own:
+            values[key] = value
+        else:
+            hint = {"model": " (the model folder is --model)", "data": " (the files are --data)"}.get(key, "")
+            raise ValueError(f"unknown setting {key!r} for evaluation{hint}; allowed: {', '.join(own)}, "
+                             f"data.KEY ({', '.join(EVAL_DATA_KEYS)})")
+    values["source"] = source
+    return config_from_dict(EvalConfig, values, "settings")

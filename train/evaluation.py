@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from model.windowing import session_windows
 from train.config import EvalConfig
-from train.data import Session, load_sessions
+from train.data import Session, SkipReport
+from train.sources import load_source
 from train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -60,10 +61,16 @@ def load_scorer(model_dir: str, device: str, batch_size: int) -> Any:
     return LogScorer.from_pretrained(model_dir, device=device, batch_size=batch_size)
 
 
+def load_eval_sessions(cfg: EvalConfig, max_window: int) -> tuple[list[Session], SkipReport]:
+    """cfg.data in cfg.source's format, read as training reads its eval files (keyed logs: eval_labels_csv, else
+    labels_csv; line-labelled logs: windows of data.window lines, default max_window)."""
+    return load_source(cfg.data, replace(cfg.source, skip_invalid=cfg.skip_invalid), max_window, role="eval")
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Metrics of a trained model on labelled JSONL sessions, at its stored threshold (or cfg.threshold)."""
-    sessions, report = load_sessions(cfg.data, skip_invalid=cfg.skip_invalid)
+    """Metrics of a trained model on labelled sessions, at its stored threshold (or cfg.threshold)."""
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
+    sessions, report = load_eval_sessions(cfg, scorer.max_window)
     hop = cfg.hop if cfg.hop is not None else scorer.window_hop
     result = score_sessions(scorer, sessions, hop, cfg.batch_size)
     threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
