@@ -109,8 +109,8 @@ class DataSection:
     """keyed_log: CSV with session_id,label labelling the training files, and the eval files too unless
     eval_labels_csv is set; a list of CSVs is read as one (a key labelled differently in two of them is refused)."""
     eval_labels_csv: str | list[str] | None = None
-    """keyed_log: CSV(s) labelling the eval files (--eval-data), for per-split label files such as
-    train_labels.csv + dev_labels.csv; None: labels_csv."""
+    """keyed_log: CSV(s) labelling the eval files (--eval-data, and the files `logmoe evaluate` and `score` read),
+    for per-split label files such as train_labels.csv + dev_labels.csv; None: labels_csv."""
     label_column: str = "Label"
     """labelled_csv: the label column."""
     text_columns: list[str] = field(default_factory=list)
