@@ -15,7 +15,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from train.config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +103,9 @@ def refuse_swallowed(option: str, values: Sequence[str] | None) -> list[str]:
     files, settings = split_settings(values)
     if settings:
         spelled = " ".join(f"--set {setting}" for setting in settings)
-        raise ValueError(f"{option} takes files, and {', '.join(map(repr, settings))} is no file: write settings "
-                         f"as {spelled}")
+        what = "is not a file" if len(settings) == 1 else "are not files"
+        raise ValueError(f"{option} takes files, and {', '.join(map(repr, settings))} {what}: write settings as "
+                         f"{spelled}")
     return files
 
 
@@ -156,7 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_config(args: argparse.Namespace, files: Sequence[str]) -> Any:
+def eval_config(args: argparse.Namespace, files: Sequence[str]) -> EvalConfig:
     """The EvalConfig of evaluate and score: the named flags, then --set (the last setting of a key wins)."""
     from train.config import load_eval_config
 
@@ -182,7 +186,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from train.evaluation import load_eval_sessions, load_scorer, score_sessions
 
-    cfg = eval_config(args, refuse_swallowed("FILE", args.data))
+    cfg = eval_config(args, refuse_swallowed("score", args.data))
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
     sessions, _ = load_eval_sessions(cfg, scorer.max_window)
     hop = cfg.hop if cfg.hop is not None else scorer.window_hop

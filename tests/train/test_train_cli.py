@@ -54,16 +54,18 @@ def test_only_settings_leave_a_file_list(tmp_path: Path) -> None:
     assert split_settings(None) == ([], [])
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["evaluate", "--model", "m", "--data", "dev.jsonl", "threshold=0.3"], "--data"),
-    (["score", "--model", "m", "dev.jsonl", "threshold=0.3"], "FILE"),
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--model", "m", "--data", "dev.jsonl", "threshold=0.3"],
+     "--data takes files, and 'threshold=0.3' is not a file: write settings as --set threshold=0.3"),
+    (["score", "--model", "m", "dev.jsonl", "hop=4", "data.format=keyed_log"],
+     "score takes files, and 'hop=4', 'data.format=keyed_log' are not files: write settings as --set hop=4 "
+     "--set data.format=keyed_log"),
 ])
-def test_evaluate_and_score_refuse_a_swallowed_setting_in_one_line(argv: list[str], option: str,
+def test_evaluate_and_score_refuse_a_swallowed_setting_in_one_line(argv: list[str], message: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the model (which does not exist here) is read."""
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"logmoe: error: {option} takes files, and 'threshold=0.3' is no file: write settings as "
-                   "--set threshold=0.3"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"logmoe: error: {message}"]
 
 
 def test_eval_settings_and_their_precedence() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from model.config_io import load_config
-from train.config import EvalConfig, TrainConfig
+from train.config import DataSection, EvalConfig, TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train.yaml"
 
@@ -56,3 +56,6 @@ def test_eval_config_checks() -> None:
         EvalConfig(model="m", data=[])
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\] \(2.0\)"):
         EvalConfig(model="m", data=["d"], threshold=2.0)
+    with pytest.raises(ValueError, match="data.split is a training setting that evaluation does not read; it reads "
+                                         "data.format, data.key_regex"):
+        EvalConfig(model="m", data=["d"], source=DataSection(split="chronological"))
