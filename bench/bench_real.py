@@ -1,0 +1,169 @@
+"""Detection on real and synthetic logs: logmoe with its default config beside count baselines, one run.
+
+Data sets (../shared/data, see its README), each trained on its train split and measured on its dev split:
+- hdfs_real: real HDFS_v1 lines split by time (train: the first hours, dev: the hours after);
+- bgl: real Blue Gene/L lines cut into windows of 20 lines (train: June-August 2005, dev: September);
+- hdfs: synthetic HDFS sessions (train + order_train -> dev + order_dev), also scored on order_dev alone and with
+  30% of the wording-drift rules of bench/drift.py applied to dev + order_dev ("reworded statements").
+
+Methods, fitted on the same train split: logmoe (`train.train` with configs/train.yaml and no override, scored
+through `model.LogScorer` over `model.windowing.session_windows`, the worker's path), and a DecisionTree and a
+LogisticRegression on masked-line counts. Every threshold is chosen the same way: max F1 on the data set's dev
+split (`train.metrics.calibrate_threshold`, which logmoe's training runs on its eval file); the drifted views keep
+the clean threshold. PR-AUC needs no threshold. Training time is each method's own fit, in the same run.
+
+    .venv/bin/python bench/bench_real.py [--sets hdfs_real,bgl,hdfs] [--quick] [--json-out F]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import (
+    REPO_ROOT, CountBaseline, LabelledSession, LogMoE, Method, Prepared, add_run_options, baseline_estimators,
+    default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header, start_run, write_hdfs_jsonl, write_json,
+)
+from drift import DRIFT_RULES, drift_sessions, rules_for_fraction
+
+logger = logging.getLogger("bench.real")
+
+SETS = ("hdfs_real", "bgl", "hdfs")
+REWORDED_FRACTION = 0.3  # share of the drift rules applied for the "reworded statements" view
+
+
+@dataclass
+class DataSet:
+    """One benchmark data set: train and eval files (what logmoe reads) and the views scored at the end."""
+
+    name: str
+    train_files: list[Path]
+    eval_files: list[Path]
+    train: list[LabelledSession]
+    views: dict[str, list[LabelledSession]]  # the first view is the eval split every threshold is chosen on
+
+
+def subsample(sessions: list[LabelledSession], n: int, seed: int) -> list[LabelledSession]:
+    """n sessions in their original order (all anomalies kept where they fit), for --quick."""
+    if n >= len(sessions):
+        return sessions
+    anomalous = [i for i, s in enumerate(sessions) if s.label]
+    normal = [i for i, s in enumerate(sessions) if not s.label]
+    rng = random.Random(seed)
+    keep_a = rng.sample(anomalous, min(len(anomalous), n // 4))
+    keep_n = rng.sample(normal, n - len(keep_a))
+    return [sessions[i] for i in sorted(keep_a + keep_n)]
+
+
+def load_set(name: str, data_dir: Path, out_dir: Path, quick: bool, seed: int) -> DataSet:
+    folder = data_dir / name
+    if name == "hdfs":
+        train_files = [folder / "train.jsonl", folder / "order_train.jsonl"]
+        dev, order_dev = load_hdfs_jsonl(folder / "dev.jsonl"), load_hdfs_jsonl(folder / "order_dev.jsonl")
+    else:
+        train_files = [folder / "train.jsonl"]
+        dev, order_dev = load_hdfs_jsonl(folder / "dev.jsonl"), []
+    train = [s for f in train_files for s in load_hdfs_jsonl(f)]
+    if quick:
+        train, dev, order_dev = subsample(train, 1200, seed), subsample(dev, 400, seed), order_dev[:40]
+        sub = out_dir / "subsets" / name
+        train_files = [write_hdfs_jsonl(sub / "train.jsonl", train)]
+        eval_files = [write_hdfs_jsonl(sub / "dev.jsonl", dev + order_dev)]
+    else:
+        eval_files = [folder / "dev.jsonl"] + ([folder / "order_dev.jsonl"] if order_dev else [])
+    views = {"dev": dev + order_dev}
+    if order_dev:
+        views["dev (no order)"] = dev
+        views["order_dev"] = order_dev
+        rules = rules_for_fraction(REWORDED_FRACTION)
+        views[f"dev reworded ({len(rules)}/{len(DRIFT_RULES)} rules)"] = drift_sessions(dev + order_dev, rules)
+    logger.info("%s: train %d sessions (%d anomalous), %s", name, len(train), sum(s.label for s in train),
+                ", ".join(f"{k} {len(v)} ({sum(s.label for s in v)} anomalous)" for k, v in views.items()))
+    return DataSet(name, train_files, eval_files, train, views)
+
+
+def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
+    from train.metrics import classification_metrics
+
+    estimators = baseline_estimators(args.seed)
+    methods: list[Method] = [
+        CountBaseline("masked-line counts + DecisionTree", "masked", estimators["DecisionTree"]),
+        CountBaseline("masked-line counts + LogisticRegression", "masked", estimators["LogisticRegression"]),
+    ]
+    if not args.no_logmoe:
+        methods.insert(0, LogMoE(data.train_files, data.eval_files, args.out_dir / data.name / "logmoe", args.seed,
+                                 args.config, args.overrides, name="logmoe (default config)"))
+    train = prepare(data.train)
+    views = {name: prepare(sessions) for name, sessions in data.views.items()}
+    calibration = next(iter(views.values()))
+    fit_seconds: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {name: {} for name in views}
+    for method in methods:
+        started = time.perf_counter()
+        method.fit(train, calibration)
+        fit_seconds[method.name] = time.perf_counter() - started
+        logger.info("%s: %s fitted in %.1f s (threshold %.4f)", data.name, method.name, fit_seconds[method.name],
+                    method.threshold)
+        for name, view in views.items():
+            results[name][method.name] = classification_metrics(view.labels, method.score(view), method.threshold)
+    return {"results": results, "fit_seconds": fit_seconds}
+
+
+def table(name: str, out: dict[str, Any]) -> str:
+    rows = []
+    for view, by_method in out["results"].items():
+        for method, m in by_method.items():
+            rows.append([view, method, m["n"], m["n_anomalous"], m["threshold"], m["precision"], m["recall"], m["f1"],
+                         m["pr_auc"], f"{out['fit_seconds'][method]:.1f}"])
+    return f"## {name}\n\n" + markdown_table(
+        ["eval", "method", "n", "anomalous", "threshold", "precision", "recall", "F1", "PR-AUC", "train s"], rows)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="the shared data folder (default ../shared/data or $LOGMOE_SHARED_DATA)")
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "runs" / "bench_real",
+                        help="where the logmoe models go")
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "train.yaml",
+                        help="logmoe training config (default: configs/train.yaml, the defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="logmoe config override (repeatable); none for the benchmark of record")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run on 1,200 train / 400 dev sessions per set (not a benchmark)")
+    parser.add_argument("--no-logmoe", action="store_true", help="baselines only")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.sets.split(",")) - set(SETS))
+    if unknown:
+        parser.error(f"--sets: unknown data set(s) {unknown}; choose from {', '.join(SETS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    start_run(args)
+    header = print_header("Detection on real and synthetic logs: logmoe (default config) vs count baselines"
+                          + (" (--quick)" if args.quick else ""))
+    print("Thresholds: max F1 on each set's dev split, the same way for every method; drifted views keep it.\n")
+    payload: dict[str, Any] = {"machine": header, "sets": {}}
+    for name in args.sets.split(","):
+        data = load_set(name, args.data_dir, args.out_dir, args.quick, args.seed)
+        out = run_set(data, args)
+        payload["sets"][name] = out
+        print(table(name, out) + "\n", flush=True)
+    write_json(args.json_out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
