@@ -30,6 +30,8 @@ class TrainerState:
 
     epochs_done: int = 0  # over both stages
     global_step: int = 0
+    best_epoch: int = 0  # epochs_done after the best final-stage epoch so far (0: none yet); its checkpoint is kept
+    best_key: list[float] = field(default_factory=list)  # (eval PR-AUC, -eval loss) of that epoch
     run_identity: dict[str, Any] = field(default_factory=dict)  # config + data fingerprint; resume must match
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -56,10 +58,14 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def checkpoint_folder(results_dir: Path, epochs_done: int) -> Path:
+    return results_dir / f"checkpoint-{epochs_done:03d}"
+
+
 def save_checkpoint(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     trainer: TrainerState, keep: int) -> Path:
-    """Write checkpoint-<epochs_done>/ and delete all but the newest `keep` checkpoints."""
-    folder = results_dir / f"checkpoint-{trainer.epochs_done:03d}"
+    """Write checkpoint-<epochs_done>/ and delete all but the newest `keep` checkpoints and the best epoch's."""
+    folder = checkpoint_folder(results_dir, trainer.epochs_done)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -72,14 +78,25 @@ def save_checkpoint(results_dir: Path, model: torch.nn.Module, optimizer: torch.
         extra.update(tensors)
     save_file(extra, str(folder / "optimizer.safetensors"))
     payload = {"epochs_done": trainer.epochs_done, "global_step": trainer.global_step,
+               "best_epoch": trainer.best_epoch, "best_key": trainer.best_key,
                "run_identity": trainer.run_identity, "optimizer_param_groups": groups,
                "log_history": trainer.log_history}
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     tmp.replace(folder / STATE_FILE)
+    best = checkpoint_folder(results_dir, trainer.best_epoch) if trainer.best_epoch else None
     for old in list_checkpoints(results_dir)[:-keep]:
-        shutil.rmtree(old)
+        if old != best:
+            shutil.rmtree(old)
     return folder
+
+
+def load_checkpoint_weights(results_dir: Path, epochs_done: int) -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint-<epochs_done>/ (the best epoch's, which rotation never deletes)."""
+    path = checkpoint_folder(results_dir, epochs_done) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"the best epoch's checkpoint {path} is missing; train again without --resume")
+    return load_file(str(path))
 
 
 def list_checkpoints(results_dir: Path) -> list[Path]:
@@ -108,6 +125,7 @@ def load_latest_checkpoint(results_dir: Path) -> LoadedCheckpoint | None:
     folder = found[-1]
     payload = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
     trainer = TrainerState(epochs_done=payload["epochs_done"], global_step=payload["global_step"],
+                           best_epoch=payload.get("best_epoch", 0), best_key=payload.get("best_key", []),
                            run_identity=payload["run_identity"], log_history=payload["log_history"])
     logger.info("resuming from %s (%d epochs done, step %d)", folder, trainer.epochs_done, trainer.global_step)
     return LoadedCheckpoint(folder, trainer, load_file(str(folder / "model.safetensors")),

@@ -163,20 +163,27 @@ class TrainingSection:
     recall 1.000), so 1e-3 is the default."""
     batch_size: int = 64
     """Windows per step (the seed: 64)."""
-    epochs_stage1: int = 2
+    epochs_stage1: int = 4
     """Epochs of stage 1: all experts averaged, no gate (the seed: 2)."""
     epochs_stage2: int = 2
     """Epochs of stage 2: Top-P gate on, continuing from stage 1's weights (the seed: 2)."""
+    min_steps_per_epoch: int = 250
+    """An epoch is one pass over the training windows, or this many steps where the data is smaller (the windows
+    are reshuffled and drawn again), so the budget is sized in steps on small data and in passes on large data.
+    With the seed's fixed 2 + 2 passes, 4,024 real HDFS sessions got ~250 steps in all and the model stayed
+    near the majority class (dev F1 0.55)."""
+    select_best: bool = True
+    """Keep the stage-2 epoch with the best eval PR-AUC (ties: the lower eval loss) as the final model instead of
+    the last one; false: the last epoch."""
     warmup_ratio: float = 0.1
     """Share of each stage's steps with a linear warm-up; then linear decay to zero."""
     weight_decay: float = 0.01
     """AdamW weight decay (not on biases and norms)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    class_weighting: str = "none"
-    """none, or balanced: cross-entropy weighted by inverse class frequency of the training windows. none by
-    default: the decision threshold is calibrated on eval, which absorbs a class-prior shift between train and
-    eval (HDFS: 67% anomalous in train, 10% in dev)."""
+    class_weighting: str = "balanced"
+    """balanced: cross-entropy weighted by inverse class frequency of the training windows, so a few percent of
+    anomalies (real HDFS: 4%) weigh as much as the normal windows; none: unweighted."""
     seed: int = 42
     """Seeds initialisation, dropout and shuffling: equal seeds give equal models."""
     logging_steps: int = 10
@@ -198,6 +205,8 @@ class TrainingSection:
 
     def __post_init__(self) -> None:
         positive = ("learning_rate", "batch_size", "logging_steps", "hop", "eval_batch_size", "keep_checkpoints")
+        if self.min_steps_per_epoch < 0:
+            raise ValueError(f"training.min_steps_per_epoch must be >= 0 ({self.min_steps_per_epoch})")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"training.{name} must be > 0 ({getattr(self, name)})")

@@ -5,6 +5,10 @@ Stage 1 trains with every expert averaged and no gate (`set_routing("dense")`); 
 in stage 2, so stage 1's moments would only mislead it). Each stage has its own linear warm-up and linear decay.
 A checkpoint is written after every epoch; resuming reloads weights, optimizer and RNG state, so an interrupted
 run ends with the weights an uninterrupted one would have.
+
+An epoch is one pass over the training windows, or `min_steps_per_epoch` steps of reshuffled windows where the
+data is smaller. The final model is the final stage's epoch with the best eval PR-AUC (`select_best`), whose
+checkpoint is kept for that.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from train.checkpoint import LoadedCheckpoint, TrainerState, load_optimizer_tensors, save_checkpoint
+from train.checkpoint import (LoadedCheckpoint, TrainerState, load_checkpoint_weights, load_optimizer_tensors,
+                              save_checkpoint)
 from train.config import TrainingSection
 from train.embeddings import WindowSet
 
@@ -72,11 +77,34 @@ def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
     return labels.numel() / (2.0 * counts)
 
 
+def steps_per_epoch(num_windows: int, cfg: TrainingSection) -> int:
+    """One pass over the windows, or cfg.min_steps_per_epoch steps where that is more."""
+    return max(math.ceil(num_windows / cfg.batch_size), cfg.min_steps_per_epoch)
+
+
+def epoch_order(num_windows: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
+    """(steps * batch_size,) window indices: reshuffled passes over the windows, as many as the steps need. The
+    order depends only on `seed`, so a resumed run draws the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = math.ceil(steps * batch_size / max(1, num_windows))
+    return torch.cat([torch.randperm(num_windows, generator=generator) for _ in range(passes)])
+
+
 @dataclass
 class EvalResult:
     session_scores: torch.Tensor  # (S,) max window probability per session
     loss: float  # mean window cross-entropy
     experts_per_token: float
+
+    def selection_key(self, session_labels: torch.Tensor) -> list[float]:
+        """What select_best maximises: (PR-AUC of the sessions, -loss); PR-AUC is 0 with one class only."""
+        labels = session_labels.numpy()
+        pr_auc = 0.0
+        if 0 < labels.sum() < len(labels):
+            from sklearn.metrics import average_precision_score
+
+            pr_auc = float(average_precision_score(labels, self.session_scores.numpy()))
+        return [round(pr_auc, 6), -self.loss]
 
 
 @torch.no_grad()
@@ -133,7 +161,8 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
     """Run (or continue) both stages; returns the final trainer state (its log_history holds every record)."""
     epochs = schedule(cfg)
     trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps = steps_per_epoch(len(train_set), cfg)
+    results_dir = output_dir / "moe_results"
     weights = class_weights(train_set.labels, cfg.class_weighting)
     weights = weights.to(table.device) if weights is not None else None
     run_log = RunLogger(output_dir / "moe_logs", trainer.log_history)
@@ -149,8 +178,9 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
                 optimizer = make_optimizer(model, cfg)
                 if resume_from is not None and epoch.index_in_stage > 0:
                     load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
-            _run_epoch(model, table, train_set, optimizer, epoch, steps_per_epoch, weights, cfg, trainer, run_log)
+            _run_epoch(model, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log)
             result = score_windows(model, table, eval_set, cfg.eval_batch_size)
+            key = result.selection_key(eval_set.session_labels)
             record = {"stage": epoch.stage, "epoch": float(epoch.index_in_stage + 1), "step": trainer.global_step,
                       "eval_loss": result.loss, "eval_experts_per_token": result.experts_per_token,
                       **eval_hook(epoch, result)}
@@ -158,26 +188,34 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
             logger.info("stage %d epoch %d/%d: %s", epoch.stage, epoch.index_in_stage + 1, epoch.epochs_in_stage,
                         ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_")))
             trainer.epochs_done += 1
-            save_checkpoint(output_dir / "moe_results", model, optimizer, trainer, cfg.keep_checkpoints)
+            if epoch.stage == epochs[-1].stage and key > trainer.best_key:  # the final stage's best epoch
+                trainer.best_epoch, trainer.best_key = trainer.epochs_done, key
+            save_checkpoint(results_dir, model, optimizer, trainer, cfg.keep_checkpoints)
     finally:
         run_log.close()
+    if trainer.epochs_done == len(epochs):
+        # also when a resumed run had every epoch done already: the final model routes as the last stage does
+        model.set_routing(epochs[-1].routing)
+        if cfg.select_best and trainer.best_epoch and trainer.best_epoch != trainer.epochs_done:
+            logger.info("final model: epoch %d of %d (best eval PR-AUC %.4f, loss %.4f)", trainer.best_epoch,
+                        len(epochs), trainer.best_key[0], -trainer.best_key[1])
+            model.load_state_dict(load_checkpoint_weights(results_dir, trainer.best_epoch))
     return trainer
 
 
 def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
-               epoch: Epoch, steps_per_epoch: int, weights: torch.Tensor | None, cfg: TrainingSection,
+               epoch: Epoch, steps: int, weights: torch.Tensor | None, cfg: TrainingSection,
                trainer: TrainerState, run_log: RunLogger) -> None:
     model.train()
-    total = steps_per_epoch * epoch.epochs_in_stage
+    total = steps * epoch.epochs_in_stage
     warmup = max(1, int(cfg.warmup_ratio * total))
-    # a generator per epoch: the order depends only on (seed, epoch), so a resumed run shuffles identically
-    shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch.global_index)
-    order = torch.randperm(len(data), generator=shuffle)
+    # the order depends only on (seed, epoch), so a resumed run shuffles identically
+    order = epoch_order(len(data), steps, cfg.batch_size, cfg.seed * 1000 + epoch.global_index)
     window_loss, window_norm, window_experts, seen = 0.0, 0.0, 0.0, 0
-    bar = tqdm(range(steps_per_epoch), desc=f"stage {epoch.stage} epoch {epoch.index_in_stage + 1}", unit="step",
+    bar = tqdm(range(steps), desc=f"stage {epoch.stage} epoch {epoch.index_in_stage + 1}", unit="step",
                leave=False)
     for step_in_epoch in bar:
-        stage_step = epoch.index_in_stage * steps_per_epoch + step_in_epoch
+        stage_step = epoch.index_in_stage * steps + step_in_epoch
         lr = lr_at(stage_step, total, warmup, cfg.learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -195,8 +233,8 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         window_norm += float(grad_norm)
         window_experts += float(out.experts_per_token)
         seen += 1
-        if trainer.global_step % cfg.logging_steps == 0 or step_in_epoch == steps_per_epoch - 1:
-            progress = epoch.index_in_stage + (step_in_epoch + 1) / steps_per_epoch
+        if trainer.global_step % cfg.logging_steps == 0 or step_in_epoch == steps - 1:
+            progress = epoch.index_in_stage + (step_in_epoch + 1) / steps
             record = {"stage": epoch.stage, "epoch": round(progress, 4),
                       "step": trainer.global_step, "loss": window_loss / seen, "grad_norm": window_norm / seen,
                       "learning_rate": lr, "experts_per_token": window_experts / seen}

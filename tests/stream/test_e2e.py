@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A generated world and a model of the default size trained on it with the real default encoder (about
-    20 s on CPU). The tiny random test encoder maps every line to nearly the same vector (cosine ~0.95), so a
+    """A generated world and a model trained on it with the default config and the real default encoder (about
+    30 s on CPU). The tiny random test encoder maps every line to nearly the same vector (cosine ~0.95), so a
     model on it cannot separate the world and the test could not tell a worker bug from a weak model."""
     from model.config_io import load_config
     from train import TrainConfig, train
@@ -35,7 +35,7 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"data.train={json.dumps([str(root / 'world' / 'train.jsonl')])}",
         f"data.eval={json.dumps([str(root / 'world' / 'dev.jsonl')])}",
         f"output_dir={json.dumps(str(root / 'run'))}",
-        "training.epochs_stage1=10", "training.epochs_stage2=10", "training.device=cpu",
+        "training.device=cpu",
     ]
     metrics = train(load_config(TrainConfig, None, overrides))
     return {"world": root / "world", "model": root / "run" / "final_moe_model", "metrics": metrics}

@@ -35,6 +35,7 @@ def make_config(tiny_encoder_dir: Path, world: Path) -> Callable[..., TrainConfi
             f"encoder.name_or_path={tiny_encoder_dir}",
             "training.device=cpu",
             "training.batch_size=32",
+            "training.min_steps_per_epoch=0",  # one pass per epoch: the world is tiny and the tests must be fast
             "training.learning_rate=2.0e-3",
             "training.logging_steps=2",
             "model.hidden_size=32",

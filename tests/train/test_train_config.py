@@ -11,11 +11,12 @@ from train.config import DataSection, EvalConfig, TrainConfig
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train.yaml"
 
 
-def test_yaml_equals_the_seed_defaults() -> None:
+def test_yaml_equals_the_built_in_defaults() -> None:
     cfg = load_config(TrainConfig, CONFIG)
     assert cfg == TrainConfig()
     assert (cfg.training.learning_rate, cfg.training.batch_size, cfg.training.epochs_stage1,
-            cfg.training.epochs_stage2, cfg.model.num_experts, cfg.model.top_p) == (1e-3, 64, 2, 2, 4, 0.8)
+            cfg.training.epochs_stage2, cfg.training.min_steps_per_epoch, cfg.training.class_weighting,
+            cfg.model.num_experts, cfg.model.top_p) == (1e-3, 64, 4, 2, 250, "balanced", 4, 0.8)
 
 
 def test_overrides_reach_nested_sections() -> None:

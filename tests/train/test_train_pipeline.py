@@ -61,7 +61,7 @@ def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, 
     assert all({"loss", "grad_norm", "learning_rate", "epoch", "stage", "step"} <= set(r) for r in steps)
     assert [r["step"] for r in steps] == sorted(r["step"] for r in steps)
     assert list((out / "moe_logs").glob("events.out.tfevents.*"))
-    assert (out / "moe_results" / "checkpoint-004" / "trainer_state.json").is_file()
+    assert (out / "moe_results" / "checkpoint-006" / "trainer_state.json").is_file()  # 4 + 2 epochs
     for name in ("loss_curves.png", "pr_curve.png", "confusion_matrix.png"):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     model_dir = out / "final_moe_model"
@@ -152,3 +152,33 @@ def test_cli_errors_are_one_line_naming_file_and_line(tmp_path: Path, capsys: py
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"logmoe: error: {bad}:2: unknown label ('perhaps'; expected one of 正常/异常, normal/anomalous, " \
                   "0/1, true/false)"
+
+
+def test_final_model_is_the_best_stage_two_epoch_and_its_checkpoint_survives(
+        make_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from train import loop
+
+    keys = iter([[0.5, 0.0], [0.9, 0.0], [0.7, 0.0]])  # epoch 1 (stage 1), epochs 2 and 3 (stage 2): 2 is best
+    monkeypatch.setattr(loop.EvalResult, "selection_key", lambda self, labels: next(keys))
+    result = train(make_config(tmp_path, "training.epochs_stage1=1", "training.epochs_stage2=2",
+                               "training.keep_checkpoints=1"))
+    results = tmp_path / "moe_results"
+    assert sorted(p.name for p in results.glob("checkpoint-*")) == ["checkpoint-002", "checkpoint-003"]
+    state = json.loads((results / "checkpoint-003" / "trainer_state.json").read_text())
+    assert (state["best_epoch"], state["best_key"]) == (2, [0.9, 0.0])
+    final = load_file(str(tmp_path / "final_moe_model" / "model.safetensors"))
+    best = load_file(str(results / "checkpoint-002" / "model.safetensors"))
+    last = load_file(str(results / "checkpoint-003" / "model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], last[k]) for k in last)
+    assert result["status"] == "complete"
+
+
+def test_small_data_gets_min_steps_per_epoch(make_config: Callable[..., TrainConfig], world: Path,
+                                             tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, "training.epochs_stage1=1", "training.epochs_stage2=1",
+                      "training.min_steps_per_epoch=25", "training.stop_after_epochs=1")
+    assert train(cfg)["status"] == "interrupted"
+    state = json.loads((tmp_path / "moe_results" / "checkpoint-001" / "trainer_state.json").read_text())
+    windows = len(load_jsonl(world / "train.jsonl"))  # every generated session fits one window
+    assert -(-windows // cfg.training.batch_size) < 25 == state["global_step"]
