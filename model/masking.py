@@ -14,7 +14,8 @@ touches it on either side; ``_``, ``-``, ``.`` and other punctuation delimit):
   bare ``hh:mm[:ss[.fff]]``, ``MM-DD hh:mm:ss`` (Android), ``YYYYMMDD-h:m:s:ms`` (HealthApp), and the HDFS
   ``yymmdd hhmmss`` header at the start of a line.
 - ``<BLK>``  HDFS block ids ``blk_-?\\d+``.
-- ``<PATH>`` absolute Unix paths of two or more segments (``/a/b``), Windows paths (``C:\\...``).
+- ``<PATH>`` absolute Unix paths of two or more segments (``/a/b``, doubled slashes too: ``/home/u//x.rts``),
+  Windows paths (``C:\\...``).
   A single segment (``/tmp``) stays a word; ``/10.1.2.3`` is an IP, not a path.
 - ``<HEX>``  ``0x..`` literals and delimited hex runs of 6+ characters with both a digit and a letter a-f.
 - ``<NUM>``  delimited numbers (optional sign, decimals, versions such as ``6.1.7601`` or ``v1.2``). A number
@@ -86,7 +87,7 @@ _RULES: tuple[tuple[str, str], ...] = (
         + r"(?![A-Za-z0-9:]|<[A-Z]{2,4}>)",
     ),
     ("BLK", r"\bblk_-?\d+" + _R),
-    ("PATH", r"(?<![A-Za-z0-9/])(?:\.{1,2}|~)?(?:/[\w.\-@~+%=,$]+){2,}/?|" + r"[A-Za-z]:\\[^\s\"'<>|]*"),
+    ("PATH", r"(?<![A-Za-z0-9/])(?:\.{1,2}|~)?(?:/+[\w.\-@~+%=,$]+){2,}/?|" + r"[A-Za-z]:\\[^\s\"'<>|]*"),
     ("HEX", r"(?:0[xX][0-9A-Fa-f]+|(?=\d*+[A-Fa-f])(?=[A-Fa-f]*+\d)[0-9A-Fa-f]{6,})" + _R),
     ("NUM", r"(?:[vV](?=\d+\.\d))?[-+]?\d+(?:\.\d+)*" + rf"(?=(?:{_UNITS})?{_R})"),
     ("ID", rf"(?=[A-Za-z]*+\d)(?:{_BGL_LOCATION}|(?!{_KEEP_WORDS}{_R}){_CODE})" + _R),

@@ -60,6 +60,7 @@ LITERAL_CASES = [
     # host and slot codes
     ("dn228/dn228 crond", "<ID>/<ID> crond"),
     ("Lustre mount FAILED : bglio136 : point", "Lustre mount FAILED : <ID> : point"),
+    ("ciod: Error loading /home/yates//bandwidth.rts: invalid", "ciod: Error loading <PATH>: invalid"),
     ("Package_for_KB3149090~31bf3856ad364e35~amd64", "Package_for_<ID>~<HEX>~amd64"),
     # whitespace runs collapse; C++ scopes are not IPv6
     ("a  b\t c ", "a b c"),
