@@ -131,3 +131,24 @@ def names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {"app_id": f"t{tag}", "topic_logs": f"logs-{tag}", "topic_alerts": f"alerts-{tag}",
             "topic_sessions": f"sessions-{tag}"}
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A generated world and a model trained on it with the real default encoder, the default config but for a
+    shorter budget (6 epochs of 40 steps, about 20 s on CPU; the world is separable long before that). The tiny random test encoder maps every line to nearly the same vector (cosine ~0.95), so a
+    model on it cannot separate the world and the test could not tell a worker bug from a weak model."""
+    from model.config_io import load_config
+    from train import TrainConfig, train
+    from train.generate import write_world
+
+    root = tmp_path_factory.mktemp("world")
+    write_world(root / "world", sessions=240, seed=7, dev_fraction=0.3, anomaly_rate=0.2)
+    overrides = [
+        f"data.train={json.dumps([str(root / 'world' / 'train.jsonl')])}",
+        f"data.eval={json.dumps([str(root / 'world' / 'dev.jsonl')])}",
+        f"output_dir={json.dumps(str(root / 'run'))}",
+        "training.device=cpu", "training.min_steps_per_epoch=40",
+    ]
+    metrics = train(load_config(TrainConfig, None, overrides))
+    return {"world": root / "world", "model": root / "run" / "final_moe_model", "metrics": metrics}

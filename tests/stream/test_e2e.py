@@ -4,7 +4,6 @@ stream replayed with `logmoe replay`, alerts read back with kafka-python."""
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -13,46 +12,12 @@ from typing import Any
 
 import pytest
 
+from offline import offline_flags
 from stream.tools import consume_alerts
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.encoder]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A generated world and a model trained on it with the default config and the real default encoder (about
-    30 s on CPU). The tiny random test encoder maps every line to nearly the same vector (cosine ~0.95), so a
-    model on it cannot separate the world and the test could not tell a worker bug from a weak model."""
-    from model.config_io import load_config
-    from train import TrainConfig, train
-    from train.generate import write_world
-
-    root = tmp_path_factory.mktemp("world")
-    write_world(root / "world", sessions=240, seed=7, dev_fraction=0.3, anomaly_rate=0.2)
-    overrides = [
-        f"data.train={json.dumps([str(root / 'world' / 'train.jsonl')])}",
-        f"data.eval={json.dumps([str(root / 'world' / 'dev.jsonl')])}",
-        f"output_dir={json.dumps(str(root / 'run'))}",
-        "training.device=cpu",
-    ]
-    metrics = train(load_config(TrainConfig, None, overrides))
-    return {"world": root / "world", "model": root / "run" / "final_moe_model", "metrics": metrics}
-
-
-def offline_flags(model_dir: Path, world: Path) -> dict[str, bool]:
-    """Per dev session: does the offline path (session_windows + LogScorer, max over windows) flag it?"""
-    from model import LogScorer, session_windows
-
-    from train.data import load_jsonl
-
-    scorer = LogScorer.from_pretrained(model_dir, device="cpu")
-    flags = {}
-    for session in load_jsonl(world / "dev.jsonl"):
-        windows = session_windows(list(session.lines), scorer.max_window, scorer.window_hop)
-        flags[session.session_id] = max(scorer.score(windows)) >= scorer.threshold
-    return flags
 
 
 def replay(bootstrap: str, path: Path, topic: str) -> None:
