@@ -10,6 +10,9 @@ from model.checkpoint import FORMAT_VERSION, check_format
 
 ROUTING_MODES = ("dense", "top_p")  # "dense" = stage 1 (all experts averaged, no gate), "top_p" = stage 2
 POOLING_MODES = ("mean", "cls")  # how the line encoder pools its token states into one line embedding
+# How the classifier pools its line states into the window vector the head reads: "mean" (the mix of lines only) or
+# "mean_sum" (the mean, the sum scaled by 1/max_window and the log of the line count: how many of each line, too)
+WINDOW_POOLING_MODES = ("mean", "mean_sum")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -53,6 +56,7 @@ class LogMoEConfig(PretrainedConfig):
         hidden_dropout: float = 0.1,
         attention_dropout: float = 0.1,
         routing: str = "top_p",  # "dense" (stage 1) or "top_p" (stage 2), see ROUTING_MODES
+        window_pooling: str = "mean",  # line states -> window vector, see WINDOW_POOLING_MODES
         renormalize: bool = True,  # renormalise the kept experts' weights to sum to 1
         router_aux_loss_coef: float = 0.01,  # weight of the load-balancing loss (top_p routing only)
         router_entropy_loss_coef: float = 0.0,  # weight of the router-entropy loss (top_p routing only)
@@ -77,6 +81,7 @@ class LogMoEConfig(PretrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.attention_dropout = attention_dropout
         self.routing = routing
+        self.window_pooling = window_pooling
         self.renormalize = renormalize
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_entropy_loss_coef = router_entropy_loss_coef
@@ -108,6 +113,7 @@ class LogMoEConfig(PretrainedConfig):
         _check_float("router_aux_loss_coef", self.router_aux_loss_coef, 0.0, float("inf"))
         _check_float("router_entropy_loss_coef", self.router_entropy_loss_coef, 0.0, float("inf"))
         _check_choice("routing", self.routing, ROUTING_MODES)
+        _check_choice("window_pooling", self.window_pooling, WINDOW_POOLING_MODES)
         _check_choice("pooling", self.pooling, POOLING_MODES)
         if not isinstance(self.renormalize, bool):
             raise ValueError(f"renormalize must be true or false, got {self.renormalize!r}")

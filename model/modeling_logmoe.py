@@ -1,11 +1,14 @@
-"""LogMoE window classifier: line embeddings -> pre-norm (self-attention + Top-P MoE) blocks -> masked mean pool ->
-linear 2-class head. Because the head is linear after the pool, each line's share of the logit margin is exact.
+"""LogMoE window classifier: line embeddings -> pre-norm (self-attention + Top-P MoE) blocks -> masked pooling (the
+mean of the line states; with window_pooling "mean_sum" also their sum and the log of the line count, so the head
+sees how many of each line a window holds, not only their mix) -> linear 2-class head. The pooled vector is linear
+in the line states, so each line's share of the logit margin is exact.
 
 Shapes: B windows, T lines per window (<= max_window), D input (encoder) dim, H hidden size, E experts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,15 @@ except ImportError:  # transformers 4.x
 @dataclass
 class LogMoEOutput(ModelOutput):
     """loss = cross-entropy + aux_loss (only when labels are given); aux_loss is the coefficient-weighted sum of the
-    router losses (0 in dense routing); line_scores[b, t] is line t's additive share of logits[b, 1] - logits[b, 0]
-    (their mean over real lines plus the head's bias difference is the margin; 0 at padding)."""
+    router losses (0 in dense routing); line_scores[b, t] is line t's exact additive share of the anomaly margin
+    logits[b, 1] - logits[b, 0] (0 at padding); base[b] is the rest of the margin (the head's bias difference and
+    the line-count term), so line_scores[b].sum() + base[b] == margin."""
 
     loss: Tensor | None = None  # ()
     logits: Tensor | None = None  # (B, 2)
     aux_loss: Tensor | None = None  # ()
     line_scores: Tensor | None = None  # (B, T)
+    base: Tensor | None = None  # (B,)
     experts_per_token: Tensor | None = None  # () mean over real tokens and layers
     expert_load: Tensor | None = None  # (E,) fraction of real tokens routed to each expert, mean over layers
     window_experts: Tensor | None = None  # (B,) mean experts per real line of each window, mean over layers
@@ -114,7 +119,8 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.blocks = nn.ModuleList(LogMoEBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 2)
+        pooled = config.hidden_size if config.window_pooling == "mean" else 2 * config.hidden_size + 1
+        self.classifier = nn.Linear(pooled, 2)
         self.post_init()
 
     @classmethod
@@ -172,10 +178,7 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
             x, stats = block(x, mask)  # (B, T, H)
             layer_stats.append(stats)
         h = self.final_norm(x) * mask[..., None]  # (B, T, H) zero at padding
-        counts = mask.sum(dim=1, keepdim=True).to(h.dtype)  # (B, 1)
-        logits = self.classifier(h.sum(dim=1) / counts)  # (B, 2)
-        direction = self.classifier.weight[1] - self.classifier.weight[0]  # (H,)
-        line_scores = h @ direction.to(h.dtype)  # (B, T)
+        logits, line_scores, base = self._head(h, mask)  # (B, 2), (B, T), (B,)
 
         aux_loss = self._aux_loss(layer_stats, logits)
         loss = None
@@ -186,10 +189,34 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
             logits=logits,
             aux_loss=aux_loss,
             line_scores=line_scores,
+            base=base,
             experts_per_token=torch.stack([s.experts_per_token for s in layer_stats]).mean(),
             expert_load=torch.stack([s.expert_load for s in layer_stats]).mean(dim=0),
             window_experts=self._window_experts(layer_stats, mask),
         )
+
+    def _head(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (B, T, H) line states, zero at padding -> logits (B, 2), each line's share of the margin (B, T) and the
+        rest of it (B,). Every pooled feature is linear in the line states but the log line count, which goes to
+        the base with the bias."""
+        H = h.shape[-1]
+        counts = mask.sum(dim=1, keepdim=True).to(h.dtype)  # (B, 1)
+        weight = self.classifier.weight.to(h.dtype)  # (2, P)
+        direction = weight[1] - weight[0]  # (P,) the margin's weights
+        bias = (self.classifier.bias[1] - self.classifier.bias[0]).to(h.dtype)  # ()
+        if self.config.window_pooling == "mean":
+            pooled = h.sum(dim=1) / counts  # (B, H)
+            per_line = direction / counts  # (B, H) the weight of one line's state in the margin
+            base = bias.expand(h.shape[0])  # (B,)
+        else:
+            max_window = float(self.config.max_window)
+            length = counts.log() / math.log(max_window + 1)  # (B, 1) in [0, 1)
+            pooled = torch.cat([h.sum(dim=1) / counts, h.sum(dim=1) / max_window, length], dim=-1)  # (B, 2H + 1)
+            per_line = direction[:H] / counts + direction[H:2 * H] / max_window  # (B, H)
+            base = bias + direction[2 * H] * length.squeeze(-1)  # (B,)
+        logits = self.classifier(pooled)  # (B, 2)
+        line_scores = (h * per_line[:, None, :]).sum(dim=-1)  # (B, T) zero at padding
+        return logits, line_scores, base
 
     @staticmethod
     def _window_experts(layer_stats: list[RoutingStats], mask: Tensor) -> Tensor:

@@ -41,6 +41,10 @@ class ModelSection:
     """Stage 2 keeps the fewest experts whose router probability reaches top_p (the seed: 0.8)."""
     max_window: int = 64
     """Most lines per window; longer sessions are cut into windows of this size."""
+    window_pooling: str = "mean_sum"
+    """How the line states become the window vector the head reads: mean (the mix of lines) or mean_sum (the mean,
+    the sum over max_window and the log line count: how many of each line too). Real HDFS anomalies are blocks with
+    too few or too many of a normal line (replicas received, acknowledgements), which a mean cannot see."""
     hidden_dropout: float = 0.1
     """Dropout on the residual branches."""
     attention_dropout: float = 0.1

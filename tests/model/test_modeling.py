@@ -21,9 +21,10 @@ def tiny_config(**overrides: object) -> LogMoEConfig:
     return LogMoEConfig(**values)
 
 
-def tiny_model(routing: str = "top_p", sharp_router: bool = False) -> LogMoEForSequenceClassification:
+def tiny_model(routing: str = "top_p", sharp_router: bool = False,
+               window_pooling: str = "mean") -> LogMoEForSequenceClassification:
     torch.manual_seed(0)
-    model = LogMoEForSequenceClassification(tiny_config(routing=routing)).eval()
+    model = LogMoEForSequenceClassification(tiny_config(routing=routing, window_pooling=window_pooling)).eval()
     if sharp_router:  # a confident router, as after training, so top-p drops experts
         with torch.no_grad():
             for block in model.blocks:
@@ -88,9 +89,10 @@ def test_config_rejects_bad_values(key: str, value: object, fragments: list[str]
 
 # ---- forward contract -------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("window_pooling", ["mean", "mean_sum"])
 @pytest.mark.parametrize("routing", ["dense", "top_p"])
-def test_padding_invariance(routing: str) -> None:
-    model = tiny_model(routing)
+def test_padding_invariance(routing: str, window_pooling: str) -> None:
+    model = tiny_model(routing, window_pooling=window_pooling)
     x = window(5)
     with torch.no_grad():
         ref = model(x)
@@ -112,19 +114,35 @@ def test_batch_invariance() -> None:
     torch.testing.assert_close(batch.logits[1], alone_b.logits[0], atol=1e-5, rtol=0)
 
 
-def test_line_scores_decompose_logit_margin() -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("window_pooling", ["mean", "mean_sum"])
+def test_line_scores_add_up_to_the_logit_margin(window_pooling: str) -> None:
+    model = tiny_model(window_pooling=window_pooling)
     x, mask = pad(window(5), 8)
     x2, mask2 = pad(window(3, seed=3), 8)
     with torch.no_grad():
         out = model(torch.cat([x, x2]), torch.cat([mask, mask2]))
-    head = model.classifier
     margin = out.logits[:, 1] - out.logits[:, 0]  # (B,)
-    counts = torch.cat([mask, mask2]).sum(dim=1)  # (B,)
-    rebuilt = out.line_scores.sum(dim=1) / counts + (head.bias[1] - head.bias[0])  # (B,)
-    torch.testing.assert_close(rebuilt, margin, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.line_scores.sum(dim=1) + out.base, margin, atol=1e-5, rtol=0)
+    head = model.classifier
+    bias = head.bias[1] - head.bias[0]
+    if window_pooling == "mean":
+        torch.testing.assert_close(out.base, bias.expand(2))
+    else:  # the line-count term: a window of 5 lines and one of 3 have different bases
+        assert not torch.allclose(out.base[0], out.base[1])
     assert out.line_scores.shape == (2, 8)
     assert (out.line_scores[0, 5:] == 0).all() and (out.line_scores[1, 3:] == 0).all()
+
+
+def test_mean_sum_pooling_sees_how_many_lines_mean_pooling_does_not() -> None:
+    """The same line 2 or 6 times, positions zeroed so every line has the same state: mean pooling cannot tell the
+    windows apart, mean_sum can (real HDFS anomalies are a block with too few or too many of a line)."""
+    x = window(1)  # (1, 1, D)
+    for pooling, same in (("mean", True), ("mean_sum", False)):
+        model = tiny_model(window_pooling=pooling)
+        with torch.no_grad():
+            model.position.weight.zero_()
+            two, six = (model(x.repeat(1, n, 1), torch.ones(1, n)).logits for n in (2, 6))
+        assert torch.allclose(two, six, atol=1e-5) == same, pooling
 
 
 def test_loss_is_cross_entropy_plus_aux() -> None:
