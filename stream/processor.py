@@ -113,10 +113,10 @@ class SessionProcessor:
                 state.last_event_offset = offset
                 state.input_offsets[entry.partition] = entry.offset
                 window = self.windows.add(key, state, entry, now)
+                self.metrics.inc("lines_applied")
                 batch.states[key] = state
                 if window is not None:
-                    batch.windows.append(window)
-                    batch.owners.append(state)
+                    self._due(batch, window, state)
                 if self.windows.too_long(state):
                     self.metrics.inc("sessions_evicted_too_long")
                     self._finish(batch, key, state)
@@ -135,9 +135,14 @@ class SessionProcessor:
     def _finish(self, batch: Batch, key: str, state: SessionState) -> None:
         window = self.windows.close(key, state)
         if window is not None:
-            batch.windows.append(window)
-            batch.owners.append(state)
+            self._due(batch, window, state)
         batch.states[key] = None
+
+    def _due(self, batch: Batch, window: Window, state: SessionState) -> None:
+        """A window to score; counted, so a caller can tell when every window made is scored (or failed)."""
+        batch.windows.append(window)
+        batch.owners.append(state)
+        self.metrics.inc("windows_due")
 
     def alerts_for(self, batch: Batch, scored: Sequence[ScoredWindow], scorer: Scorer, top_lines: int,
                    now: float, model: Mapping[str, str] | None = None) -> list[dict[str, Any]]:

@@ -158,3 +158,24 @@ def test_input_lines_published_again_in_a_new_event_are_skipped_by_input_offset(
     assert proc.metrics.counts["lines_redelivered_skipped"] == 1
     other_partition = proc.apply([(2, SessionEvent("line", "a", Entry("w", None, 1, 5)))], store.load, now=3.0)
     assert other_partition.states["a"].count == 4  # offsets are per input partition
+
+
+def test_counters_tell_when_every_line_is_in_a_session_and_every_window_was_made_due() -> None:
+    from stream.metrics import drain_status
+
+    proc, store = _processor(), Store()  # window 4, hop 2
+    batch = proc.apply([(0, _lines("a", [f"a{i}" for i in range(6)], 0)), (1, _lines("b", ["b0"], 6))],
+                       store.load, now=1.0)
+    store.write(batch.states)
+    counts = proc.metrics.counts
+    assert counts["lines_applied"] == 7 and counts["windows_due"] == len(batch.windows) == 2  # a: ends 4, 6
+    store.write(proc.apply([(2, _lines("a", ["a5"], 5))], store.load, now=1.5).states)  # input sent again
+    assert counts["lines_applied"] == 7 and counts["lines_redelivered_skipped"] == 1
+    assert drain_status({**counts, "windows_scored": 2, "open_sessions": 2}, 7) == "2 of 2 sessions still open"
+    closes = proc.apply([(3, SessionEvent("close", "a", reason="idle")),
+                         (4, SessionEvent("close", "b", reason="idle"))], store.load, now=10.0)
+    store.write(closes.states)
+    assert counts["windows_due"] == 3 and len(closes.windows) == 1  # b's whole session; a ended on a window
+    assert drain_status({**counts, "windows_scored": 2, "open_sessions": 0}, 7) == "1 of 3 windows not scored yet"
+    assert drain_status({**counts, "windows_scored": 2, "windows_failed": 1, "open_sessions": len(store.data)}, 7) \
+        is None
