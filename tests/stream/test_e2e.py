@@ -72,8 +72,10 @@ def test_worker_alerts_exactly_the_sessions_offline_scoring_flags(kafka, start_w
     labels = {r["session_id"]: int(r["label"]) for r in csv.DictReader((world / "stream_labels.csv").open())}
     worker = start_worker(model_dir, session_idle=4.0, **names)
     worker.wait_ready(90)
+    lines = sum(1 for line in (world / "stream.log").read_text(encoding="utf-8").splitlines() if line.strip())
     replay(kafka.bootstrap, world / "stream.log", names["topic_logs"])
-    worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= len(labels) and m.get("open_sessions") == 0, 120)
+    m = worker.wait_drained(lines, 120)
+    assert m["sessions_closed_idle"] == len(labels) and m["windows_scored"] >= len(labels)
     first = collect(kafka.bootstrap, names["topic_alerts"], quiet_for=3.0)
     alerted = {a["session"] for a in first}
 
@@ -89,7 +91,6 @@ def test_worker_alerts_exactly_the_sessions_offline_scoring_flags(kafka, start_w
 
     # The same input again gives the same alert ids (consumers drop redeliveries by id).
     replay(kafka.bootstrap, world / "stream.log", names["topic_logs"])
-    worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= 2 * len(labels) and m.get("open_sessions") == 0,
-                    120)
+    worker.wait_drained(2 * lines, 120)
     both = Counter(a["alert_id"] for a in collect(kafka.bootstrap, names["topic_alerts"], quiet_for=3.0))
     assert both == {a["alert_id"]: 2 for a in first}

@@ -74,7 +74,7 @@ def test_second_worker_takes_over_partitions_and_sessions_continue_from_the_chan
     first = start_worker(env=fake_env(logs[0]), **settings)
     first.wait_ready()
     produce(kafka.bootstrap, names["topic_logs"], work.messages(range(6)))
-    first.wait_for(lambda m: m.get("lines_in", 0) >= 6 * work.sessions, 60)
+    first.wait_for(lambda m: m.get("lines_applied", 0) >= 6 * work.sessions, 60)
     started = time.monotonic()
     second = start_worker(env=fake_env(logs[1]), **settings)
     second.wait_ready(90)
@@ -132,10 +132,7 @@ def test_ten_thousand_hostile_lines_are_counted_by_reason_and_normal_sessions_sc
     started = time.monotonic()
     produce(kafka.bootstrap, names["topic_logs"], stream)
     reasons = [k for k in expected if k.startswith("bad_")]
-    m = worker.wait_for(lambda m: sum(m.get(r, 0) for r in reasons) >= sum(expected[r] for r in reasons)
-                        and m.get("lines_in", 0) >= len(normal) + expected["kept"]
-                        and m.get("sessions_closed_idle", 0) >= work.sessions + 1 and m.get("open_sessions") == 0,
-                        150)
+    m = worker.wait_drained(len(stream), 150)
     elapsed = time.monotonic() - started
     scored = wait_scored([log], work.windows(), timeout=5)
     outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"]), work)
@@ -183,9 +180,7 @@ def test_input_faster_than_scoring_builds_lag_that_drains_with_bounded_memory(ka
         started = time.monotonic()
         produce(kafka.bootstrap, names["topic_logs"], messages)
         produced_s = time.monotonic() - started
-        m = worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions
-                            and m.get("open_sessions") == 0 and sum(m.get("consumer_lag", {1: 1}).values()) == 0,
-                            180)
+        m = worker.wait_drained(len(messages), 180, also=lambda m: sum(m.get("consumer_lag", {1: 1}).values()) == 0)
         drained_s = time.monotonic() - started
     finally:
         done.set()
@@ -243,7 +238,7 @@ def test_broker_killed_and_restarted_mid_stream_worker_reconnects_and_alerts_eve
                           alert_cooldown_lines=0, **names)
     worker.wait_ready(120)
     produce(durable_broker.bootstrap, names["topic_logs"], work.messages(range(7)))
-    before = worker.wait_for(lambda m: m.get("lines_in", 0) >= 7 * work.sessions, 90)
+    before = worker.wait_for(lambda m: m.get("lines_applied", 0) >= 7 * work.sessions, 90)
     durable_broker.kill()
     killed = time.monotonic()
     time.sleep(3.0)
@@ -252,8 +247,7 @@ def test_broker_killed_and_restarted_mid_stream_worker_reconnects_and_alerts_eve
     produce(durable_broker.bootstrap, names["topic_logs"], work.messages(range(7, work.length)), retries=10)
     worker.wait_for(lambda m: m.get("lines_in", 0) > before["lines_in"], 120)
     resumed = time.monotonic()
-    m = worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0,
-                        150)
+    m = worker.wait_drained(work.sessions * work.length, 150)
     scored = wait_scored([log], work.windows(), timeout=5)
     outcome = alert_outcome(read_alerts(durable_broker.bootstrap, names["topic_alerts"]), work)
     record("broker SIGKILL + restart (s3:// storage)", {
