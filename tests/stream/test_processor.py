@@ -78,11 +78,31 @@ def test_alerts_only_at_threshold_with_marked_lines_and_stable_ids() -> None:
     assert [ln["line"] for ln in first["lines"] if ln["suspicious"]] == ["ERROR boom"]
     assert first["window"]["n_lines"] == 4 and first["window"]["first_offset"] == 0
     assert first["model"] == {"name": "fake", "fingerprint": scorer.fingerprint}
-    replay = _processor()
-    batch2 = replay.apply([(100 + i, _line("a", t, 50 + i)) for i, t in enumerate(lines)], Store().load, now=9.0)
+    # A redelivery (the same input records on a worker that lost its state) alerts with the same ids.
+    redelivery = _processor()
+    batch2 = redelivery.apply([(100 + i, _line("a", t, i)) for i, t in enumerate(lines)], Store().load, now=9.0)
     scored2 = scorer.score_detailed([[e.line for e in w.entries] for w in batch2.windows])
-    ids2 = [a["alert_id"] for a in replay.alerts_for(batch2, scored2, scorer, 1, now=9.0)]
+    ids2 = [a["alert_id"] for a in redelivery.alerts_for(batch2, scored2, scorer, 1, now=9.0)]
     assert ids2 == [a["alert_id"] for a in alerts]
+
+
+def test_a_new_incident_of_a_session_key_gets_new_alert_ids() -> None:
+    """Issue 18.1: session web-1, 3 lines and a close, an hour later 3 other lines and a close: both windows end
+    at position 3 of a session web-1, and used to share their alert_id, so consumers dropped the second."""
+    proc, store, scorer = _processor(), Store(), FakeScorer(max_window=4)
+    ids = []
+    for hour, first_offset in ((0, 10), (1, 500)):
+        now = 3600.0 * hour
+        lines = [_line("web-1", f"ERROR incident {hour} step {i}", first_offset + i) for i in range(3)]
+        store.write(proc.apply(list(zip(range(first_offset, first_offset + 3), lines)), store.load, now).states)
+        batch = proc.apply([(first_offset + 3, SessionEvent("close", "web-1", reason="idle"))], store.load,
+                           now + 10.0)
+        store.write(batch.states)
+        scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+        alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=now + 10.0)
+        assert [(a["session"], a["window"]["end"]) for a in alerts] == [("web-1", 3)]
+        ids.append(alerts[0]["alert_id"])
+    assert ids[0] != ids[1]
 
 
 def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
