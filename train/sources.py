@@ -29,7 +29,8 @@ def load_source(paths: Sequence[str], data: DataSection, max_window: int) -> tup
         sessions = []
         for path in paths:
             if data.format == "labelled_csv":
-                lines = labelled_lines_from_csv(path, data.label_column, data.normal_labels, data.text_columns)
+                lines = labelled_lines_from_csv(path, data.label_column, data.normal_labels, data.text_columns,
+                                                data.skip_invalid, report)
             else:
                 lines = labelled_lines_from_log(path, data.label_regex, data.normal_labels, report)
             sessions.extend(windows_from_labelled_lines(lines, window, hop, name=Path(path).name))
