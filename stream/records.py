@@ -36,7 +36,7 @@ def parse_message(value: bytes | str | None, max_bytes: int) -> LogLine:
     """Plain UTF-8 text, or a JSON envelope ``{"line": str, "ts": number|str, "source": str}``."""
     if value is None:
         raise BadInput("empty", "message has no value")
-    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    raw = _to_bytes(value) if isinstance(value, str) else bytes(value)
     if len(raw) > max_bytes:
         raise BadInput("oversized", f"{len(raw)} bytes > max_line_bytes={max_bytes}")
     text = raw.decode("utf-8", "replace")
@@ -71,7 +71,31 @@ def _from_envelope(doc: dict[str, Any] | list[Any], replaced: bool) -> LogLine:
         raise BadInput("wrong_type", f"envelope 'ts' must be a number or a string, got {ts!r}")
     if source is not None and not isinstance(source, str):
         raise BadInput("wrong_type", f"envelope 'source' must be a string, got {source!r}")
+    # JSON may escape lone surrogates ("\ud800"), which no UTF-8 can carry: every later encode (the session key,
+    # the sessions topic, the alert) would raise. They are replaced like undecodable bytes, and counted alike.
+    line, fixed_line = _replace_surrogates(line)
+    source, fixed_source = _replace_surrogates(source) if source is not None else (None, False)
+    ts, fixed_ts = _replace_surrogates(ts) if isinstance(ts, str) else (ts, False)
+    replaced = replaced or fixed_line or fixed_source or fixed_ts
     return LogLine(line=line.rstrip("\r\n"), ts=ts, source=source, replaced_bytes=replaced)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(text: str) -> tuple[str, bool]:
+    """`text` with every lone surrogate replaced by U+FFFD; whether there was one."""
+    fixed, count = _SURROGATE.subn("\ufffd", text)
+    return fixed, count > 0
+
+
+def _to_bytes(value: str) -> bytes:
+    """A str message as bytes: surrogate escapes (from a surrogateescape decode) back to their bytes, any other
+    lone surrogate as the invalid UTF-8 it would be on the wire (then replaced, like other undecodable bytes)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
 
 
 class SessionKeyer:

@@ -108,7 +108,7 @@ def test_second_worker_takes_over_partitions_and_sessions_continue_from_the_chan
 
 
 HOSTILE = {"invalid_utf8": 1800, "nul_bytes": 1200, "control_chars": 1200, "empty": 1000, "oversized": 20,
-           "deep_json": 980, "not_envelope": 1900, "wrong_type": 1900}  # 10,000 lines
+           "deep_json": 980, "not_envelope": 1600, "surrogates": 300, "wrong_type": 1900}  # 10,000 lines
 
 
 @pytest.mark.timeout(240)
