@@ -125,6 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from model.decision import is_anomalous
     from train.data import load_sessions
     from train.evaluation import load_scorer, score_sessions
 
@@ -135,8 +136,8 @@ def run_score(args: argparse.Namespace) -> int:
     threshold = float(scorer.threshold)
     out = sys.stdout
     for session, score in zip(sessions, result.scores):
-        out.write(json.dumps({"session_id": session.session_id, "score": score, "anomalous": score >= threshold},
-                             ensure_ascii=False) + "\n")
+        out.write(json.dumps({"session_id": session.session_id, "score": score,
+                              "anomalous": is_anomalous(score, threshold)}, ensure_ascii=False) + "\n")
     return 0
 
 

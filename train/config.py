@@ -164,7 +164,8 @@ class TrainingSection:
     eval_batch_size: int = 256
     """Windows per scoring batch."""
     threshold_objective: str = "f1"
-    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr."""
+    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr
+    (1.0, which flags nothing, when even the top score breaks it; see model.decision)."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
     keep_checkpoints: int = 2
@@ -243,7 +244,8 @@ class EvalConfig:
     batch_size: int = 256
     """Windows per scoring batch."""
     threshold: float | None = None
-    """Decision threshold; None: the one stored with the model."""
+    """Decision threshold (score >= threshold is anomalous; 1.0 flags nothing); None: the one stored with the
+    model."""
 
     def __post_init__(self) -> None:
         if not self.data:

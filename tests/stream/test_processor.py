@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from stream.metrics import Metrics
@@ -199,3 +201,22 @@ def test_counters_tell_when_every_line_is_in_a_session_and_every_window_was_made
     assert drain_status({**counts, "windows_scored": 2, "open_sessions": 0}, 7) == "1 of 3 windows not scored yet"
     assert drain_status({**counts, "windows_scored": 2, "windows_failed": 1, "open_sessions": len(store.data)}, 7) \
         is None
+
+
+def test_a_threshold_of_one_alerts_on_nothing_not_even_a_saturated_score() -> None:
+    """Issue 18.7: calibration stores 1.0 when no threshold meets target_fpr ("flag nothing"), and float32 softmax
+    gives exactly 1.0 often."""
+
+    class Saturated(FakeScorer):
+        threshold = 1.0
+
+        def score_detailed(self, windows):  # type: ignore[no-untyped-def]
+            return [dataclasses.replace(s, score=1.0) for s in super().score_detailed(windows)]
+
+    proc, scorer = _processor(), Saturated(max_window=4)
+    batch = proc.apply([(i, _line("a", "ERROR boom", i)) for i in range(4)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    assert [s.score for s in scored] == [1.0]
+    assert proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0) == []
+    scorer.threshold = 0.99
+    assert len(proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)) == 1
