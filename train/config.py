@@ -222,6 +222,11 @@ class TrainConfig:
     def embed_cache_dir(self) -> Path:
         return Path(self.encoder.cache_dir) if self.encoder.cache_dir else self.output_path / ".embed_cache"
 
+    def __post_init__(self) -> None:
+        if self.training.hop > self.model.max_window:
+            raise ValueError(f"training.hop must be <= model.max_window ({self.training.hop} > "
+                             f"{self.model.max_window}): the lines between two windows would never be scored")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

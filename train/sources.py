@@ -26,6 +26,9 @@ def load_source(paths: Sequence[str], data: DataSection, max_window: int) -> tup
         if window > max_window:
             raise ValueError(f"data.window must be <= model.max_window ({window} > {max_window})")
         hop = data.window_hop or window
+        if hop > window:
+            raise ValueError(f"data.window_hop must be <= data.window ({hop} > {window}): the lines between two "
+                             f"windows would never be in one")
         sessions = []
         for path in paths:
             if data.format == "labelled_csv":

@@ -121,11 +121,23 @@ def test_hop_zero_means_the_models_own_hop() -> None:
     from stream.app import window_hop
     from stream.config import StreamConfig
 
-    scorer = FakeScorer(window_hop=16)
+    scorer = FakeScorer(max_window=16, window_hop=16)
     assert window_hop(StreamConfig(hop=0), scorer) == 16
     scorer.window_hop = 5
     assert window_hop(StreamConfig(hop=0), scorer) == 5
     assert window_hop(StreamConfig(hop=3), scorer) == 3
+
+
+def test_a_hop_larger_than_the_models_window_is_refused_at_start() -> None:
+    """Issue 18: hop 20 over windows of 16 would leave lines 17..20 of every 20 out of every window."""
+    from stream.app import create_app, window_hop
+    from stream.config import StreamConfig
+
+    with pytest.raises(ValueError, match=r"^hop must be <= the model's max_window \(20 > 16\)"):
+        window_hop(StreamConfig(hop=20), FakeScorer(max_window=16))
+    with pytest.raises(ValueError, match=r"^the model's window_hop \(hop=0 means it, in fake\) must be <= the "
+                                         r"model's max_window \(32 > 16\)"):
+        create_app(StreamConfig(hop=0), FakeScorer(max_window=16, window_hop=32))
 
 
 def _lines(session: str, texts: list[str], first_offset: int) -> SessionEvent:

@@ -132,6 +132,8 @@ def test_load_source_for_each_format(tmp_path: Path) -> None:
     assert [s.label for s in sessions] == [0, 1, 0]  # windows 1-2, 3-4 and, at close, 4-5
     with pytest.raises(ValueError, match="data.window must be <= model.max_window"):
         load_source([str(csv_path)], DataSection(format="labelled_csv", window=100), max_window=64)
+    with pytest.raises(ValueError, match=r"data.window_hop must be <= data.window \(3 > 2\)"):
+        load_source([str(csv_path)], DataSection(format="labelled_csv", window=2, window_hop=3), max_window=64)
     with pytest.raises(ValueError, match="labels_csv is required"):
         DataSection(format="keyed_log")
 

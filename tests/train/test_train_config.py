@@ -35,6 +35,7 @@ def test_overrides_reach_nested_sections() -> None:
     ("training.threshold_objective=auc", "training.threshold_objective must be one of f1, fpr ('auc')"),
     ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
+    ("training.hop=65", "training.hop must be <= model.max_window (65 > 64)"),  # lines 65..80 in no window
 ])
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ValueError) as err:
