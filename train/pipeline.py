@@ -153,10 +153,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
                            eval_hook)
     timings["train_s"] = time.perf_counter() - clock
-    total_epochs = len(schedule(cfg.training))
-    if trainer.epochs_done < total_epochs:
-        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": total_epochs,
+    epochs = schedule(cfg.training)
+    if trainer.epochs_done < len(epochs):
+        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": len(epochs),
                 "output_dir": str(out)}
+    # The epoch loop sets each stage's routing, and runs no epoch when a resumed run had them all done (stopped in
+    # the final evaluation or while saving): the model would be saved as built, dense.
+    model.set_routing(epochs[-1].routing)
 
     clock = time.perf_counter()
     metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, device)

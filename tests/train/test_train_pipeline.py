@@ -3,6 +3,7 @@ switch, resume after an interruption, and the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,19 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     log = [json.loads(line) for line in (tmp_path / "moe_logs" / "train_log.jsonl").read_text().splitlines()]
     full_log = (full_cfg.output_path / "moe_logs" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == len(full_log)  # one continuous history, no duplicated or lost steps
+
+
+def test_resume_with_every_epoch_done_saves_the_model_with_top_p_routing(
+        trained: tuple[TrainConfig, dict[str, Any]], make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    """Issue 18.2: a run stopped after its last epoch (during the final evaluation or saving) resumed into an empty
+    epoch loop, which is where the routing is set, and saved the model dense."""
+    full_cfg, full = trained
+    shutil.copytree(full_cfg.output_path / "moe_results", tmp_path / "moe_results")  # every epoch done
+    resumed = train(make_config(tmp_path, "resume=true"))
+    assert resumed["status"] == "complete"
+    assert json.loads((tmp_path / "final_moe_model" / "config.json").read_text())["routing"] == "top_p"
+    assert resumed["eval"]["experts_per_token"] == pytest.approx(full["eval"]["experts_per_token"])
+    assert resumed["eval"]["experts_per_token"] < 4.0 and resumed["eval"]["f1"] == full["eval"]["f1"]
 
 
 def test_resume_refuses_other_settings(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
