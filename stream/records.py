@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AnyStr
 
 # Reasons a message is skipped; each is a counter name in the worker's metrics.
 BAD_REASONS = ("empty", "oversized", "not_envelope", "wrong_type")
@@ -98,6 +98,16 @@ def _to_bytes(value: str) -> bytes:
         return value.encode("utf-8", "surrogatepass")
 
 
+def match_key(match: re.Match[AnyStr]) -> AnyStr:
+    """The key a regex match gives: group 1, else (no group, or group 1 took no part in the match, as in
+    `request_id=(\\w+)|trace_id=[0-9a-f]+`) the whole match."""
+    if match.re.groups:
+        group = match.group(1)
+        if group is not None:
+            return group
+    return match.group(0)
+
+
 class SessionKeyer:
     """Session key of a line: the first regex that matches (group 1, else the whole match), else the
     message key, else the envelope source, else the catch-all key."""
@@ -115,7 +125,7 @@ class SessionKeyer:
         for pattern in self.patterns:
             match = pattern.search(line)
             if match:
-                return match.group(1) if pattern.groups else match.group(0)
+                return match_key(match)
         if message_key:
             return message_key.decode("utf-8", "replace") if isinstance(message_key, bytes) else message_key
         if source:

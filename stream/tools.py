@@ -19,6 +19,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from tqdm import tqdm
 
+from stream.records import match_key
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
             if key_re is not None:
                 partition = None  # the key decides; unkeyed lines go wherever the partitioner puts them
                 if m := key_re.search(line):
-                    key = m.group(1) if key_re.groups else m.group(0)
+                    key = match_key(m)
             try:
                 futures.append((i, producer.send(topic, value=line, key=key, partition=partition)))
             except MessageSizeTooLargeError as exc:
