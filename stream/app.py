@@ -32,7 +32,7 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
     signature = model_signature(cfg.model)  # before copying: a change from here on is a new model
     with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
         try:
-            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
+            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder, origin=cfg.model)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
     if encoder is None:
