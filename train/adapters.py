@@ -150,10 +150,12 @@ def labelled_lines_from_log(path: str | Path, label_regex: str, normal_labels: S
     return out
 
 
-def windows_from_labelled_lines(lines: Sequence[tuple[str, int]], window: int, hop: int, name: str) -> list[Session]:
-    """Cut a time-ordered line stream into windows with the worker's rule; a window is anomalous if any line is."""
+def windows_from_labelled_lines(lines: Sequence[tuple[str, int]], window: int, hop: int, name: str,
+                                first_index: int = 0) -> list[Session]:
+    """Cut a time-ordered line stream into windows with the worker's rule; a window is anomalous if any line is.
+    Windows are named `name:w<index>`, counted from `first_index`."""
     sessions = []
-    for index, chunk in enumerate(session_windows(list(lines), window, hop)):
+    for index, chunk in enumerate(session_windows(list(lines), window, hop), start=first_index):
         sessions.append(Session(session_id=f"{name}:w{index}", lines=tuple(text for text, _ in chunk),
                                 label=int(any(flag for _, flag in chunk)), source=name))
     return sessions

@@ -93,10 +93,13 @@ class DataSection:
     skip_invalid: bool = False
     """Count and report invalid records instead of failing on the first one."""
     eval_fraction: float = 0.2
-    """Share of sessions split off for eval when no eval file is given."""
+    """Share of sessions (of each file's lines, for line-labelled logs) split off for eval when no eval file is
+    given."""
     split: str = "grouped"
     """grouped (random over groups of identical masked sequences) or chronological (the last groups in file
-    order); either way an identical sequence never sits on both sides."""
+    order); either way an identical sequence never sits on both sides. Windows cut from line-labelled logs
+    (labelled_csv, labelled_log) are always split by time: the last eval_fraction of each file's lines is eval,
+    windowed apart, since overlapping neighbours share lines."""
     key_regex: str = r"(blk_-?\d+)"
     """keyed_log: regex whose one group is the session key."""
     labels_csv: str | None = None
