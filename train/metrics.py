@@ -18,8 +18,8 @@ THRESHOLD_OBJECTIVES = ("f1", "fpr")
 
 def classification_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 at `threshold` (score >= threshold is anomalous; 1.0 flags nothing, see
-    model.decision), PR-AUC (average precision), ROC-AUC, the confusion matrix [[tn, fp], [fn, tp]], n and n_anomalous. AUCs are None when the
-    labels hold a single class (they are undefined there)."""
+    model.decision), PR-AUC (average precision), ROC-AUC, the confusion matrix [[tn, fp], [fn, tp]], n and
+    n_anomalous. AUCs are None when the labels hold a single class (they are undefined there)."""
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape:
