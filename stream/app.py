@@ -51,7 +51,8 @@ def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
     if hop > scorer.max_window:
         source = "hop" if cfg.hop else f"the model's window_hop (hop=0 means it, in {scorer.name})"
         raise ValueError(f"{source} must be <= the model's max_window ({hop} > {scorer.max_window}): the lines "
-                         f"between two windows would never be scored")
+                         f"between two windows would never be scored; set hop to at most {scorer.max_window} "
+                         f"(--set hop=N)")
     return hop
 
 

@@ -127,11 +127,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from model.decision import is_anomalous
     from train.data import load_sessions
-    from train.evaluation import load_scorer, score_sessions
+    from train.evaluation import load_scorer, score_sessions, scoring_hop
 
     sessions, _ = load_sessions(args.data, skip_invalid=args.skip_invalid)
     scorer = load_scorer(args.model, args.device, args.batch_size)
-    hop = args.hop if args.hop is not None else scorer.window_hop
+    hop = scoring_hop(args.hop, scorer)
     result = score_sessions(scorer, sessions, hop, args.batch_size)
     threshold = float(scorer.threshold)
     out = sys.stdout

@@ -158,6 +158,19 @@ def test_cli_evaluate_json_and_score(trained: tuple[TrainConfig, dict[str, Any]]
     assert tp == result["eval"]["confusion_matrix"][1][1]
 
 
+def test_a_hop_larger_than_the_models_window_is_one_error_line(trained: tuple[TrainConfig, dict[str, Any]],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = trained
+    model_dir = str(cfg.output_path / "final_moe_model")
+    evaluate = ["evaluate", "--model", model_dir, "--data", cfg.data.eval[0]]
+    score = ["score", "--model", model_dir, cfg.data.eval[0]]
+    for command in (evaluate, score):
+        assert main([*command, "--device", "cpu", "--hop", "65"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "logmoe: error: --hop must be <= the model's max_window (65 > 64): the lines between two windows would "
+            "never be scored; pass --hop 64 or less")
+
+
 def test_cli_errors_are_one_line_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"log_sequence": "a", "label": "正常"}\n{"log_sequence": "a", "label": "perhaps"}\n',
