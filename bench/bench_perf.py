@@ -43,7 +43,10 @@ from typing import Any
 
 from _common import REPO_ROOT, add_run_options, default_data_dir, fmt, markdown_table, print_header, start_run, \
     write_json
-from bench_stream import child_env, last_metrics, lines_taken, logmoe, read_log, sessions_closed, stop_process
+from bench_stream import child_env, last_metrics, lines_in_sessions, lines_taken, logmoe, read_log, sessions_closed, \
+    stop_process
+
+from stream.metrics import drain_status
 
 logger = logging.getLogger("bench.perf")
 
@@ -311,10 +314,9 @@ def print_profile(title: str, prof: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- 1+2 throughput
 
 def drained(n_lines: int) -> Callable[[dict[str, Any]], bool]:
+    """The score agent is done with `n_lines` input lines (stream.metrics.drain_status), not just the route."""
     def done(m: dict[str, Any]) -> bool:
-        opened = int(m.get("sessions_opened", 0))
-        return (lines_taken(m) >= n_lines and m.get("open_sessions", 1) == 0 and opened > 0
-                and sessions_closed(m) >= opened)
+        return drain_status(m, n_lines) is None and int(m.get("sessions_opened", 0)) > 0
     return done
 
 
@@ -716,7 +718,7 @@ def section_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
                 def settled(m: dict[str, Any], level: int = level, expect: int = expect) -> bool:
                     open_now = int(m.get("open_sessions", -1))
-                    return lines_taken(m) >= level and 0.99 * expect <= open_now <= expect and \
+                    return lines_in_sessions(m) >= level and 0.99 * expect <= open_now <= expect and \
                         int(m.get("sessions_opened", 0)) - sessions_closed(m) <= expect
                 proc.wait_for(settled, args.run_timeout, every=0.5)
                 time.sleep(3.0)  # let the close scan and the table settle

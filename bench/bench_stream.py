@@ -5,11 +5,14 @@ What it runs (everything on this machine, everything stopped on the way out, Ctr
 2. `logmoe worker --broker B --model M --session-key '(blk_-?\\d+)' --session-idle S` as a subprocess, with a
    fresh app id and `metrics_interval` small, its output in `<work-dir>/worker.log`;
 3. `stream.tools.replay` of dev_stream.log into `logs`, keyed by block id (what `logmoe replay --key-regex` does);
-4. waits until the worker has read every replayed line (`lines_in` + bad lines = lines sent, from its
-   `metrics {json}` log lines: never from end offsets, which the embedded broker gets wrong, see BROKER.md)
-   and closed every session (`open_sessions` 0, every opened session closed). Meanwhile, once the worker has
-   read everything and only the idle wait is left, `logmoe evaluate --model M --data dev.jsonl --json` runs;
-5. reads the alerts topic from the beginning (kafka-python) until no new alert arrives for a few seconds,
+4. waits until the worker's score agent is done (`stream.metrics.drain_status` on its `metrics {json}` log lines:
+   every replayed line applied to a session or counted as bad, every session closed and its windows scored, the
+   session table empty; never from end offsets, which the embedded broker gets wrong, see BROKER.md, nor from
+   the route's `lines_in`, which is complete before the score agent has opened a session). Meanwhile, once the
+   route has read everything and only the idle wait is left, `logmoe evaluate --model M --data dev.jsonl --json`
+   runs;
+5. reads the alerts topic from the beginning (kafka-python) until no new alert arrives for a few seconds (and
+   at least the worker's `alerts_out` arrived),
    drops redeliveries by `alert_id`, and scores per session against dev_labels.csv (a session is predicted
    anomalous when it raised at least one alert).
 
@@ -52,6 +55,7 @@ import numpy as np
 from _common import REPO_ROOT, default_data_dir, fmt, markdown_table, print_header, setup_logging, write_json
 
 from stream.broker import terminate
+from stream.metrics import CLOSED_COUNTERS, drain_status
 
 logger = logging.getLogger("bench.stream")
 
@@ -175,20 +179,28 @@ def last_metrics(log_path: Path) -> dict[str, Any]:
     return {}
 
 
+def bad_lines(m: dict[str, Any]) -> int:
+    return sum(int(v) for k, v in m.items() if k.startswith("bad_"))
+
+
 def lines_taken(m: dict[str, Any]) -> int:
-    return int(m.get("lines_in", 0)) + sum(int(v) for k, v in m.items() if k.startswith("bad_"))
+    """Lines the route has read (kept or bad): when reading is done, not when the worker is."""
+    return int(m.get("lines_in", 0)) + bad_lines(m)
+
+
+def lines_in_sessions(m: dict[str, Any]) -> int:
+    """Lines the score agent has added to a session, plus the bad ones (which never reach it)."""
+    return int(m.get("lines_applied", 0)) + bad_lines(m)
 
 
 def sessions_closed(m: dict[str, Any]) -> int:
-    return sum(int(m.get(k, 0)) for k in ("sessions_closed_idle", "sessions_evicted_overflow",
-                                          "sessions_evicted_too_long"))
+    return sum(int(m.get(k, 0)) for k in CLOSED_COUNTERS)
 
 
 def drained(m: dict[str, Any], sent: int, n_sessions: int) -> bool:
-    """Every line read, at least every distinct session opened, all of them closed, none open."""
-    opened = int(m.get("sessions_opened", 0))
-    return (lines_taken(m) >= sent and m.get("open_sessions", 1) == 0 and opened >= n_sessions
-            and sessions_closed(m) >= opened)
+    """The score agent is done with the `sent` lines (stream.metrics.drain_status: every line in a session, every
+    session closed, every window scored, the table empty) and opened at least every distinct session."""
+    return drain_status(m, sent) is None and int(m.get("sessions_opened", 0)) >= n_sessions
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -306,6 +318,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
             raw = list(consume_alerts(broker.bootstrap, "alerts", from_beginning=True, timeout=args.alerts_quiet))
             result["worker_metrics"] = last_metrics(worker_log)
+            if len(raw) < int(m.get("alerts_out", 0)):
+                raise RuntimeError(f"read {len(raw)} alerts back, the worker sent {m['alerts_out']}; "
+                                   f"raise --alerts-quiet")
             ok = True
         finally:
             stop_process(worker, "worker")

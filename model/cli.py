@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:  # bad input, a missing file, no broker
         print(f"logmoe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

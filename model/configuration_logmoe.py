@@ -63,7 +63,7 @@ class LogMoEConfig(PretrainedConfig):
         encoder_name_or_path: str = "default",  # line encoder to rebuild at scoring time
         pooling: str = "mean",  # line encoder pooling, see POOLING_MODES
         line_max_length: int = 64,  # encoder tokens per line
-        threshold: float = 0.5,  # decision threshold on the anomaly probability, calibrated by training
+        threshold: float = 0.5,  # decision threshold on P(anomaly), calibrated by training; 1.0 flags nothing
         data_fingerprint: str = "",  # sha256 of the training data
         logmoe_format: int = FORMAT_VERSION,  # layout version of the saved folder, see FORMAT_VERSION
         **kwargs: Any,

@@ -88,9 +88,11 @@ class LogScorer:
         device: str = "auto",
         encoder: LineEncoder | None = None,
         batch_size: int = 256,
+        origin: str | Path | None = None,
     ) -> LogScorer:
         """Load config.json + model.safetensors (+ seen_lines.json) from ``model_dir``; build the encoder the
-        config names unless one is given."""
+        config names unless one is given. ``origin``: the folder the log names when ``model_dir`` is a copy of it
+        (the worker loads a private copy)."""
         path = check_model_folder(model_dir)  # missing, pickled, truncated, not LogMoE, newer format: one error
         config = _load_config(path)
         torch_device = resolve_device(device)
@@ -106,7 +108,7 @@ class LogScorer:
                 device=torch_device,
             )
         seen = _load_seen_lines(path / SEEN_LINES_FILE)
-        logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", path, config.threshold,
+        logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", origin or path, config.threshold,
                     config.encoder_name_or_path)
         return cls(model, encoder, path, torch_device, batch_size, seen)
 

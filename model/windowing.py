@@ -32,6 +32,9 @@ class Windower(Generic[T]):
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if not isinstance(hop, int) or hop < 1:
             raise ValueError(f"hop must be an integer >= 1, got {hop!r}")
+        if hop > window:
+            raise ValueError(f"hop must be <= window ({hop} > {window}): the lines between two windows would "
+                             f"never be scored")
         self.window = window
         self.hop = hop
 

@@ -19,10 +19,13 @@ class ScoredWindow(Protocol):
     unseen_fraction: float | None
 
 
-def alert_id(session: str, end: int) -> str:
-    """Deterministic id from the session key and the window's end position, so redeliveries and replays
-    of the same input produce the same id and consumers can drop duplicates."""
-    return hashlib.sha256(f"{session}\n{end}".encode()).hexdigest()[:32]
+def alert_id(session: str, end: int, partition: int, offset: int) -> str:
+    """Deterministic id of a window: its session key, its end position in the session and the input partition and
+    offset of its last line. A redelivery (the same input records scored again after a crash or a rebalance) gets
+    the same id, so consumers can drop duplicates; a new incident of the same key gets a new one, although its
+    end position restarts at 1 (after an idle close, a max_session_lines restart, a source-, message- or
+    catch-all-keyed session that comes back), because its lines are other input records."""
+    return hashlib.sha256(f"{session}\n{end}\n{partition}:{offset}".encode()).hexdigest()[:32]
 
 
 def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model: Mapping[str, str],
@@ -36,7 +39,7 @@ def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model
     start = window.end - len(entries) + 1
     partitions = sorted({e.partition for e in entries})
     return {
-        "alert_id": alert_id(window.session, window.end),
+        "alert_id": alert_id(window.session, window.end, entries[-1].partition, entries[-1].offset),
         "session": window.session,
         "score": round(float(scored.score), 6),
         "threshold": float(threshold),

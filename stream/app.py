@@ -32,7 +32,7 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
     signature = model_signature(cfg.model)  # before copying: a change from here on is a new model
     with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
         try:
-            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder)
+            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder, origin=cfg.model)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
     if encoder is None:
@@ -45,8 +45,15 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
 
 
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
-    """cfg.hop, or when 0 the hop the model was trained with (LogScorer.window_hop)."""
-    return cfg.hop or scorer.window_hop
+    """cfg.hop, or when 0 the hop the model was trained with (LogScorer.window_hop); ValueError when it is larger
+    than the model's max_window (the lines between two windows would never be scored)."""
+    hop = cfg.hop or scorer.window_hop
+    if hop > scorer.max_window:
+        source = "hop" if cfg.hop else f"the model's window_hop (hop=0 means it, in {scorer.name})"
+        raise ValueError(f"{source} must be <= the model's max_window ({hop} > {scorer.max_window}): the lines "
+                         f"between two windows would never be scored; set hop to at most {scorer.max_window} "
+                         f"(--set hop=N)")
+    return hop
 
 
 def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:

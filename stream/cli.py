@@ -77,8 +77,10 @@ def _quiet_clients() -> None:
     """Kafka clients log every connection at INFO; the tools' own output is what matters (-v keeps it all)."""
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         return
-    for name in ("kafka", "aiokafka"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # their warnings are about their own event loop
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its warnings are about its own event loop
+    # kafka-python logs every failed connection attempt at ERROR; the tools report a failure themselves, in one
+    # line (stream.connect.BrokerUnreachable when no broker answers)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     logging.getLogger("stream.broker").setLevel(logging.WARNING)
 
 

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from stream.broker import EmbeddedBroker
+from stream.metrics import drain_status
 from stream.tools import consume_alerts, format_alert, replay
-
-log = logging.getLogger(__name__)
 
 SESSION_REGEX = r"request_id=(\w+)"
 DEMO_SESSIONS = 400
 SESSION_IDLE = 5.0
+
+
+class DemoFailed(RuntimeError):
+    """The demo could not show a clean run (the worker scored nothing, or it gave up waiting); one line says why."""
 
 
 def _logmoe(*args: str) -> list[str]:
@@ -79,12 +82,11 @@ def _wait_worker_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise RuntimeError(f"the worker exited with {proc.returncode}:\n{tail}")
+            raise DemoFailed(f"the worker exited with {proc.returncode} before it was ready")
         if "Worker]: Ready" in log_path.read_text(encoding="utf-8", errors="replace"):
             return
         time.sleep(0.3)
-    raise TimeoutError(f"the worker was not ready after {timeout:.0f} s (log: {log_path})")
+    raise DemoFailed(f"gave up after {timeout:.0f} s waiting for the worker to be ready")
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
@@ -105,47 +107,72 @@ def summarize(labels: dict[str, int], alerted: set[str]) -> dict[str, int]:
             "false_alarms": len(alerted - anomalous)}
 
 
+class AlertReader:
+    """Reads the alerts topic in a thread: every copy is counted (to know when it has caught up with the worker's
+    `alerts_out`), each alert_id is kept and printed once (a redelivery is dropped)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.alerts: list[dict[str, Any]] = []
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        seen: set[str] = set()
+        for alert in consume_alerts(self.bootstrap, "alerts", from_beginning=True, follow=True,
+                                    stop=self._stop.is_set):
+            self.received += 1
+            if alert.get("alert_id") in seen:
+                continue  # a redelivery
+            seen.add(alert.get("alert_id", ""))
+            self.alerts.append(alert)
+            print(format_alert(alert), flush=True)
+
+
 def run_demo(demo_dir: str | Path = "demo", retrain: bool = False) -> int:
+    """0 after a clean run with its summary; 1 with one `[demo] failed: …` line when the worker scored no window
+    or the demo gave up waiting for it; 130 on Ctrl-C."""
     demo_dir = Path(demo_dir)
     world, model = prepare(demo_dir, retrain)
     labels = {row["session_id"]: int(row["label"])
               for row in csv.DictReader((world / "stream_labels.csv").open(encoding="utf-8"))}
+    (demo_dir / "summary.json").unlink(missing_ok=True)  # a failed run must not leave an older run's summary
     worker: subprocess.Popen[bytes] | None = None
-    stop_reading = threading.Event()
-    alerts: list[dict[str, Any]] = []
+    reader: AlertReader | None = None
+    worker_log = demo_dir / "worker.log"
     with EmbeddedBroker() as broker:
         try:
             print(f"[demo] embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}", flush=True)
-            worker_log = demo_dir / "worker.log"
             worker = _start_worker(broker.bootstrap, model, worker_log)
             _wait_worker_ready(worker, worker_log)
             print(f"[demo] worker ready (log: {worker_log}); replaying {world / 'stream.log'}", flush=True)
-            reader = threading.Thread(target=_read_alerts, args=(broker.bootstrap, alerts, stop_reading),
-                                      daemon=True)
+            reader = AlertReader(broker.bootstrap)
             reader.start()
             sent = replay(world / "stream.log", broker.bootstrap, key_regex=SESSION_REGEX, progress=True)
             print(f"[demo] replayed {sent['sent']} lines; waiting for the last sessions to close", flush=True)
-            _wait_drained(worker, worker_log, sent["sent"])
+            final = _wait_drained(worker, worker_log, sent["sent"], received=lambda: reader.received)
+            check_scored(final)
+        except DemoFailed as exc:
+            print(f"[demo] failed: {exc} (worker log: {worker_log})", file=sys.stderr, flush=True)
+            return 1
         except KeyboardInterrupt:
             print("\n[demo] interrupted, stopping", flush=True)
             return 130
         finally:
-            stop_reading.set()
+            if reader is not None:
+                reader.stop()
             _stop(worker)
-    counts = summarize(labels, {a["session"] for a in alerts})
+    counts = summarize(labels, {a["session"] for a in reader.alerts})
     print("\n[demo] summary\n" + "\n".join(f"  {k.replace('_', ' '):<20}{v}" for k, v in counts.items()), flush=True)
     (demo_dir / "summary.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return 0
-
-
-def _read_alerts(bootstrap: str, sink: list[dict[str, Any]], stop: threading.Event) -> None:
-    seen: set[str] = set()
-    for alert in consume_alerts(bootstrap, "alerts", from_beginning=True, follow=True, stop=stop.is_set):
-        if alert.get("alert_id") in seen:
-            continue  # a redelivery
-        seen.add(alert.get("alert_id", ""))
-        sink.append(alert)
-        print(format_alert(alert), flush=True)
 
 
 def _worker_metrics(log_path: Path) -> dict[str, Any]:
@@ -153,14 +180,31 @@ def _worker_metrics(log_path: Path) -> dict[str, Any]:
     return json.loads(lines[-1].split(" metrics ", 1)[1]) if lines else {}
 
 
-def _wait_drained(worker: subprocess.Popen[bytes], log_path: Path, sent: int, limit: float = 300.0) -> None:
-    """Until the worker has taken every line and closed every session (its metrics log says so)."""
+def _wait_drained(worker: subprocess.Popen[bytes], log_path: Path, sent: int,
+                  received: Callable[[], int] | None = None, limit: float = 300.0,
+                  poll: float = 0.5) -> dict[str, Any]:
+    """Until the worker has applied every line sent to a session, closed and scored every session and the alert
+    reader has received every alert it sent (`received()`, copies included; None: no reader to wait for); its last
+    counters. DemoFailed when the worker exits or `limit` seconds pass first."""
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and worker.poll() is None:
+    waiting_for = "no worker metrics yet"
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise DemoFailed(f"the worker exited with {worker.returncode} before it had scored every session")
         m = _worker_metrics(log_path)
-        taken = m.get("lines_in", 0) + sum(v for k, v in m.items() if k.startswith("bad_"))
-        if taken >= sent and m.get("open_sessions", 1) == 0:
-            time.sleep(2.0)  # let the alert reader catch the last ones
-            return
-        time.sleep(0.5)
-    log.warning("the worker did not drain within %.0f s; summarising what arrived", limit)
+        if m:
+            waiting_for = drain_status(m, sent) or ""
+            got = received() if received is not None and not waiting_for else None
+            if got is not None and got < int(m.get("alerts_out", 0)):
+                waiting_for = f"{got} of {m['alerts_out']} alerts read back"
+            if not waiting_for:
+                return m
+        time.sleep(poll)
+    raise DemoFailed(f"gave up after {limit:.0f} s waiting for the worker: {waiting_for}")
+
+
+def check_scored(m: Mapping[str, Any]) -> None:
+    """DemoFailed unless the worker scored at least one window (a run that scored nothing is no demo)."""
+    if int(m.get("windows_scored", 0)) == 0:
+        raise DemoFailed(f"the worker scored no window ({int(m.get('windows_failed', 0))} failed, "
+                         f"{int(m.get('sessions_opened', 0))} sessions opened)")

@@ -31,6 +31,9 @@ _LABELLED = (("bad_", "bad_lines", "reason", "Input messages skipped, by reason.
 _HELP = {
     "lines_in": "Log lines read from the input topic.",
     "lines_utf8_replaced": "Lines whose undecodable bytes were replaced.",
+    "lines_applied": "Lines the score agent added to a session (redeliveries skipped are not counted).",
+    "lines_redelivered_skipped": "Lines skipped because their session already holds them (input redelivered).",
+    "windows_due": "Windows the window rule made due for scoring (windows_scored + windows_failed once caught up).",
     "windows_scored": "Windows scored by the model.",
     "windows_failed": "Windows whose scoring failed (skipped).",
     "alerts_out": "Alerts published.",
@@ -104,6 +107,35 @@ class Metrics:
 
     def log(self, cache_info: dict[str, Any] | None = None) -> None:
         log.info("metrics %s", json.dumps(self.snapshot(cache_info), sort_keys=True))
+
+
+CLOSED_COUNTERS = ("sessions_closed_idle", "sessions_evicted_overflow", "sessions_evicted_too_long")
+
+
+def drain_status(m: Mapping[str, Any], lines_sent: int) -> str | None:
+    """None when a worker whose counters are `m` (a `metrics {json}` snapshot) has finished with `lines_sent`
+    input lines; else what it is still waiting for.
+
+    Decided from what the score agent did, never from the route's `lines_in`: the route can have read every line
+    while the score agent has not opened a single session yet (no session open, nothing scored). Finished means
+    every line was added to a session or counted as bad input, every session opened was closed, every window made
+    was scored (or failed), and no session is left in the table: the score agent deletes a closed session only
+    after its alerts were sent, so by then every alert of the input is on its way (`alerts_out` is final)."""
+    bad = sum(int(v) for k, v in m.items() if k.startswith("bad_"))
+    applied = int(m.get("lines_applied", 0))
+    opened = int(m.get("sessions_opened", 0))
+    closed = sum(int(m.get(k, 0)) for k in CLOSED_COUNTERS)
+    due = int(m.get("windows_due", 0))
+    done = int(m.get("windows_scored", 0)) + int(m.get("windows_failed", 0))
+    if applied + bad < lines_sent:
+        return f"{applied + bad} of {lines_sent} lines applied to sessions or counted as bad"
+    if closed < opened:
+        return f"{opened - closed} of {opened} sessions still open"
+    if done < due:
+        return f"{due - done} of {due} windows not scored yet"
+    if int(m.get("open_sessions", 1)) != 0:
+        return f"{m.get('open_sessions', 'an unknown number of')} sessions left in the session table"
+    return None
 
 
 def _hit_rate(cache_info: Mapping[str, Any]) -> float | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from model.decision import is_anomalous
 from stream.alerts import ScoredWindow, build_alert
 from stream.metrics import Metrics
 from stream.windows import Entry, SessionState, SessionWindows, Window
@@ -113,10 +114,10 @@ class SessionProcessor:
                 state.last_event_offset = offset
                 state.input_offsets[entry.partition] = entry.offset
                 window = self.windows.add(key, state, entry, now)
+                self.metrics.inc("lines_applied")
                 batch.states[key] = state
                 if window is not None:
-                    batch.windows.append(window)
-                    batch.owners.append(state)
+                    self._due(batch, window, state)
                 if self.windows.too_long(state):
                     self.metrics.inc("sessions_evicted_too_long")
                     self._finish(batch, key, state)
@@ -135,20 +136,25 @@ class SessionProcessor:
     def _finish(self, batch: Batch, key: str, state: SessionState) -> None:
         window = self.windows.close(key, state)
         if window is not None:
-            batch.windows.append(window)
-            batch.owners.append(state)
+            self._due(batch, window, state)
         batch.states[key] = None
+
+    def _due(self, batch: Batch, window: Window, state: SessionState) -> None:
+        """A window to score; counted, so a caller can tell when every window made is scored (or failed)."""
+        batch.windows.append(window)
+        batch.owners.append(state)
+        self.metrics.inc("windows_due")
 
     def alerts_for(self, batch: Batch, scored: Sequence[ScoredWindow], scorer: Scorer, top_lines: int,
                    now: float, model: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """Alerts for windows at or above the model's threshold, honouring each session's cooldown. `model` is
-        what alerts say about the scorer (stream.reload.model_info: name, fingerprint, weights); by default its
-        name and fingerprint."""
+        """Alerts for windows at or above the model's threshold (a threshold of 1.0 flags nothing: model.decision),
+        honouring each session's cooldown. `model` is what alerts say about the scorer (stream.reload.model_info:
+        name, fingerprint, weights); by default its name and fingerprint."""
         if model is None:
             model = {"name": scorer.name, "fingerprint": scorer.fingerprint}
         alerts = []
         for window, state, result in zip(batch.windows, batch.owners, scored, strict=True):
-            if result.score < scorer.threshold:
+            if not is_anomalous(result.score, scorer.threshold):
                 continue
             if not self.windows.should_alert(state, window):
                 self.metrics.inc("alerts_suppressed_cooldown")

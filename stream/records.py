@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AnyStr
 
 # Reasons a message is skipped; each is a counter name in the worker's metrics.
 BAD_REASONS = ("empty", "oversized", "not_envelope", "wrong_type")
@@ -36,7 +36,7 @@ def parse_message(value: bytes | str | None, max_bytes: int) -> LogLine:
     """Plain UTF-8 text, or a JSON envelope ``{"line": str, "ts": number|str, "source": str}``."""
     if value is None:
         raise BadInput("empty", "message has no value")
-    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    raw = _to_bytes(value) if isinstance(value, str) else bytes(value)
     if len(raw) > max_bytes:
         raise BadInput("oversized", f"{len(raw)} bytes > max_line_bytes={max_bytes}")
     text = raw.decode("utf-8", "replace")
@@ -71,7 +71,41 @@ def _from_envelope(doc: dict[str, Any] | list[Any], replaced: bool) -> LogLine:
         raise BadInput("wrong_type", f"envelope 'ts' must be a number or a string, got {ts!r}")
     if source is not None and not isinstance(source, str):
         raise BadInput("wrong_type", f"envelope 'source' must be a string, got {source!r}")
+    # JSON may escape lone surrogates ("\ud800"), which no UTF-8 can carry: every later encode (the session key,
+    # the sessions topic, the alert) would raise. They are replaced like undecodable bytes, and counted alike.
+    line, fixed_line = _replace_surrogates(line)
+    source, fixed_source = _replace_surrogates(source) if source is not None else (None, False)
+    ts, fixed_ts = _replace_surrogates(ts) if isinstance(ts, str) else (ts, False)
+    replaced = replaced or fixed_line or fixed_source or fixed_ts
     return LogLine(line=line.rstrip("\r\n"), ts=ts, source=source, replaced_bytes=replaced)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(text: str) -> tuple[str, bool]:
+    """`text` with every lone surrogate replaced by U+FFFD; whether there was one."""
+    fixed, count = _SURROGATE.subn("\ufffd", text)
+    return fixed, count > 0
+
+
+def _to_bytes(value: str) -> bytes:
+    """A str message as bytes: surrogate escapes (from a surrogateescape decode) back to their bytes, any other
+    lone surrogate as the invalid UTF-8 it would be on the wire (then replaced, like other undecodable bytes)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def match_key(match: re.Match[AnyStr]) -> AnyStr:
+    """The key a regex match gives: group 1, else (no group, or group 1 took no part in the match, as in
+    `request_id=(\\w+)|trace_id=[0-9a-f]+`) the whole match."""
+    if match.re.groups:
+        group = match.group(1)
+        if group is not None:
+            return group
+    return match.group(0)
 
 
 class SessionKeyer:
@@ -91,7 +125,7 @@ class SessionKeyer:
         for pattern in self.patterns:
             match = pattern.search(line)
             if match:
-                return match.group(1) if pattern.groups else match.group(0)
+                return match_key(match)
         if message_key:
             return message_key.decode("utf-8", "replace") if isinstance(message_key, bytes) else message_key
         if source:

@@ -19,6 +19,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from tqdm import tqdm
 
+from stream.connect import reaching
+from stream.records import match_key
+
 log = logging.getLogger(__name__)
 
 
@@ -51,8 +54,9 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
     total = sum(1 for _ in _lines(path))
     # batch_size=0: one record per batch, so the embedded broker's end offsets stay right (BROKER.md).
     # No idempotence: the embedded broker has no InitProducerId; duplicates are harmless to the worker.
-    producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=3,
-                             enable_idempotence=False, **(security or {}))
+    with reaching(bootstrap, f"replay {path.name} into {topic}"):
+        producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=3,
+                                 enable_idempotence=False, **(security or {}))
     sent = skipped = 0
     started = time.monotonic()
     bar = tqdm(total=total, unit="line", desc=f"replay {path.name}", disable=not progress, file=sys.stderr)
@@ -63,7 +67,7 @@ def replay(path: str | Path, bootstrap: str | list[str], topic: str = "logs", ra
             if key_re is not None:
                 partition = None  # the key decides; unkeyed lines go wherever the partitioner puts them
                 if m := key_re.search(line):
-                    key = m.group(1) if key_re.groups else m.group(0)
+                    key = match_key(m)
             try:
                 futures.append((i, producer.send(topic, value=line, key=key, partition=partition)))
             except MessageSizeTooLargeError as exc:
@@ -103,10 +107,11 @@ def consume_alerts(bootstrap: str | list[str], topic: str = "alerts", from_begin
                    stop: Callable[[], bool] | None = None,
                    security: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Yield alert documents. Without `follow`, stop after `timeout` seconds with no new alert."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
-                             auto_offset_reset="earliest" if from_beginning else "latest",
-                             enable_auto_commit=False, group_id=None,
-                             session_timeout_ms=6000, heartbeat_interval_ms=2000, **(security or {}))
+    with reaching(bootstrap, f"read {topic}"):
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                 auto_offset_reset="earliest" if from_beginning else "latest",
+                                 enable_auto_commit=False, group_id=None,
+                                 session_timeout_ms=6000, heartbeat_interval_ms=2000, **(security or {}))
     try:
         last = time.monotonic()
         while follow or time.monotonic() - last < timeout:

@@ -15,6 +15,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from stream.config import StreamConfig
+from stream.connect import reaching
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ def ensure_topics(bootstrap: Sequence[str] | str, specs: Sequence[TopicSpec], ti
                   security: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics (idempotent); return the names created. An existing topic with another
     partition count is left as it is and logged (Faust refuses a changelog that disagrees with its source).
-    `security`: TLS/SASL keyword arguments for the admin client (stream.security.kafka_python_kwargs)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="logmoe-admin",
-                             request_timeout_ms=int(timeout * 1000), **(security or {}))
+    `security`: TLS/SASL keyword arguments for the admin client (stream.security.kafka_python_kwargs).
+    stream.connect.BrokerUnreachable when no broker answers."""
+    with reaching(bootstrap, "create the worker's topics"):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="logmoe-admin",
+                                 request_timeout_ms=int(timeout * 1000), **(security or {}))
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

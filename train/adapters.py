@@ -16,9 +16,10 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from model.windowing import session_windows
-from train.data import Session, SkipReport, parse_label
+from train.data import InvalidRecord, Session, SkipReport, parse_label
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +111,16 @@ def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str,
 
 
 def labelled_lines_from_csv(path: str | Path, label_column: str = "Label", normal_labels: Sequence[str] = ("-",),
-                            text_columns: Sequence[str] = ()) -> list[tuple[str, int]]:
+                            text_columns: Sequence[str] = (), skip_invalid: bool = False,
+                            report: SkipReport | None = None) -> list[tuple[str, int]]:
     """(line, is_anomalous) from a structured CSV. The line is the text columns joined by spaces; by default every
-    column except the label and the parser's columns (LineId, EventId, EventTemplate)."""
+    column except the label and the parser's columns (LineId, EventId, EventTemplate). A row with fewer or more
+    fields than the header, or a blank label, is a ValueError naming FILE:LINE, or is counted in `report` with
+    skip_invalid."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"log file not found: {path}")
+    report = report if report is not None else SkipReport()
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         header = list(reader.fieldnames or ())
@@ -124,7 +129,31 @@ def labelled_lines_from_csv(path: str | Path, label_column: str = "Label", norma
         if missing:
             raise ValueError(f"{path}:1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
         normal = set(normal_labels)
-        return [(" ".join(row[c] for c in columns), int(row[label_column] not in normal)) for row in reader]
+        out: list[tuple[str, int]] = []
+        for row in reader:
+            try:
+                _check_row(row, header, label_column, f"{path}:{reader.line_num}")
+            except InvalidRecord as err:
+                if not skip_invalid:
+                    raise
+                report.add(err.reason, str(err))
+                continue
+            out.append((" ".join(row[c] for c in columns), int(row[label_column] not in normal)))
+        return out
+
+
+def _check_row(row: dict[str | None, Any], header: list[str], label_column: str, location: str) -> None:
+    """InvalidRecord unless the CSV row has exactly the header's fields and a label (csv.DictReader fills the
+    fields a short row lacks with None and keeps a long row's extra fields under the key None)."""
+    absent = [c for c in header if row.get(c) is None]
+    if absent:
+        raise InvalidRecord(location, "short row", f"{len(header) - len(absent)} of {len(header)} fields; no "
+                                                   f"{', '.join(absent)}")
+    if None in row:
+        raise InvalidRecord(location, "long row", f"{len(header) + len(row[None])} fields, the header has "
+                                                  f"{len(header)}")
+    if not row[label_column].strip():
+        raise InvalidRecord(location, "blank label", f"column {label_column} is empty")
 
 
 def labelled_lines_from_log(path: str | Path, label_regex: str, normal_labels: Sequence[str] = ("-",),
@@ -145,10 +174,12 @@ def labelled_lines_from_log(path: str | Path, label_regex: str, normal_labels: S
     return out
 
 
-def windows_from_labelled_lines(lines: Sequence[tuple[str, int]], window: int, hop: int, name: str) -> list[Session]:
-    """Cut a time-ordered line stream into windows with the worker's rule; a window is anomalous if any line is."""
+def windows_from_labelled_lines(lines: Sequence[tuple[str, int]], window: int, hop: int, name: str,
+                                first_index: int = 0) -> list[Session]:
+    """Cut a time-ordered line stream into windows with the worker's rule; a window is anomalous if any line is.
+    Windows are named `name:w<index>`, counted from `first_index`."""
     sessions = []
-    for index, chunk in enumerate(session_windows(list(lines), window, hop)):
+    for index, chunk in enumerate(session_windows(list(lines), window, hop), start=first_index):
         sessions.append(Session(session_id=f"{name}:w{index}", lines=tuple(text for text, _ in chunk),
                                 label=int(any(flag for _, flag in chunk)), source=name))
     return sessions

@@ -184,18 +184,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from train.evaluation import load_eval_sessions, load_scorer, score_sessions
+    from model.decision import is_anomalous
+    from train.evaluation import load_eval_sessions, load_scorer, score_sessions, scoring_hop
 
     cfg = eval_config(args, refuse_swallowed("score", args.data))
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
     sessions, _ = load_eval_sessions(cfg, scorer.max_window)
-    hop = cfg.hop if cfg.hop is not None else scorer.window_hop
+    hop = scoring_hop(cfg.hop, scorer)
     result = score_sessions(scorer, sessions, hop, cfg.batch_size)
     threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
     out = sys.stdout
     for session, score in zip(sessions, result.scores):
-        out.write(json.dumps({"session_id": session.session_id, "score": score, "anomalous": score >= threshold},
-                             ensure_ascii=False) + "\n")
+        out.write(json.dumps({"session_id": session.session_id, "score": score,
+                              "anomalous": is_anomalous(score, threshold)}, ensure_ascii=False) + "\n")
     return 0
 
 

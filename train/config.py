@@ -103,10 +103,13 @@ class DataSection:
     skip_invalid: bool = False
     """Count and report invalid records instead of failing on the first one."""
     eval_fraction: float = 0.2
-    """Share of sessions split off for eval when no eval file is given."""
+    """Share of sessions (of each file's lines, for line-labelled logs) split off for eval when no eval file is
+    given."""
     split: str = "grouped"
     """grouped (random over groups of identical masked sequences) or chronological (the last groups in file
-    order); either way an identical sequence never sits on both sides."""
+    order); either way an identical sequence never sits on both sides. Windows cut from line-labelled logs
+    (labelled_csv, labelled_log) are always split by time: the last eval_fraction of each file's lines is eval,
+    windowed apart, since overlapping neighbours share lines."""
     key_regex: str = r"(blk_-?\d+)"
     """keyed_log: regex whose one group is the session key."""
     labels_csv: str | list[str] | None = None
@@ -199,7 +202,8 @@ class TrainingSection:
     eval_batch_size: int = 256
     """Windows per scoring batch."""
     threshold_objective: str = "f1"
-    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr."""
+    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr
+    (1.0, which flags nothing, when even the top score breaks it; see model.decision)."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
     keep_checkpoints: int = 2
@@ -258,6 +262,11 @@ class TrainConfig:
     def embed_cache_dir(self) -> Path:
         return Path(self.encoder.cache_dir) if self.encoder.cache_dir else self.output_path / ".embed_cache"
 
+    def __post_init__(self) -> None:
+        if self.training.hop > self.model.max_window:
+            raise ValueError(f"training.hop must be <= model.max_window ({self.training.hop} > "
+                             f"{self.model.max_window}): the lines between two windows would never be scored")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -280,7 +289,8 @@ class EvalConfig:
     batch_size: int = 256
     """Windows per scoring batch."""
     threshold: float | None = None
-    """Decision threshold; None: the one stored with the model."""
+    """Decision threshold (score >= threshold is anomalous; 1.0 flags nothing); None: the one stored with the
+    model."""
     source: DataSection = field(default_factory=DataSection)
     """How the data files are read: the training config's data keys that describe files (EVAL_DATA_KEYS: format,
     key_regex, labels_csv / eval_labels_csv, label_regex, window, ...), `--set data.KEY=VALUE` on the CLI. Windows

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -49,6 +48,17 @@ def score_sessions(scorer: Any, sessions: Sequence[Session], hop: int, batch_siz
     return SessionScores(scores, expert_sum / max(1, line_sum))
 
 
+def scoring_hop(hop: int | None, scorer: Any) -> int:
+    """`hop`, or when None the hop the model was trained with; ValueError when it is larger than the model's
+    max_window (the lines between two windows would never be scored)."""
+    chosen = hop if hop is not None else int(scorer.window_hop)
+    if chosen > scorer.max_window:
+        source = "--hop" if hop is not None else "the model's window_hop"
+        raise ValueError(f"{source} must be <= the model's max_window ({chosen} > {scorer.max_window}): the lines "
+                         f"between two windows would never be scored; pass --hop {scorer.max_window} or less")
+    return chosen
+
+
 def session_metrics(sessions: Sequence[Session], result: SessionScores, threshold: float) -> dict[str, Any]:
     metrics = classification_metrics([s.label for s in sessions], result.scores, threshold)
     metrics["experts_per_token"] = result.experts_per_token
@@ -71,7 +81,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Metrics of a trained model on labelled sessions, at its stored threshold (or cfg.threshold)."""
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
     sessions, report = load_eval_sessions(cfg, scorer.max_window)
-    hop = cfg.hop if cfg.hop is not None else scorer.window_hop
+    hop = scoring_hop(cfg.hop, scorer)
     result = score_sessions(scorer, sessions, hop, cfg.batch_size)
     threshold = cfg.threshold if cfg.threshold is not None else float(scorer.threshold)
     metrics = session_metrics(sessions, result, threshold)

@@ -326,6 +326,8 @@ def interleave(sessions: list[GeneratedSession]) -> list[str]:
 def write_world(out_dir: str | Path, sessions: int = 1000, seed: int = 0, dev_fraction: float = 0.3,
                 anomaly_rate: float = 0.2) -> dict[str, int]:
     """Write train.jsonl, dev.jsonl, stream.log (dev lines interleaved) and stream_labels.csv; return counts."""
+    if not 0.0 < dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in (0, 1) ({dev_fraction})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = generate_sessions(sessions, seed=seed, anomaly_rate=anomaly_rate)

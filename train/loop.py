@@ -194,7 +194,8 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
     finally:
         run_log.close()
     if trainer.epochs_done == len(epochs):
-        # also when a resumed run had every epoch done already: the final model routes as the last stage does
+        # also when a resumed run had every epoch done already (stopped in the final evaluation or while saving): the
+        # loop ran no epoch, which is where routing is set, and the model would be saved as built, dense
         model.set_routing(epochs[-1].routing)
         if cfg.select_best and trainer.best_epoch and trainer.best_epoch != trainer.epochs_done:
             logger.info("final model: epoch %d of %d (best eval PR-AUC %.4f, loss %.4f)", trainer.best_epoch,

@@ -9,20 +9,22 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from model.decision import FLAG_NOTHING, HIGHEST_FLAGGING, anomalous
+
 logger = logging.getLogger(__name__)
 
 THRESHOLD_OBJECTIVES = ("f1", "fpr")
 
 
 def classification_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, Any]:
-    """Accuracy, precision, recall, F1 at `threshold` (score >= threshold is anomalous), PR-AUC (average
-    precision), ROC-AUC, the confusion matrix [[tn, fp], [fn, tp]], n and n_anomalous. AUCs are None when the
-    labels hold a single class (they are undefined there)."""
+    """Accuracy, precision, recall, F1 at `threshold` (score >= threshold is anomalous; 1.0 flags nothing, see
+    model.decision), PR-AUC (average precision), ROC-AUC, the confusion matrix [[tn, fp], [fn, tp]], n and
+    n_anomalous. AUCs are None when the labels hold a single class (they are undefined there)."""
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape:
         raise ValueError(f"labels and scores differ in length ({len(y)} vs {len(s)})")
-    pred = s >= threshold
+    pred = anomalous(s, threshold)
     tp = int(np.sum(pred & (y == 1)))
     fp = int(np.sum(pred & (y == 0)))
     fn = int(np.sum(~pred & (y == 1)))
@@ -50,7 +52,9 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
     """The decision threshold that maximises F1 (objective "f1") or catches the most anomalies with a false-
     positive rate <= target_fpr ("fpr"). The threshold is put halfway between the lowest score taken as anomalous
     and the next lower score, so scores that wobble in the last float digits (another batch, another padding)
-    keep their side. Single-class labels give `default`."""
+    keep their side. When even the top score breaks target_fpr the threshold is 1.0, which flags nothing
+    (model.decision); a threshold meant to flag scores of exactly 1.0 is kept just below it. Single-class labels
+    give `default`."""
     if objective not in THRESHOLD_OBJECTIVES:
         raise ValueError(f"unknown threshold objective ({objective!r}); expected one of "
                          f"{', '.join(THRESHOLD_OBJECTIVES)}")
@@ -68,6 +72,7 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
         allowed = np.flatnonzero(fpr <= target_fpr)
         best = cuts[allowed[-1]] if len(allowed) else np.inf
         if not np.isfinite(best):  # not even the top score keeps the FPR: flag nothing
-            return float(min(1.0, np.nextafter(s.max(), np.inf)))
+            return FLAG_NOTHING
     below = s[s < best]
-    return float((best + below.max()) / 2) if len(below) else float(best)
+    threshold = float((best + below.max()) / 2) if len(below) else float(best)
+    return min(threshold, HIGHEST_FLAGGING)  # 1.0 would flag nothing, not the scores of 1.0 chosen here

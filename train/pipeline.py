@@ -33,7 +33,7 @@ from train.evaluation import score_sessions, session_metrics
 from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
 from train.metrics import calibrate_threshold, classification_metrics
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
-from train.sources import load_source
+from train.sources import LINE_LABELLED, load_source, split_labelled_by_time
 from train.split import split_sessions
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,18 @@ def seed_everything(seed: int) -> None:
 
 
 def load_run_data(cfg: TrainConfig) -> tuple[list[Session], list[Session], dict[str, Any]]:
-    """Train and eval sessions: the eval files, or a leak-free split of the training files."""
-    train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
-    if cfg.data.eval:
+    """Train and eval sessions: the eval files, or a leak-free split of the training files (by time for windows
+    cut from line-labelled logs, whose neighbours share lines)."""
+    if not cfg.data.eval and cfg.data.format in LINE_LABELLED:
+        train_sessions, eval_sessions, report = split_labelled_by_time(cfg.data.train, cfg.data, cfg.model.max_window)
+        split = f"by time, the last {cfg.data.eval_fraction} of each file's lines"
+    elif cfg.data.eval:
+        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
         eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval")
         report.merge(eval_report)
         split = "eval files"
     else:
+        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
         train_sessions, eval_sessions = split_sessions(train_sessions, cfg.data.eval_fraction, cfg.training.seed,
                                                        cfg.data.split, mask)
         split = f"{cfg.data.split} split, eval_fraction {cfg.data.eval_fraction}"
@@ -153,9 +158,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
                            eval_hook)
     timings["train_s"] = time.perf_counter() - clock
-    total_epochs = len(schedule(cfg.training))
-    if trainer.epochs_done < total_epochs:
-        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": total_epochs,
+    epochs = schedule(cfg.training)
+    if trainer.epochs_done < len(epochs):
+        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": len(epochs),
                 "output_dir": str(out)}
 
     clock = time.perf_counter()

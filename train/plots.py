@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import precision_recall_curve  # noqa: E402
 
+from model.decision import is_anomalous  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ def plot_pr_curve(labels: Sequence[int], scores: Sequence[float], threshold: flo
     if 0 < sum(labels) < len(labels):
         precision, recall, cuts = precision_recall_curve(labels, scores)
         ax.plot(recall, precision, label=f"PR-AUC {pr_auc:.4f}" if pr_auc is not None else "PR")
-        at = [i for i, c in enumerate(cuts) if c >= threshold]
+        at = [i for i, c in enumerate(cuts) if is_anomalous(c, threshold)]
         if at:
             ax.plot(recall[at[0]], precision[at[0]], "ro", label=f"threshold {threshold:.3f}")
         ax.legend(loc="lower left")

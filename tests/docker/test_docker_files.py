@@ -174,8 +174,8 @@ def tiny_model(folder: Path, encoder_dir: Path) -> Path:
 
     torch.manual_seed(0)
     config = LogMoEConfig(input_dim=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=2,
-                          expert_intermediate_size=16, max_window=8, encoder_name_or_path=str(encoder_dir),
-                          data_fingerprint="d" * 64)
+                          expert_intermediate_size=16, max_window=8, window_hop=4,  # a hop within the window
+                          encoder_name_or_path=str(encoder_dir), data_fingerprint="d" * 64)
     LogMoEForSequenceClassification(config).save_pretrained(folder)
     return folder
 

@@ -49,3 +49,10 @@ def test_close_of_empty_or_already_emitted_session_is_none() -> None:
 def test_bad_sizes_are_refused_with_the_value(window: object, hop: object) -> None:
     with pytest.raises(ValueError, match=repr(window) if window in (0, -1, 2.5) else repr(hop)):
         Windower(window, hop)  # type: ignore[arg-type]
+
+
+def test_a_hop_larger_than_the_window_is_refused() -> None:
+    """Issue 18: with hop 5 over windows of 4 the 5th line of every 5 would never be in a window, nor scored."""
+    with pytest.raises(ValueError, match=r"hop must be <= window \(5 > 4\)"):
+        Windower(4, 5)
+    assert session_windows(list(range(6)), 4, 4) == [[0, 1, 2, 3], [2, 3, 4, 5]]  # hop == window still works

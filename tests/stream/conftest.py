@@ -62,6 +62,15 @@ class WorkerProcess:
         raise AssertionError(f"worker metrics never satisfied the condition; last {self.metrics()}\n"
                              f"{self.log_text()[-3000:]}")
 
+    def wait_drained(self, sent: int, timeout: float,
+                     also: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Until the worker's score agent is done with `sent` input messages (stream.metrics.drain_status: every
+        line in a session or counted as bad, every session closed and scored, the table empty) and `also` holds;
+        the metrics then. Never from the route's lines_in, which is complete before a session is opened."""
+        from stream.metrics import drain_status
+
+        return self.wait_for(lambda m: drain_status(m, sent) is None and (also is None or also(m)), timeout)
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

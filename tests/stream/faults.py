@@ -58,22 +58,39 @@ class Workload:
         ends = [w[-1] for w in session_windows(list(range(1, self.length + 1)), WINDOW, self.hop)]
         return {(sid, end) for sid in self.ids for end in ends}
 
-    def alerts(self) -> dict[str, tuple[str, int]]:
-        """alert_id -> (session, end) for every window holding an ERROR line (alert_cooldown_lines=0)."""
+    def alerts(self, placed: Placed) -> dict[str, tuple[str, int]]:
+        """alert_id -> (session, end) for every window holding an ERROR line (alert_cooldown_lines=0). The id
+        names the input partition and offset of the window's last line: `placed` (from `produce`) says where each
+        line went, so a redelivered window must come back with the id its first copy had."""
         error_line = self.error_step + 1
-        return {alert_id(sid, end): (sid, end) for sid, end in self.windows()
+        return {alert_id(sid, end, *placed[(sid, end - 1)]): (sid, end) for sid, end in self.windows()
                 if sid in self.anomalous and end - WINDOW < error_line <= end}
+
+    def placed(self, messages: list[tuple[bytes | None, bytes | None]], where: list[tuple[int, int]]) -> Placed:
+        """(session, step) -> (partition, offset) of this workload's lines among produced `messages`."""
+        out: Placed = {}
+        for (_, value), position in zip(messages, where, strict=True):
+            found = _STEP.search(value or b"")
+            if found is None:
+                continue
+            sid, step = found.group(2).decode(), int(found.group(1))
+            if sid in self.ids and value == self.line(sid, step):
+                out[(sid, step)] = position
+        return out
+
+
+Placed = dict[tuple[str, int], tuple[int, int]]  # (session, step) -> (input partition, offset)
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]],
-            retries: int = 3) -> None:
-    """One record per batch (the embedded broker's end offsets stay right), every send confirmed."""
+            retries: int = 3) -> list[tuple[int, int]]:
+    """One record per batch (the embedded broker's end offsets stay right), every send confirmed; the
+    (partition, offset) each message got."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, batch_size=0, linger_ms=0, acks=1, retries=retries,
                              max_request_size=4 * 1024 * 1024, enable_idempotence=False)
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in messages]
-        for f in futures:
-            f.get(timeout=60)
+        return [(meta.partition, meta.offset) for meta in (f.get(timeout=60) for f in futures)]
     finally:
         producer.close()
 
@@ -138,9 +155,9 @@ def read_alerts(bootstrap: str, topic: str, quiet_for: float = 3.0) -> list[dict
     return list(consume_alerts(bootstrap, topic, from_beginning=True, timeout=quiet_for))
 
 
-def alert_outcome(alerts: list[dict[str, Any]], workload: Workload) -> dict[str, Any]:
+def alert_outcome(alerts: list[dict[str, Any]], workload: Workload, placed: Placed) -> dict[str, Any]:
     """Missed anomalies, false alerts, and duplicates (copies of an alert_id) with whether they are identical."""
-    expected = workload.alerts()
+    expected = workload.alerts(placed)
     by_id: dict[str, list[dict[str, Any]]] = {}
     for a in alerts:
         by_id.setdefault(a["alert_id"], []).append(a)
@@ -148,8 +165,9 @@ def alert_outcome(alerts: list[dict[str, Any]], workload: Workload) -> dict[str,
                     for a in copies}) == 1 for copies in by_id.values())
     alerted = {a["session"] for a in alerts}
     foreign = [a for a in alerts if not own_lines_only(a)]
-    return {"alerts_with_foreign_lines": len(foreign),"alerts": len(alerts), "alert_ids": len(by_id), "expected_alert_ids": len(expected),
-            "missing_alert_ids": len(set(expected) - set(by_id)), "unexpected_alert_ids": len(set(by_id) - set(expected)),
+    return {"alerts_with_foreign_lines": len(foreign), "alerts": len(alerts), "alert_ids": len(by_id),
+            "expected_alert_ids": len(expected), "missing_alert_ids": len(set(expected) - set(by_id)),
+            "unexpected_alert_ids": len(set(by_id) - set(expected)),
             "missed_anomalous_sessions": len(workload.anomalous - alerted),
             "false_alarm_sessions": len(alerted - workload.anomalous),
             "duplicate_alerts": len(alerts) - len(by_id), "duplicates_identical": same}

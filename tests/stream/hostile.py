@@ -1,8 +1,10 @@
 """Hypothesis generators of hostile input lines, each kind with the outcome the worker must give it.
 
-Kinds and outcomes (stream.records): kept lines (counted in lines_in; invalid UTF-8 also in lines_utf8_replaced)
-or skipped lines counted under bad_<reason>. The kept kinds never match a session regex nor say ERROR, so they
-go to the catch-all session and cannot touch the workload's sessions or alerts.
+Kinds and outcomes (stream.records): kept lines (counted in lines_in; invalid UTF-8 and lone surrogate escapes
+also in lines_utf8_replaced) or skipped lines counted under bad_<reason>. The kept kinds never match a session
+regex nor say ERROR, so they go to the catch-all session (or an envelope's source's) and cannot touch the
+workload's sessions or alerts. JSON text holds any code point, lone surrogates included: JSON can escape them
+(`"\\ud800"`) although no UTF-8 can carry them.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ def _clean(data: bytes) -> bool:
     return not any(f in data for f in _FORBIDDEN)
 
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
+_text = st.text(st.characters(codec="utf-8"), max_size=60)  # what bytes on the wire can say
+_json_text = st.text(st.characters(), max_size=60)  # what a JSON string can say: lone surrogates too
+_surrogate = st.characters(categories=["Cs"])
+# "|" on both sides keeps it lone: JSON joins an escaped high and low surrogate into one character
+_with_surrogate = st.tuples(_json_text, _surrogate, _json_text).map("|".join)
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                         _text)
+                         _json_text)
 _json_value = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(_text, inner, max_size=3), max_leaves=8)
+                           | st.dictionaries(_json_text, inner, max_size=3), max_leaves=8)
 
 # kind -> (strategy of message values, outcome): outcome is "kept", "replaced" or a bad-input reason.
 KINDS: dict[str, tuple[st.SearchStrategy[Any], str]] = {
@@ -47,14 +53,22 @@ KINDS: dict[str, tuple[st.SearchStrategy[Any], str]] = {
     "deep_json": (st.tuples(st.integers(20, 10_000), st.sampled_from(["[", '{"a":']))
                   .map(lambda t: (t[1] * t[0] + "0" + ("]" if t[1] == "[" else "}") * t[0]).encode()),
                   "not_envelope"),
-    "not_envelope": (st.one_of(st.dictionaries(_text.filter(lambda k: k != "line"), _json_value, max_size=4),
+    "not_envelope": (st.one_of(st.dictionaries(_json_text.filter(lambda k: k != "line"), _json_value, max_size=4),
                                st.lists(_json_value, max_size=4),
-                               st.fixed_dictionaries({"line": _text.filter(str.strip), "extra": _json_value}))
+                               st.fixed_dictionaries({"line": _json_text.filter(str.strip), "extra": _json_value}))
                      .map(lambda d: json.dumps(d).encode()).filter(_clean), "not_envelope"),
+    # envelopes whose line, ts or source holds a lone surrogate escape: replaced with U+FFFD and kept (they used to
+    # pass the parser and crash the route agent at its UTF-8 encode, losing the rest of its batch)
+    "surrogates": (st.one_of(
+        st.fixed_dictionaries({"line": _with_surrogate}),
+        st.fixed_dictionaries({"line": st.just("SUR x"), "ts": _with_surrogate}),
+        st.fixed_dictionaries({"line": st.just("SUR x"), "source": _with_surrogate}),
+        st.fixed_dictionaries({"line": _with_surrogate, "ts": _with_surrogate, "source": _with_surrogate}),
+    ).map(lambda d: json.dumps(d).encode()).filter(_clean), "replaced"),
     "wrong_type": (st.one_of(
         st.fixed_dictionaries({"line": _json_value.filter(lambda v: not isinstance(v, str))}),
         st.fixed_dictionaries({"line": st.just("x ok"), "ts": st.one_of(st.booleans(), st.lists(_json_scalar),
-                                                                        st.dictionaries(_text, _json_scalar))}),
+                                                                        st.dictionaries(_json_text, _json_scalar))}),
         st.fixed_dictionaries({"line": st.just("x ok"), "source": st.one_of(st.integers(), st.booleans(),
                                                                             st.lists(_json_scalar))}),
     ).map(lambda d: json.dumps(d).encode()).filter(_clean), "wrong_type"),

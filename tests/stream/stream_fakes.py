@@ -28,10 +28,10 @@ class FakeScorer:
     name = "fake"
     fingerprint = "0" * 64
 
-    def __init__(self, max_window: int = 8, window_hop: int = 16, delay: float = 0.0,
+    def __init__(self, max_window: int = 8, window_hop: int | None = None, delay: float = 0.0,
                  scored_log: str | Path | None = None) -> None:
         self.max_window = max_window
-        self.window_hop = window_hop
+        self.window_hop = max_window if window_hop is None else window_hop  # a hop over the window is refused
         self.delay = delay
         self.scored_log = Path(scored_log) if scored_log else None
         self.calls: list[list[list[str]]] = []

@@ -40,7 +40,8 @@ def test_worker_sigkill_mid_stream_loses_no_window_and_misses_no_anomaly(kafka, 
     # 20 ms a window: the 120 windows due before the kill take >= 2.4 s, so the kill lands mid-scoring.
     first = start_worker(env=fake_env(logs[0], delay=0.02), **settings)
     first.wait_ready()
-    produce(kafka.bootstrap, names["topic_logs"], work.messages(range(10)))  # windows ending at 8 and 10 due
+    early = work.messages(range(10))  # windows ending at 8 and 10 due
+    placed = work.placed(early, produce(kafka.bootstrap, names["topic_logs"], early))
     due = {(s, e) for s, e in work.windows() if e <= 10}
     deadline = time.monotonic() + 60
     while len(read_scored(logs[0]).distinct) < len(due) // 3 and time.monotonic() < deadline:
@@ -49,13 +50,14 @@ def test_worker_sigkill_mid_stream_loses_no_window_and_misses_no_anomaly(kafka, 
     first.kill()
     at_kill = read_scored(logs[0])
     started = time.monotonic()
-    produce(kafka.bootstrap, names["topic_logs"], work.messages(range(10, work.length)))
+    late = work.messages(range(10, work.length))
+    placed |= work.placed(late, produce(kafka.bootstrap, names["topic_logs"], late))
     second = start_worker(env=fake_env(logs[1]), **settings)
     second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 90)
     scored = wait_scored(logs, work.windows(), timeout=5)
     alerts = read_alerts(kafka.bootstrap, names["topic_alerts"])
     (tmp_path / "alerts.json").write_text(json.dumps(alerts))  # for a post-mortem
-    outcome = alert_outcome(alerts, work)
+    outcome = alert_outcome(alerts, work, placed)
     record("worker SIGKILL", {"sessions": work.sessions, "windows_expected": len(work.windows()),
                               "windows_scored_before_kill": len(at_kill.distinct),
                               "windows_lost": len(work.windows() - scored.distinct),
@@ -73,19 +75,22 @@ def test_second_worker_takes_over_partitions_and_sessions_continue_from_the_chan
     logs = [tmp_path / "scored-0.jsonl", tmp_path / "scored-1.jsonl"]
     first = start_worker(env=fake_env(logs[0]), **settings)
     first.wait_ready()
-    produce(kafka.bootstrap, names["topic_logs"], work.messages(range(6)))
-    first.wait_for(lambda m: m.get("lines_in", 0) >= 6 * work.sessions, 60)
+    part = work.messages(range(6))
+    placed = work.placed(part, produce(kafka.bootstrap, names["topic_logs"], part))
+    first.wait_for(lambda m: m.get("lines_applied", 0) >= 6 * work.sessions, 60)
     started = time.monotonic()
     second = start_worker(env=fake_env(logs[1]), **settings)
     second.wait_ready(90)
     joined_s = time.monotonic() - started
-    produce(kafka.bootstrap, names["topic_logs"], work.messages(range(6, 10)))
+    part = work.messages(range(6, 10))
+    placed |= work.placed(part, produce(kafka.bootstrap, names["topic_logs"], part))
     wait_scored(logs, {(s, e) for s, e in work.windows() if e <= 10}, timeout=60, alive=second.metrics)
     assert first.stop() == 0
-    produce(kafka.bootstrap, names["topic_logs"], work.messages(range(10, work.length)))
+    part = work.messages(range(10, work.length))
+    placed |= work.placed(part, produce(kafka.bootstrap, names["topic_logs"], part))
     second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 90)
     scored = wait_scored(logs, work.windows(), timeout=5)
-    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"]), work)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"]), work, placed)
 
     by_first, by_second = read_scored(logs[0]).distinct, read_scored(logs[1]).distinct
     continued = {s for s, _ in by_first} & {s for s, _ in by_second}  # scored on both owners, in order
@@ -103,7 +108,7 @@ def test_second_worker_takes_over_partitions_and_sessions_continue_from_the_chan
 
 
 HOSTILE = {"invalid_utf8": 1800, "nul_bytes": 1200, "control_chars": 1200, "empty": 1000, "oversized": 20,
-           "deep_json": 980, "not_envelope": 1900, "wrong_type": 1900}  # 10,000 lines
+           "deep_json": 980, "not_envelope": 1600, "surrogates": 300, "wrong_type": 1900}  # 10,000 lines
 
 
 @pytest.mark.timeout(240)
@@ -130,15 +135,12 @@ def test_ten_thousand_hostile_lines_are_counted_by_reason_and_normal_sessions_sc
     worker.wait_ready()
     rss_ready = worker.rss_mb()
     started = time.monotonic()
-    produce(kafka.bootstrap, names["topic_logs"], stream)
+    placed = work.placed(stream, produce(kafka.bootstrap, names["topic_logs"], stream))
     reasons = [k for k in expected if k.startswith("bad_")]
-    m = worker.wait_for(lambda m: sum(m.get(r, 0) for r in reasons) >= sum(expected[r] for r in reasons)
-                        and m.get("lines_in", 0) >= len(normal) + expected["kept"]
-                        and m.get("sessions_closed_idle", 0) >= work.sessions + 1 and m.get("open_sessions") == 0,
-                        150)
+    m = worker.wait_drained(len(stream), 150)
     elapsed = time.monotonic() - started
     scored = wait_scored([log], work.windows(), timeout=5)
-    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"]), work)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"]), work, placed)
     counted = {r: m.get(r, 0) for r in reasons}
     record("10,000 hostile lines", {
         "hostile_lines": len(hostile), "distinct_hostile_lines": len({v for _, v in hostile}), "by_kind": HOSTILE,
@@ -183,9 +185,7 @@ def test_input_faster_than_scoring_builds_lag_that_drains_with_bounded_memory(ka
         started = time.monotonic()
         produce(kafka.bootstrap, names["topic_logs"], messages)
         produced_s = time.monotonic() - started
-        m = worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions
-                            and m.get("open_sessions") == 0 and sum(m.get("consumer_lag", {1: 1}).values()) == 0,
-                            180)
+        m = worker.wait_drained(len(messages), 180, also=lambda m: sum(m.get("consumer_lag", {1: 1}).values()) == 0)
         drained_s = time.monotonic() - started
     finally:
         done.set()
@@ -242,20 +242,21 @@ def test_broker_killed_and_restarted_mid_stream_worker_reconnects_and_alerts_eve
     worker = start_worker(env=fake_env(log), broker=durable_broker.bootstrap, session_idle=15.0, hop=work.hop,
                           alert_cooldown_lines=0, **names)
     worker.wait_ready(120)
-    produce(durable_broker.bootstrap, names["topic_logs"], work.messages(range(7)))
-    before = worker.wait_for(lambda m: m.get("lines_in", 0) >= 7 * work.sessions, 90)
+    part = work.messages(range(7))
+    placed = work.placed(part, produce(durable_broker.bootstrap, names["topic_logs"], part))
+    before = worker.wait_for(lambda m: m.get("lines_applied", 0) >= 7 * work.sessions, 90)
     durable_broker.kill()
     killed = time.monotonic()
     time.sleep(3.0)
     durable_broker.start()
     restarted = time.monotonic()
-    produce(durable_broker.bootstrap, names["topic_logs"], work.messages(range(7, work.length)), retries=10)
+    part = work.messages(range(7, work.length))
+    placed |= work.placed(part, produce(durable_broker.bootstrap, names["topic_logs"], part, retries=10))
     worker.wait_for(lambda m: m.get("lines_in", 0) > before["lines_in"], 120)
     resumed = time.monotonic()
-    m = worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0,
-                        150)
+    m = worker.wait_drained(work.sessions * work.length, 150)
     scored = wait_scored([log], work.windows(), timeout=5)
-    outcome = alert_outcome(read_alerts(durable_broker.bootstrap, names["topic_alerts"]), work)
+    outcome = alert_outcome(read_alerts(durable_broker.bootstrap, names["topic_alerts"]), work, placed)
     record("broker SIGKILL + restart (s3:// storage)", {
         "sessions": work.sessions, "outage_s": round(restarted - killed, 1),
         "resumed_after_restart_s": round(resumed - restarted, 1), "worker_restarts": 0,

@@ -177,3 +177,23 @@ def test_two_apps_in_one_process_keep_separate_metrics() -> None:
     assert exposition(first)[("logmoe_lines_in_total", ())] == 3
     assert ("logmoe_lines_in_total", ()) not in exposition(second)
     assert all(app.logmoe_handle.reloader is None for app in apps)  # model_reload_interval 0: no watcher
+
+
+DONE = {"lines_in": 10, "bad_empty": 2, "lines_applied": 8, "sessions_opened": 3, "sessions_closed_idle": 2,
+        "sessions_evicted_too_long": 1, "windows_due": 4, "windows_scored": 3, "windows_failed": 1, "open_sessions": 0}
+
+
+@pytest.mark.parametrize(("change", "waiting_for"), [
+    ({"lines_applied": 0, "sessions_opened": 0, "sessions_closed_idle": 0, "sessions_evicted_too_long": 0,
+      "windows_due": 0, "windows_scored": 0, "windows_failed": 0},
+     "2 of 10 lines applied to sessions or counted as bad"),  # the route has read it all, the score agent nothing
+    ({"lines_applied": 7}, "9 of 10 lines applied to sessions or counted as bad"),
+    ({"sessions_closed_idle": 1}, "1 of 3 sessions still open"),
+    ({"windows_scored": 1}, "2 of 4 windows not scored yet"),
+    ({"open_sessions": 2}, "2 sessions left in the session table"),
+])
+def test_drain_status_says_what_the_score_agent_has_yet_to_do(change: dict[str, int], waiting_for: str) -> None:
+    from stream.metrics import drain_status
+
+    assert drain_status(DONE, 10) is None
+    assert drain_status({**DONE, **change}, 10) == waiting_for

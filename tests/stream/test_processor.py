@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from stream.metrics import Metrics
@@ -78,11 +80,31 @@ def test_alerts_only_at_threshold_with_marked_lines_and_stable_ids() -> None:
     assert [ln["line"] for ln in first["lines"] if ln["suspicious"]] == ["ERROR boom"]
     assert first["window"]["n_lines"] == 4 and first["window"]["first_offset"] == 0
     assert first["model"] == {"name": "fake", "fingerprint": scorer.fingerprint}
-    replay = _processor()
-    batch2 = replay.apply([(100 + i, _line("a", t, 50 + i)) for i, t in enumerate(lines)], Store().load, now=9.0)
+    # A redelivery (the same input records on a worker that lost its state) alerts with the same ids.
+    redelivery = _processor()
+    batch2 = redelivery.apply([(100 + i, _line("a", t, i)) for i, t in enumerate(lines)], Store().load, now=9.0)
     scored2 = scorer.score_detailed([[e.line for e in w.entries] for w in batch2.windows])
-    ids2 = [a["alert_id"] for a in replay.alerts_for(batch2, scored2, scorer, 1, now=9.0)]
+    ids2 = [a["alert_id"] for a in redelivery.alerts_for(batch2, scored2, scorer, 1, now=9.0)]
     assert ids2 == [a["alert_id"] for a in alerts]
+
+
+def test_a_new_incident_of_a_session_key_gets_new_alert_ids() -> None:
+    """Issue 18.1: session web-1, 3 lines and a close, an hour later 3 other lines and a close: both windows end
+    at position 3 of a session web-1, and used to share their alert_id, so consumers dropped the second."""
+    proc, store, scorer = _processor(), Store(), FakeScorer(max_window=4)
+    ids = []
+    for hour, first_offset in ((0, 10), (1, 500)):
+        now = 3600.0 * hour
+        lines = [_line("web-1", f"ERROR incident {hour} step {i}", first_offset + i) for i in range(3)]
+        store.write(proc.apply(list(zip(range(first_offset, first_offset + 3), lines)), store.load, now).states)
+        batch = proc.apply([(first_offset + 3, SessionEvent("close", "web-1", reason="idle"))], store.load,
+                           now + 10.0)
+        store.write(batch.states)
+        scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+        alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=now + 10.0)
+        assert [(a["session"], a["window"]["end"]) for a in alerts] == [("web-1", 3)]
+        ids.append(alerts[0]["alert_id"])
+    assert ids[0] != ids[1]
 
 
 def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
@@ -99,11 +121,23 @@ def test_hop_zero_means_the_models_own_hop() -> None:
     from stream.app import window_hop
     from stream.config import StreamConfig
 
-    scorer = FakeScorer(window_hop=16)
+    scorer = FakeScorer(max_window=16, window_hop=16)
     assert window_hop(StreamConfig(hop=0), scorer) == 16
     scorer.window_hop = 5
     assert window_hop(StreamConfig(hop=0), scorer) == 5
     assert window_hop(StreamConfig(hop=3), scorer) == 3
+
+
+def test_a_hop_larger_than_the_models_window_is_refused_at_start() -> None:
+    """Issue 18: hop 20 over windows of 16 would leave lines 17..20 of every 20 out of every window."""
+    from stream.app import create_app, window_hop
+    from stream.config import StreamConfig
+
+    with pytest.raises(ValueError, match=r"^hop must be <= the model's max_window \(20 > 16\)"):
+        window_hop(StreamConfig(hop=20), FakeScorer(max_window=16))
+    with pytest.raises(ValueError, match=r"^the model's window_hop \(hop=0 means it, in fake\) must be <= the "
+                                         r"model's max_window \(32 > 16\)"):
+        create_app(StreamConfig(hop=0), FakeScorer(max_window=16, window_hop=32))
 
 
 def _lines(session: str, texts: list[str], first_offset: int) -> SessionEvent:
@@ -158,3 +192,43 @@ def test_input_lines_published_again_in_a_new_event_are_skipped_by_input_offset(
     assert proc.metrics.counts["lines_redelivered_skipped"] == 1
     other_partition = proc.apply([(2, SessionEvent("line", "a", Entry("w", None, 1, 5)))], store.load, now=3.0)
     assert other_partition.states["a"].count == 4  # offsets are per input partition
+
+
+def test_counters_tell_when_every_line_is_in_a_session_and_every_window_was_made_due() -> None:
+    from stream.metrics import drain_status
+
+    proc, store = _processor(), Store()  # window 4, hop 2
+    batch = proc.apply([(0, _lines("a", [f"a{i}" for i in range(6)], 0)), (1, _lines("b", ["b0"], 6))],
+                       store.load, now=1.0)
+    store.write(batch.states)
+    counts = proc.metrics.counts
+    assert counts["lines_applied"] == 7 and counts["windows_due"] == len(batch.windows) == 2  # a: ends 4, 6
+    store.write(proc.apply([(2, _lines("a", ["a5"], 5))], store.load, now=1.5).states)  # input sent again
+    assert counts["lines_applied"] == 7 and counts["lines_redelivered_skipped"] == 1
+    assert drain_status({**counts, "windows_scored": 2, "open_sessions": 2}, 7) == "2 of 2 sessions still open"
+    closes = proc.apply([(3, SessionEvent("close", "a", reason="idle")),
+                         (4, SessionEvent("close", "b", reason="idle"))], store.load, now=10.0)
+    store.write(closes.states)
+    assert counts["windows_due"] == 3 and len(closes.windows) == 1  # b's whole session; a ended on a window
+    assert drain_status({**counts, "windows_scored": 2, "open_sessions": 0}, 7) == "1 of 3 windows not scored yet"
+    assert drain_status({**counts, "windows_scored": 2, "windows_failed": 1, "open_sessions": len(store.data)}, 7) \
+        is None
+
+
+def test_a_threshold_of_one_alerts_on_nothing_not_even_a_saturated_score() -> None:
+    """Issue 18.7: calibration stores 1.0 when no threshold meets target_fpr ("flag nothing"), and float32 softmax
+    gives exactly 1.0 often."""
+
+    class Saturated(FakeScorer):
+        threshold = 1.0
+
+        def score_detailed(self, windows):  # type: ignore[no-untyped-def]
+            return [dataclasses.replace(s, score=1.0) for s in super().score_detailed(windows)]
+
+    proc, scorer = _processor(), Saturated(max_window=4)
+    batch = proc.apply([(i, _line("a", "ERROR boom", i)) for i in range(4)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    assert [s.score for s in scored] == [1.0]
+    assert proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0) == []
+    scorer.threshold = 0.99
+    assert len(proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)) == 1

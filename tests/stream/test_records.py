@@ -1,8 +1,11 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from stream.metrics import Metrics
 from stream.records import BadInput, LogLine, SessionKeyer, parse_message
+from stream.route import group_lines, lines_event
 
 
 def test_plain_text_keeps_the_line_without_its_newline() -> None:
@@ -50,6 +53,19 @@ def test_session_key_first_matching_regex_group_one_or_whole_match() -> None:
     keyer = SessionKeyer([r"request_id=(\w+)", r"blk_-?\d+"], catch_all="-")
     assert keyer.key_for("a request_id=r42 blk_-7") == "r42"
     assert keyer.key_for("Receiving blk_-1608999687919862906 src") == "blk_-1608999687919862906"
+
+
+def test_session_key_is_the_whole_match_when_group_one_takes_no_part_in_it() -> None:
+    """Issue 18.4: group 1 of an alternation that matched on its other side is None; the route then crashed on
+    `session.encode`. The docs say group 1, else the whole match."""
+    keyer = SessionKeyer([r"request_id=(\w+)|trace_id=[0-9a-f]+"], catch_all="-")
+    assert keyer.key_for("GET /x trace_id=abc123 200") == "trace_id=abc123"
+    assert keyer.key_for("GET /x request_id=r7 200") == "r7"
+    message = SimpleNamespace(topic="logs", partition=0, offset=0, key=None, timestamp=1.0)
+    groups = group_lines([SimpleNamespace(message=message, value=b"GET /x trace_id=abc123 200")], keyer, 1000,
+                         Metrics())
+    assert list(groups) == ["trace_id=abc123"]
+    assert lines_event("trace_id=abc123", groups["trace_id=abc123"])
 
 
 def test_session_key_falls_back_to_message_key_then_source_then_catch_all() -> None:

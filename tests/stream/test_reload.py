@@ -4,6 +4,7 @@ real (tiny) models, and trimming open sessions to a smaller window."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -207,6 +208,16 @@ def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_en
     shutil.copytree(tiny_encoder_dir, other)
     write_model(folder, other, fingerprint="c" * 64)
     assert load_scorer(cfg, running).encoder is not running.encoder
+
+
+def test_the_load_is_logged_with_the_configured_folder_not_the_private_copy(
+        tiny_encoder_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
+    with caplog.at_level(logging.INFO):
+        load_scorer(StreamConfig(model=str(folder), device="cpu"))
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded LogMoE model")]
+    assert loaded == [f"loaded LogMoE model {folder} (threshold 0.000, encoder {tiny_encoder_dir})"]
+    assert not [r for r in caplog.records if "logmoe-model-" in r.getMessage()]  # the temporary copy's name
 
 
 def test_fit_to_window_trims_windows_and_states_after_a_smaller_model() -> None:

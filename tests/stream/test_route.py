@@ -1,6 +1,11 @@
 import json
 from types import SimpleNamespace
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hostile import KINDS, MAX_LINE_BYTES
 from stream.metrics import Metrics
 from stream.processor import SessionEvent
 from stream.records import SessionKeyer
@@ -43,3 +48,28 @@ def test_long_lines_of_one_session_are_split_into_events_under_the_size_limit_in
     assert [e.offset for c in chunks for e in c] == list(range(6))
     assert all(len(lines_event("blk_1", c)) < 1024 * 1024 for c in chunks)
     assert list(chunk_entries(groups["blk_1"][:1], max_bytes=10)) == [groups["blk_1"][:1]]  # too long: alone
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_hostile_message_is_counted_and_what_is_kept_can_be_published(kind: str) -> None:
+    """Issue 18.3: an envelope with a lone surrogate escape passed the parser, then lines_event's UTF-8 encode
+    raised in the route agent, which lost the rest of its batch."""
+    strategy, expected = KINDS[kind]
+
+    @settings(max_examples=40 if kind == "oversized" else 100, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(strategy, min_size=1, max_size=5))
+    def check(values: list[bytes | None]) -> None:
+        metrics = Metrics()
+        groups = group_lines([_event(v, i) for i, v in enumerate(values)], SessionKeyer([r"request_id=(\w+)"]),
+                             MAX_LINE_BYTES, metrics)
+        kept = sum(len(entries) for entries in groups.values())
+        assert kept + sum(v for k, v in metrics.counts.items() if k.startswith("bad_")) == len(values)
+        assert kept == (len(values) if expected in ("kept", "replaced") else 0)
+        for session, entries in groups.items():
+            session.encode("utf-8")  # the sessions-topic key
+            for chunk in chunk_entries(entries):
+                event = SessionEvent.from_json(json.loads(lines_event(session, chunk)))
+                assert [e.line for e in event.line_entries] == [e.line for e in chunk]
+
+    check()

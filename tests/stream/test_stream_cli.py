@@ -82,3 +82,35 @@ def test_demo_summary_counts_against_the_labels() -> None:
     labels = {"a": 1, "b": 1, "c": 0, "d": 0}
     assert summarize(labels, {"a", "c"}) == {"sessions": 4, "anomalies_injected": 2, "alerted": 2, "detected": 1,
                                              "missed": 1, "false_alarms": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_an_unreachable_broker_is_one_error_line_naming_it_for_worker_replay_and_alerts(
+        tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """Issue 18.6: kafka-python's KafkaTimeoutError ("Unable to bootstrap from [...]") ended in a traceback.
+    Nothing listens on port 1; the three run side by side (each waits out the client's 30 s bootstrap timeout)."""
+    from model import LogMoEConfig, LogMoEForSequenceClassification
+
+    model = tmp_path / "final_moe_model"
+    LogMoEForSequenceClassification(LogMoEConfig(
+        input_dim=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=2,
+        expert_intermediate_size=16, max_window=8, window_hop=4, encoder_name_or_path=str(tiny_encoder_dir),
+    )).save_pretrained(model)
+    log = tmp_path / "in.log"
+    log.write_text("INFO hello request_id=a\n", encoding="utf-8")
+    commands = {"create the worker's topics": ["worker", "--broker", "127.0.0.1:1", "--model", str(model)],
+                "replay in.log into logs": ["replay", str(log), "--bootstrap", "127.0.0.1:1", "--no-progress"],
+                "read alerts": ["alerts", "--bootstrap", "127.0.0.1:1", "--timeout", "1"]}
+    procs = {purpose: subprocess.Popen([sys.executable, "-m", "model.cli", *args], cwd=tmp_path, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for purpose, args in commands.items()}
+    for purpose, proc in procs.items():
+        _, err = proc.communicate(timeout=150)
+        lines = err.strip().splitlines()
+        errors = [ln for ln in lines if ln.startswith("logmoe: error:")]
+        assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+        assert errors == [lines[-1]] and lines[-1].startswith(
+            f"logmoe: error: no Kafka broker answered at 127.0.0.1:1 to {purpose} (KafkaTimeoutError); check")
+        if purpose != "create the worker's topics":
+            assert lines == errors  # the tools print nothing else

@@ -126,7 +126,7 @@ def test_a_session_labelled_twice_differently_is_refused(tmp_path: Path) -> None
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     first.write_text("session_id,label\nblk_1,0\nblk_2,1\n")
     second.write_text("session_id,label\nblk_3,0\nblk_2,0\n")
-    with pytest.raises(ValueError, match=rf"b.csv:3: session 'blk_2' labelled 0 here and 1 at .*a.csv:3"):
+    with pytest.raises(ValueError, match=r"b.csv:3: session 'blk_2' labelled 0 here and 1 at .*a.csv:3"):
         read_session_labels([first, second])
     second.write_text("session_id,label\nblk_2,1\n")  # the same label twice is fine
     assert read_session_labels([first, second]) == {"blk_1": 0, "blk_2": 1}
@@ -160,6 +160,40 @@ def test_labelled_csv_leaves_label_and_parser_columns_out(tmp_path: Path) -> Non
     assert labelled_lines_from_csv(path, text_columns=["Content"])[2] == ("data TLB error interrupt", 1)
 
 
+@pytest.mark.parametrize(("row", "error"), [
+    ("6,-", "short row (2 of 8 fields; no Timestamp, Node, Level, Content, EventId, EventTemplate)"),
+    ("6,-,1117838980,R02-M1-N0,INFO,generating core.2277,E50", "short row (7 of 8 fields; no EventTemplate)"),
+    ("6", "short row (1 of 8 fields; no Label, Timestamp, Node, Level, Content, EventId, EventTemplate)"),
+    ("6,,1117838980,R02-M1-N0,INFO,generating core.2277,E50,generating core.<*>", "blank label (column Label is "
+                                                                                    "empty)"),
+    ("6,-,1117838980,R02-M1-N0,INFO,generating, core,E50,generating core.<*>", "long row (9 fields, the header "
+                                                                                "has 8)"),
+])
+def test_a_malformed_csv_row_is_an_error_naming_file_and_line_or_counted(tmp_path: Path, row: str,
+                                                                         error: str) -> None:
+    """Issue 18.5: a row missing its text columns ended in a TypeError; one missing its label was silently
+    labelled anomalous."""
+    path = tmp_path / "BGL.csv"
+    path.write_text(BGL_CSV + row + "\n" + BGL_CSV.splitlines()[-1] + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        labelled_lines_from_csv(path)
+    assert str(info.value) == f"{path}:7: {error}"
+    report = SkipReport()
+    lines = labelled_lines_from_csv(path, skip_invalid=True, report=report)
+    assert [flag for _, flag in lines] == [0, 0, 1, 0, 0, 0] and report.total == 1
+    assert report.examples == [f"{path}:7: {error}"]
+
+
+def test_a_short_csv_row_is_one_cli_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model.cli import main
+
+    path = tmp_path / "BGL.csv"
+    path.write_text(BGL_CSV + "6,-\n", encoding="utf-8")
+    assert main(["train", "--data", str(path), "--output-dir", str(tmp_path / "out"), "data.format=labelled_csv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"logmoe: error: {path}:7: short row (2 of 8 fields; no Timestamp")
+
+
 def test_labelled_log_cuts_the_label_out(tmp_path: Path) -> None:
     path = tmp_path / "BGL.log"
     path.write_text("- 1117838570 RAS KERNEL INFO ok\nKERNDTLB 1117838976 RAS KERNEL FATAL data TLB error\n"
@@ -186,6 +220,8 @@ def test_load_source_for_each_format(tmp_path: Path) -> None:
     assert [s.label for s in sessions] == [0, 1, 0]  # windows 1-2, 3-4 and, at close, 4-5
     with pytest.raises(ValueError, match="data.window must be <= model.max_window"):
         load_source([str(csv_path)], DataSection(format="labelled_csv", window=100), max_window=64)
+    with pytest.raises(ValueError, match=r"data.window_hop must be <= data.window \(3 > 2\)"):
+        load_source([str(csv_path)], DataSection(format="labelled_csv", window=2, window_hop=3), max_window=64)
     with pytest.raises(ValueError, match="labels_csv is required"):
         DataSection(format="keyed_log")
 

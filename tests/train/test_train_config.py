@@ -38,6 +38,7 @@ def test_overrides_reach_nested_sections() -> None:
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
     ("data.eval_label_csv=dev.csv", "unknown key(s) 'eval_label_csv' for DataSection"),
     ("data.eval_labels_csv={a: b}", "data: eval_labels_csv: {'a': 'b'} fits none of"),
+    ("training.hop=65", "training.hop must be <= model.max_window (65 > 64)"),  # lines 65..80 in no window
 ])
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ValueError) as err:

@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from model.masking import mask
 from train.data import load_jsonl
 from train.generate import INCIDENT_KINDS, NORMAL_KINDS, generate_sessions, write_world
@@ -82,3 +84,16 @@ def test_thousand_sessions_in_under_two_seconds(tmp_path: Path) -> None:
     start = time.perf_counter()
     write_world(tmp_path, sessions=1000, seed=0)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("fraction", [1.5, 1.0, 0.0, -0.2])
+def test_dev_fraction_outside_zero_one_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fraction: float) -> None:
+    from model.cli import main
+
+    with pytest.raises(ValueError, match=rf"dev_fraction must be in \(0, 1\) \({fraction}\)"):
+        write_world(tmp_path / "w", sessions=20, dev_fraction=fraction)
+    assert not (tmp_path / "w").exists()
+    assert main(["generate", "--out", str(tmp_path / "w"), "--dev-fraction", str(fraction)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"logmoe: error: dev_fraction must be in (0, 1) ({fraction})"

@@ -48,3 +48,31 @@ def test_single_class_keeps_the_default_threshold() -> None:
 def test_unknown_objective_is_named() -> None:
     with pytest.raises(ValueError, match="'auc'"):
         calibrate_threshold([0, 1], [0.1, 0.9], "auc")
+
+
+def test_fpr_fallback_flags_nothing_even_when_scores_saturate_at_one() -> None:
+    """Issue 18.7: float32 softmax gives exactly 1.0 often; the fallback threshold was 1.0 and `score >= 1.0`
+    flagged the very normals that broke the target (FPR 0.33 against 0.01)."""
+    labels = [0, 0, 0, 1, 1]
+    scores = [1.0, 0.3, 0.2, 1.0, 0.4]  # a normal at 1.0: no threshold keeps the FPR at 0 and flags anything
+    threshold = calibrate_threshold(labels, scores, "fpr", target_fpr=0.0)
+    m = classification_metrics(labels, scores, threshold)
+    assert m["confusion_matrix"] == [[3, 0], [2, 0]]  # flag nothing means nothing
+
+
+def test_a_threshold_meant_to_flag_scores_of_one_stays_below_one() -> None:
+    labels = [0, 1, 1]
+    scores = [1.0, 1.0, 1.0]  # F1 is best when everything is flagged
+    threshold = calibrate_threshold(labels, scores, "f1")
+    assert threshold < 1.0 and classification_metrics(labels, scores, threshold)["confusion_matrix"] == [[0, 1], [0, 2]]
+
+
+def test_the_decision_rule_is_one_for_scalars_and_arrays() -> None:
+    import numpy as np
+
+    from model.decision import anomalous, is_anomalous
+
+    scores = np.array([0.0, 0.5, 0.99, 1.0])
+    for threshold in (0.0, 0.5, 1.0):
+        assert anomalous(scores, threshold).tolist() == [is_anomalous(float(x), threshold) for x in scores]
+    assert not anomalous(scores, 1.0).any() and anomalous(scores, 0.0).all()

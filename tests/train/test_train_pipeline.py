@@ -3,6 +3,7 @@ switch, resume after an interruption, and the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     assert len(log) == len(full_log)  # one continuous history, no duplicated or lost steps
 
 
+def test_resume_with_every_epoch_done_saves_the_model_with_top_p_routing(
+        trained: tuple[TrainConfig, dict[str, Any]], make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    """Issue 18.2: a run stopped after its last epoch (during the final evaluation or saving) resumed into an empty
+    epoch loop, which is where the routing is set, and saved the model dense."""
+    full_cfg, full = trained
+    shutil.copytree(full_cfg.output_path / "moe_results", tmp_path / "moe_results")  # every epoch done
+    resumed = train(make_config(tmp_path, "resume=true"))
+    assert resumed["status"] == "complete"
+    assert json.loads((tmp_path / "final_moe_model" / "config.json").read_text())["routing"] == "top_p"
+    assert resumed["eval"]["experts_per_token"] == pytest.approx(full["eval"]["experts_per_token"])
+    assert resumed["eval"]["experts_per_token"] < 4.0 and resumed["eval"]["f1"] == full["eval"]["f1"]
+
+
 def test_resume_refuses_other_settings(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     train(make_config(tmp_path, "training.stop_after_epochs=1", "training.epochs_stage1=1",
                       "training.epochs_stage2=1"))
@@ -142,6 +156,19 @@ def test_cli_evaluate_json_and_score(trained: tuple[TrainConfig, dict[str, Any]]
     assert all(r["anomalous"] == (r["score"] >= result["threshold"]) for r in rows)
     tp = sum(r["anomalous"] and s.label for r, s in zip(rows, sessions))
     assert tp == result["eval"]["confusion_matrix"][1][1]
+
+
+def test_a_hop_larger_than_the_models_window_is_one_error_line(trained: tuple[TrainConfig, dict[str, Any]],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = trained
+    model_dir = str(cfg.output_path / "final_moe_model")
+    evaluate = ["evaluate", "--model", model_dir, "--data", cfg.data.eval[0]]
+    score = ["score", "--model", model_dir, cfg.data.eval[0]]
+    for command in (evaluate, score):
+        assert main([*command, "--device", "cpu", "--hop", "65"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "logmoe: error: --hop must be <= the model's max_window (65 > 64): the lines between two windows would "
+            "never be scored; pass --hop 64 or less")
 
 
 def test_cli_errors_are_one_line_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
