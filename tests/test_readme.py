@@ -54,7 +54,8 @@ def shape(text: str) -> list[str]:
 
 
 TINY = ["model.hidden_size=32", "model.num_attention_heads=4", "model.expert_intermediate_size=64",
-        "model.num_hidden_layers=1", "training.epochs_stage1=1", "training.epochs_stage2=1", "training.device=cpu"]
+        "model.num_hidden_layers=1", "training.epochs_stage1=1", "training.epochs_stage2=1",
+        "training.min_steps_per_epoch=0", "training.device=cpu"]
 
 
 @pytest.fixture()
