@@ -25,6 +25,13 @@ holds but the margin is thin; on a busier machine pass 600. The price is waiting
 (the full run takes about 10 minutes). The run reports `sessions reopened` (sessions opened minus distinct
 sessions; it must be 0) and warns when reading took over 70% of the idle time.
 
+`--client librdkafka` replays and reads the alerts with confluent-kafka (librdkafka, what Fluent Bit, Vector and
+kcat are built on) instead of kafka-python: lines keyed by their session as a shipper keyed by block id sends them,
+with librdkafka's own batching, and the alerts read by assigning the topic's partitions.
+
+Any data set with a stream, its labels and the same sessions as JSONL works: `--stream`, `--labels`, `--dev`
+(e.g. the real HDFS lines of ../shared/data/hdfs_real/dev_stream.log, dev_labels.csv, dev.jsonl).
+
 Detection delay: "first alert at line" is the alert window's end position (1-based) in the session. An HDFS dev
 session has at most max_window (64) lines, so by the windowing rule it is scored once, whole, when it closes:
 the first alert's position is the session's length, and in time it comes `session_idle` after the last line.
@@ -243,6 +250,62 @@ def detection_delay(first: dict[str, dict[str, Any]], labels: dict[str, int],
 
 # --------------------------------------------------------------------------------------------- the run
 
+def librdkafka_replay(path: Path, bootstrap: str, topic: str, key_regex: str) -> dict[str, int]:
+    """Produce `path` line by line with confluent-kafka, each line keyed by its session (key_regex, group 1 or the
+    whole match; unkeyed lines without a key), librdkafka batching as a log shipper does."""
+    import confluent_kafka
+
+    key_re = re.compile(key_regex.encode())
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    failed: list[Any] = []
+    sent = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                continue
+            m = key_re.search(line)
+            key = (m.group(1) if key_re.groups and m.group(1) is not None else m.group(0)) if m else None
+            while True:
+                try:
+                    producer.produce(topic, value=line, key=key,
+                                     on_delivery=lambda err, _msg: failed.append(err) if err else None)
+                    break
+                except BufferError:  # librdkafka's local queue is full: let it deliver, then go on
+                    producer.poll(0.5)
+            producer.poll(0)
+            sent += 1
+    if producer.flush(120) or failed:
+        raise RuntimeError(f"librdkafka could not deliver every line: {failed[:3]}")
+    return {"sent": sent, "skipped": 0}
+
+
+def librdkafka_alerts(bootstrap: str, topic: str, quiet: float) -> list[dict[str, Any]]:
+    """Every alert on `topic`, read with confluent-kafka from the beginning of each partition, until `quiet`
+    seconds pass without one."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{os.getpid()}",
+                                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                         for p in partitions])
+        alerts: list[dict[str, Any]] = []
+        last = time.monotonic()
+        while time.monotonic() - last < quiet:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            alerts.append(json.loads(msg.value()))
+            last = time.monotonic()
+        return alerts
+    finally:
+        consumer.close()
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from stream.broker import EmbeddedBroker
     from stream.tools import consume_alerts, replay
@@ -265,7 +328,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     worker = evaluator = None
     worker_log, eval_out = work / "worker.log", work / "offline_evaluate.json"
-    result: dict[str, Any] = {"inputs": {"stream": str(stream), "labels": str(labels_path), "dev": str(dev),
+    result: dict[str, Any] = {"client": args.client,
+                              "inputs": {"stream": str(stream), "labels": str(labels_path), "dev": str(dev),
                                          "lines": n_lines, "sessions_in_stream": len(order),
                                          "lines_without_key": unkeyed, "labelled_sessions": len(labels)},
                               "model": str(Path(args.model).resolve()), "session_idle": args.session_idle}
@@ -279,7 +343,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             result["worker_ready_s"] = time.monotonic() - started
 
             t0 = time.monotonic()
-            sent = replay(stream, broker.bootstrap, topic="logs", key_regex=args.key_regex, progress=args.progress)
+            if args.client == "librdkafka":
+                sent = librdkafka_replay(stream, broker.bootstrap, "logs", args.key_regex)
+            else:
+                sent = replay(stream, broker.bootstrap, topic="logs", key_regex=args.key_regex,
+                              progress=args.progress)
             result["replay"] = {**sent, "seconds": time.monotonic() - t0}
             logger.info("replayed %d lines in %.1f s (%d skipped)", sent["sent"], result["replay"]["seconds"],
                         sent["skipped"])
@@ -316,7 +384,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 time.sleep(1.0)
             logger.info("every session closed %.1f s after the replay began", result["drained_s"])
 
-            raw = list(consume_alerts(broker.bootstrap, "alerts", from_beginning=True, timeout=args.alerts_quiet))
+            if args.client == "librdkafka":
+                raw = librdkafka_alerts(broker.bootstrap, "alerts", args.alerts_quiet)
+            else:
+                raw = list(consume_alerts(broker.bootstrap, "alerts", from_beginning=True, timeout=args.alerts_quiet))
             result["worker_metrics"] = last_metrics(worker_log)
             if len(raw) < int(m.get("alerts_out", 0)):
                 raise RuntimeError(f"read {len(raw)} alerts back, the worker sent {m['alerts_out']}; "
@@ -417,6 +488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alerts-quiet", type=float, default=10.0, help="stop reading alerts after this many quiet seconds")
     p.add_argument("--work-dir", default=None, help="keep the worker log and inputs here (default: a temp folder)")
     p.add_argument("--progress", action="store_true", help="replay progress bar on stderr")
+    p.add_argument("--client", choices=("kafka-python", "librdkafka"), default="kafka-python",
+                   help="the client that replays the stream and reads the alerts (librdkafka: confluent-kafka)")
     p.add_argument("--json-out", default=None, help="also write the results as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -453,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)  # a temp folder: kept only when something went wrong
-    info = print_header("Streaming evaluation: worker alerts vs offline evaluate (HDFS dev)")
+    info = print_header(f"Streaming evaluation: worker alerts vs offline evaluate ({Path(args.stream).parent.name}/"
+                        f"{Path(args.stream).name}, client {args.client})")
     print(f"- worker and `logmoe evaluate`: device cpu, OMP_NUM_THREADS={args.threads}\n")
     print_report(result)
     write_json(args.json_out, {"machine": info, **result})
