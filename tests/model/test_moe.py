@@ -200,3 +200,16 @@ def test_router_entropy_loss_by_hand() -> None:
     assert router_entropy_loss(torch.eye(4)).item() == pytest.approx(0.0)
     mixed = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     assert router_entropy_loss(mixed).item() == pytest.approx(math.log(2) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_routed_in_float32(dtype: torch.dtype) -> None:
+    """A bf16/fp16 router (CUDA autocast) is routed as float32 would route the same probabilities: in half
+    precision p = 0.42 itself rounds to 0.419921875, and the cumulative sums round, which would drop experts."""
+    probs = torch.tensor([0.419921875, 0.30078125, 0.279296875], dtype=dtype)  # exact in both half types
+    mask = top_p_select(probs, 0.42)
+    assert mask.dtype == torch.bool and mask.tolist() == [T, T, F_]  # 0.419921875 < 0.42: the second is needed
+    torch.manual_seed(3)
+    batch = torch.randn(64, 8).mul(1.5).softmax(dim=-1).to(dtype)  # (N, E)
+    for p in (0.3, 0.42, 0.6, 0.86, 0.98):
+        assert torch.equal(top_p_select(batch, p), top_p_select(batch.float(), p)), p
