@@ -113,7 +113,7 @@ def test_dense_is_plain_average_of_experts() -> None:
     torch.testing.assert_close(out[mask], expected)
     assert (out[~mask] == 0).all()
     assert router_logits is None and stats.router_probs is None
-    assert stats.expert_mask.shape == (8, 4) and stats.expert_mask.all()
+    assert stats.expert_mask.shape == (8, 4) and stats.expert_mask.dtype == torch.bool and stats.expert_mask.all()
     assert stats.experts_per_token.item() == 4.0
 
 
@@ -213,3 +213,25 @@ def test_half_precision_probabilities_are_routed_in_float32(dtype: torch.dtype) 
     batch = torch.randn(64, 8).mul(1.5).softmax(dim=-1).to(dtype)  # (N, E)
     for p in (0.3, 0.42, 0.6, 0.86, 0.98):
         assert torch.equal(top_p_select(batch, p), top_p_select(batch.float(), p)), p
+
+
+def test_defaults_and_bounds_of_the_block() -> None:
+    moe = TopPMoE(hidden_size=64, intermediate_size=128, num_experts=4, top_p=1.0)  # p = 1 is allowed
+    assert moe.routing == "top_p" and moe.renormalize is True
+    # Small normal weights (std 0.02, as BERT-family models start), zero biases.
+    for weights in (moe.w_in, moe.w_out):
+        assert weights.std().item() == pytest.approx(0.02, rel=0.05) and abs(weights.mean().item()) < 1e-3
+    assert not moe.b_in.any() and not moe.b_out.any()
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0.0"):
+        TopPMoE(8, 16, 4, 0.0)
+
+
+def test_the_block_runs_in_bfloat16_and_matches_float32() -> None:
+    """The CUDA path runs the model in bf16: the experts' weighted outputs are added back in the hidden dtype."""
+    hidden, mask = inputs()
+    for routing in ("top_p", "dense"):
+        moe = make_moe(routing)
+        expected, _, _ = moe(hidden, mask)
+        out, _, _ = moe.to(torch.bfloat16)(hidden.to(torch.bfloat16), mask)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
