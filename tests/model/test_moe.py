@@ -30,6 +30,7 @@ def select(probs: list[float], p: float) -> list[bool]:
         ([0.4, 0.2, 0.4], 0.5, [T, F_, T]),
         ([0.5, 0.0, 0.3, 0.2], 1.0, [T, F_, T, T]),  # p=1 keeps every nonzero expert, no zero one
         ([0.0, 0.0, 1.0, 0.0], 1.0, [F_, F_, T, F_]),  # one-hot keeps one
+        ([0.5, 0.4999, 0.0], 1.0, [T, T, F_]),  # a row summing just under 1 (rounding) still keeps no zero
         ([0.0, 0.0, 1.0, 0.0], 0.3, [F_, F_, T, F_]),
     ],
 )
@@ -40,6 +41,12 @@ def test_top_p_select_hand_cases(probs: list[float], p: float, expected: list[bo
 def test_top_p_select_p_one_keeps_all_nonzero_after_softmax() -> None:
     probs = torch.randn(64, 6).softmax(dim=-1)  # (N, E) float32, sums only approximately 1
     assert top_p_select(probs, 1.0).all()
+
+
+def test_top_p_select_breaks_ties_towards_the_lower_index_among_many_experts() -> None:
+    """64 equal experts at p=0.5: the first 32 (torch's unstable sort would keep others on CPU from 64 on)."""
+    mask = top_p_select(torch.full((2, 64), 1 / 64), 0.5)  # (B, E)
+    assert mask[0].nonzero().flatten().tolist() == list(range(32)) and torch.equal(mask[0], mask[1])
 
 
 def test_top_p_select_batched_matches_rows() -> None:
