@@ -265,7 +265,8 @@ def test_a_session_too_long_inside_one_lines_event_starts_over_with_its_next_lin
     proc = SessionProcessor(SessionWindows(4, 2, 3, 0), 5.0, Metrics())
     batch = proc.apply([(0, _lines("a", ["a", "b", "c", "d", "e"], 0))], Store().load, now=1.0)
     assert [[e.line for e in w.entries] for w in batch.windows] == [["a", "b", "c"]]
-    assert batch.states["a"] is not None and batch.states["a"].count == 2
+    assert [(w.session, w.end, w.final) for w in batch.windows] == [("a", 3, True)]
+    assert set(batch.states) == {"a"} and batch.states["a"] is not None and batch.states["a"].count == 2
     assert proc.metrics.counts["sessions_evicted_too_long"] == 1
     assert proc.metrics.counts["sessions_opened"] == 2
 
@@ -322,3 +323,25 @@ def test_a_threshold_of_one_alerts_on_nothing_not_even_a_saturated_score() -> No
     assert proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0) == []
     scorer.threshold = 0.99
     assert len(proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)) == 1
+
+
+def test_a_normal_window_does_not_stop_the_alerts_after_it_in_the_batch() -> None:
+    proc = _processor()
+    events = [(i, _line("calm", "ok", i)) for i in range(4)] + [(4 + i, _line("a", "ERROR", 4 + i)) for i in range(4)]
+    alerts = _alerts(proc, Store(), events)
+    assert [(a["session"], a["window"]["end"]) for a in alerts] == [("a", 4)]
+
+
+def test_scores_that_do_not_match_the_windows_one_to_one_are_an_error() -> None:
+    """A scorer that returned fewer results than windows must not silently drop the windows left over."""
+    proc, scorer = _processor(), FakeScorer(max_window=4)
+    batch = proc.apply([(i, _line("a", "ERROR", i)) for i in range(6)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    assert len(scored) == 2
+    with pytest.raises(ValueError):
+        proc.alerts_for(batch, scored[:1], scorer, top_lines=1, now=1.0)
+
+
+def test_a_new_processor_has_not_started() -> None:
+    """The close timer and /healthz read started_at: 0 until the worker has recovered its table and started."""
+    assert not _processor().started_at

@@ -87,3 +87,25 @@ def test_eviction_takes_the_least_recently_seen_and_none_within_the_cap() -> Non
     assert sessions_to_close(seen, now=60.0, idle=100.0, max_open=3) == ([], [])
     assert sessions_to_close(seen, now=60.0, idle=100.0, max_open=1) == ([], ["b", "c"])
     assert sessions_to_close(seen, now=60.0, idle=50.0, max_open=1) == (["b"], ["c"])  # b is idle (50 s), not evicted
+
+
+def test_with_a_cooldown_of_zero_or_one_line_every_window_may_alert() -> None:
+    for cooldown in (0, 1):
+        windows = SessionWindows(window=2, hop=1, max_session_lines=100, cooldown_lines=cooldown)
+        state = SessionState()
+        emitted = [w for e in _entries(5) if (w := windows.add("s", state, e, 0.0)) is not None]
+        decisions = []
+        for w in emitted:
+            decisions.append(windows.should_alert(state, w))
+            state.alerted_at = w.end
+        assert decisions == [True] * 4, cooldown
+
+
+def test_bad_limits_are_refused_with_the_value() -> None:
+    import pytest
+
+    assert SessionWindows(4, 2, max_session_lines=1, cooldown_lines=0).too_long(SessionState(count=1))
+    with pytest.raises(ValueError, match=r"^max_session_lines must be >= 1, got 0$"):
+        SessionWindows(4, 2, max_session_lines=0, cooldown_lines=0)
+    with pytest.raises(ValueError, match=r"^cooldown_lines must be >= 0, got -1$"):
+        SessionWindows(4, 2, max_session_lines=10, cooldown_lines=-1)
