@@ -55,10 +55,18 @@ def test_every_field_of_an_alert() -> None:
 
 def test_a_window_mixing_partitions_has_no_partition_and_a_hop_window_is_not_final() -> None:
     scored = FakeScore(0.9, [0.0, 0.0, 0.0, 0.0], 1.0, None)
-    alert = build_alert(window(final=False, partitions=(0, 0, 1, 1)), scored, threshold=0.5, model=MODEL,
+    alert = build_alert(window(final=False, partitions=(0, 1, 0, 1)), scored, threshold=0.5, model=MODEL,
                         top_lines=1, detected_at=0.0)
     assert alert["window"]["final"] is False and alert["window"]["partition"] is None
-    assert alert["alert_id"] == readme_id("s", 10, 1, 49)
+    assert alert["alert_id"] == readme_id("s", 10, 1, 49)  # the last line's partition, not another's
     assert alert["unseen_lines"] is None  # a model without seen_lines.json
     assert [ln["suspicious"] for ln in alert["lines"]] == [True, False, False, False]  # ties: the earliest line
     assert alert["detected_at"] == "1970-01-01T00:00:00.000+00:00"
+
+
+def test_lines_without_a_contribution_say_none_and_shares_are_rounded_to_four_places() -> None:
+    scored = FakeScore(0.9, [1.5, -0.5], 1.0, 1 / 3)  # two contributions for four lines
+    alert = build_alert(window(final=True), scored, threshold=0.5, model=MODEL, top_lines=1, detected_at=0.0)
+    assert [ln["contribution"] for ln in alert["lines"]] == [1.5, -0.5, None, None]
+    assert [ln["suspicious"] for ln in alert["lines"]] == [True, False, False, False]
+    assert alert["unseen_lines"] == 0.3333

@@ -134,6 +134,35 @@ def test_calibration_picks_the_cut_an_exhaustive_search_picks(seed: int) -> None
             pytest.approx(best_cut_by_hand(labels, scores, "fpr", target)), target
 
 
+def test_calibration_on_scores_that_carry_little_signal() -> None:
+    """The best F1 there has precision + recall < 1, where a floor on the denominator would change the pick."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    labels = [int(x) for x in rng.random(30) < 0.3]
+    scores = [round(float(x), 3) for x in rng.random(30)]
+    assert calibrate_threshold(labels, scores, "f1") == pytest.approx(best_cut_by_hand(labels, scores, "f1"))
+
+
+def test_float32_scores_keep_their_side_of_a_threshold_between_two_neighbours() -> None:
+    """Scores as torch hands them over (float32 arrays): the threshold halfway between two adjacent float32 values
+    is not a float32 value, so the comparison must run in float64 or one of the two lands on the wrong side."""
+    import numpy as np
+
+    low = np.float32(0.5)
+    high = np.nextafter(low, np.float32(1.0))
+    scores = np.array([low, high], dtype=np.float32)
+    threshold = calibrate_threshold([0, 1], scores, "f1")
+    assert float(low) < threshold < float(high)
+    assert classification_metrics([0, 1], scores, threshold)["confusion_matrix"] == [[1, 0], [0, 1]]
+
+
+def test_one_anomaly_is_calibrated_and_all_anomalous_labels_have_no_auc() -> None:
+    assert calibrate_threshold([0, 0, 1], [0.1, 0.2, 0.3], "f1", default=0.9) == pytest.approx(0.25)
+    m = classification_metrics([1, 1], [0.2, 0.9], 0.5)
+    assert m["pr_auc"] is None and m["roc_auc"] is None and m["confusion_matrix"] == [[0, 0], [1, 1]]
+
+
 def test_calibration_defaults_f1_target_fpr_001_and_05_for_one_class(caplog: pytest.LogCaptureFixture) -> None:
     labels = [0] * 120 + [1] * 5
     scores = [i / 1000 for i in range(120)] + [0.119, 0.5, 0.6, 0.7, 0.8]  # one anomaly under the top normal
@@ -143,7 +172,7 @@ def test_calibration_defaults_f1_target_fpr_001_and_05_for_one_class(caplog: pyt
     assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx((0.5 + 0.119) / 2)
     with caplog.at_level("WARNING", logger="train.metrics"):
         assert calibrate_threshold([0, 0], [0.2, 0.9]) == 0.5
-    assert "the eval labels hold one class; keeping 0.500" in caplog.text
+    assert caplog.messages == ["threshold not calibrated: the eval labels hold one class; keeping 0.500"]
     assert calibrate_threshold([1], [0.3], default=0.25) == 0.25
 
 
