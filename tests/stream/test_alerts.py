@@ -55,7 +55,7 @@ def test_every_field_of_an_alert() -> None:
 
 def test_a_window_mixing_partitions_has_no_partition_and_a_hop_window_is_not_final() -> None:
     scored = FakeScore(0.9, [0.0, 0.0, 0.0, 0.0], 1.0, None)
-    alert = build_alert(window(final=False, partitions=(0, 1, 0, 1)), scored, threshold=0.5, model=MODEL,
+    alert = build_alert(window(final=False, partitions=(1, 0, 0, 1)), scored, threshold=0.5, model=MODEL,
                         top_lines=1, detected_at=0.0)
     assert alert["window"]["final"] is False and alert["window"]["partition"] is None
     assert alert["alert_id"] == readme_id("s", 10, 1, 49)  # the last line's partition, not another's

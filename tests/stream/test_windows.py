@@ -80,6 +80,7 @@ def test_a_restarted_worker_counts_idle_time_from_its_start_not_from_before_its_
     assert sessions_to_close(seen, now=1005.0, idle=5.0, max_open=10, started_at=1000.0) == (["before"], [])
     assert sessions_to_close(seen, now=1006.0, idle=5.0, max_open=10, started_at=1000.0) == (["before", "after"], [])
     assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10) == (["before"], [])  # no start: last line
+    assert sessions_to_close([("early", 0.0)], now=5.5, idle=5.0, max_open=10) == (["early"], [])
 
 
 def test_eviction_takes_the_least_recently_seen_and_none_within_the_cap() -> None:
