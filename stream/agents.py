@@ -140,14 +140,14 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         if not processor.started_at:
             return  # not started yet
         now = time.time()
-        # A worker that was down must not close sessions for its own downtime: idle time counts from
-        # the later of the session's last line and this worker's start.
-        floor = processor.started_at
-        seen = [(k, max(float(v["last_seen"]), floor)) for k, v in list(table.items()) if v]
+        seen = [(k, float(v["last_seen"])) for k, v in list(table.items()) if v]
         last_seen = dict(seen)
         for key in [k for k in close_requested if k not in last_seen]:
             del close_requested[key]  # closed (here or by the worker that owns it now)
-        idle, evicted = sessions_to_close(seen, now, cfg.session_idle, cfg.max_open_sessions)
+        # A worker that was down must not close sessions for its own downtime: sessions_to_close counts idle
+        # time from the later of the session's last line and this worker's start.
+        idle, evicted = sessions_to_close(seen, now, cfg.session_idle, cfg.max_open_sessions,
+                                          started_at=processor.started_at)
         retry_after = max(2 * cfg.session_idle, 10.0)
         for reason, keys in (("idle", idle), ("evict", evicted)):
             for key in keys:

@@ -30,6 +30,7 @@ def select(probs: list[float], p: float) -> list[bool]:
         ([0.4, 0.2, 0.4], 0.5, [T, F_, T]),
         ([0.5, 0.0, 0.3, 0.2], 1.0, [T, F_, T, T]),  # p=1 keeps every nonzero expert, no zero one
         ([0.0, 0.0, 1.0, 0.0], 1.0, [F_, F_, T, F_]),  # one-hot keeps one
+        ([0.5, 0.4999, 0.0], 1.0, [T, T, F_]),  # a row summing just under 1 (rounding) still keeps no zero
         ([0.0, 0.0, 1.0, 0.0], 0.3, [F_, F_, T, F_]),
     ],
 )
@@ -40,6 +41,12 @@ def test_top_p_select_hand_cases(probs: list[float], p: float, expected: list[bo
 def test_top_p_select_p_one_keeps_all_nonzero_after_softmax() -> None:
     probs = torch.randn(64, 6).softmax(dim=-1)  # (N, E) float32, sums only approximately 1
     assert top_p_select(probs, 1.0).all()
+
+
+def test_top_p_select_breaks_ties_towards_the_lower_index_among_many_experts() -> None:
+    """64 equal experts at p=0.5: the first 32 (torch's unstable sort would keep others on CPU from 64 on)."""
+    mask = top_p_select(torch.full((2, 64), 1 / 64), 0.5)  # (B, E)
+    assert mask[0].nonzero().flatten().tolist() == list(range(32)) and torch.equal(mask[0], mask[1])
 
 
 def test_top_p_select_batched_matches_rows() -> None:
@@ -113,7 +120,7 @@ def test_dense_is_plain_average_of_experts() -> None:
     torch.testing.assert_close(out[mask], expected)
     assert (out[~mask] == 0).all()
     assert router_logits is None and stats.router_probs is None
-    assert stats.expert_mask.shape == (8, 4) and stats.expert_mask.all()
+    assert stats.expert_mask.shape == (8, 4) and stats.expert_mask.dtype == torch.bool and stats.expert_mask.all()
     assert stats.experts_per_token.item() == 4.0
 
 
@@ -200,3 +207,38 @@ def test_router_entropy_loss_by_hand() -> None:
     assert router_entropy_loss(torch.eye(4)).item() == pytest.approx(0.0)
     mixed = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     assert router_entropy_loss(mixed).item() == pytest.approx(math.log(2) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_routed_in_float32(dtype: torch.dtype) -> None:
+    """A bf16/fp16 router (CUDA autocast) is routed as float32 would route the same probabilities: in half
+    precision p = 0.42 itself rounds to 0.419921875, and the cumulative sums round, which would drop experts."""
+    probs = torch.tensor([0.419921875, 0.30078125, 0.279296875], dtype=dtype)  # exact in both half types
+    mask = top_p_select(probs, 0.42)
+    assert mask.dtype == torch.bool and mask.tolist() == [T, T, F_]  # 0.419921875 < 0.42: the second is needed
+    torch.manual_seed(3)
+    batch = torch.randn(64, 8).mul(1.5).softmax(dim=-1).to(dtype)  # (N, E)
+    for p in (0.3, 0.42, 0.6, 0.86, 0.98):
+        assert torch.equal(top_p_select(batch, p), top_p_select(batch.float(), p)), p
+
+
+def test_defaults_and_bounds_of_the_block() -> None:
+    moe = TopPMoE(hidden_size=64, intermediate_size=128, num_experts=4, top_p=1.0)  # p = 1 is allowed
+    assert moe.routing == "top_p" and moe.renormalize is True
+    # Small normal weights (std 0.02, as BERT-family models start), zero biases.
+    for weights in (moe.w_in, moe.w_out):
+        assert weights.std().item() == pytest.approx(0.02, rel=0.05) and abs(weights.mean().item()) < 1e-3
+    assert not moe.b_in.any() and not moe.b_out.any()
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0.0"):
+        TopPMoE(8, 16, 4, 0.0)
+
+
+def test_the_block_runs_in_bfloat16_and_matches_float32() -> None:
+    """The CUDA path runs the model in bf16: the experts' weighted outputs are added back in the hidden dtype."""
+    hidden, mask = inputs()
+    for routing in ("top_p", "dense"):
+        moe = make_moe(routing)
+        expected, _, _ = moe(hidden, mask)
+        out, _, _ = moe.to(torch.bfloat16)(hidden.to(torch.bfloat16), mask)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)

@@ -56,3 +56,7 @@ def test_a_hop_larger_than_the_window_is_refused() -> None:
     with pytest.raises(ValueError, match=r"hop must be <= window \(5 > 4\)"):
         Windower(4, 5)
     assert session_windows(list(range(6)), 4, 4) == [[0, 1, 2, 3], [2, 3, 4, 5]]  # hop == window still works
+
+
+def test_a_window_of_one_line_scores_every_line_alone() -> None:
+    assert session_windows(list("abc"), window=1, hop=1) == [["a"], ["b"], ["c"]]

@@ -71,7 +71,7 @@ class WorkerProcess:
 
         return self.wait_for(lambda m: drain_status(m, sent) is None and (also is None or also(m)), timeout)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 180.0) -> None:  # a start takes 5 s here, a minute or more under load
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -8,6 +8,7 @@ the windowing rule of model.windowing the expected windows and alerts are comput
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,6 @@ from typing import Any
 from kafka import KafkaProducer
 
 from model.windowing import session_windows
-from stream.alerts import alert_id
 from stream.tools import consume_alerts
 
 WINDOW = 8  # the fake scorer's max_window
@@ -63,7 +63,7 @@ class Workload:
         names the input partition and offset of the window's last line: `placed` (from `produce`) says where each
         line went, so a redelivered window must come back with the id its first copy had."""
         error_line = self.error_step + 1
-        return {alert_id(sid, end, *placed[(sid, end - 1)]): (sid, end) for sid, end in self.windows()
+        return {readme_alert_id(sid, end, *placed[(sid, end - 1)]): (sid, end) for sid, end in self.windows()
                 if sid in self.anomalous and end - WINDOW < error_line <= end}
 
     def placed(self, messages: list[tuple[bytes | None, bytes | None]], where: list[tuple[int, int]]) -> Placed:
@@ -80,6 +80,12 @@ class Workload:
 
 
 Placed = dict[tuple[str, int], tuple[int, int]]  # (session, step) -> (input partition, offset)
+
+
+def readme_alert_id(session: str, end: int, partition: int, offset: int) -> str:
+    """README's alert_id, written out here rather than taken from stream.alerts, so a changed formula (which would
+    break consumers' dropping of redeliveries across worker versions) fails these tests too."""
+    return hashlib.sha256(f"{session}\n{end}\n{partition}:{offset}".encode()).hexdigest()[:32]
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]],
@@ -151,8 +157,25 @@ def wait_scored(paths: list[Path], expected: set[tuple[str, int]], timeout: floa
         time.sleep(0.3)
 
 
-def read_alerts(bootstrap: str, topic: str, quiet_for: float = 3.0) -> list[dict[str, Any]]:
-    return list(consume_alerts(bootstrap, topic, from_beginning=True, timeout=quiet_for))
+def read_alerts(bootstrap: str, topic: str, expect: set[str] | None = None, quiet_for: float = 3.0,
+                timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Every alert on the topic: read until the `expect`ed alert ids have all arrived (on a loaded machine the first
+    fetch alone can take seconds) and then no new alert for `quiet_for` seconds (so extra or duplicate alerts are
+    read too), or until `timeout`."""
+    got: list[dict[str, Any]] = []
+    started = time.monotonic()
+    last = [started, 0]  # when the number of alerts read last changed, and that number
+
+    def done() -> bool:
+        now = time.monotonic()
+        if len(got) != last[1]:
+            last[:] = [now, len(got)]
+        arrived = expect is None or expect <= {a["alert_id"] for a in got}
+        return now - started > timeout or (arrived and now - last[0] >= quiet_for)
+
+    for alert in consume_alerts(bootstrap, topic, from_beginning=True, follow=True, stop=done):
+        got.append(alert)
+    return got
 
 
 def alert_outcome(alerts: list[dict[str, Any]], workload: Workload, placed: Placed) -> dict[str, Any]:
@@ -165,7 +188,9 @@ def alert_outcome(alerts: list[dict[str, Any]], workload: Workload, placed: Plac
                     for a in copies}) == 1 for copies in by_id.values())
     alerted = {a["session"] for a in alerts}
     foreign = [a for a in alerts if not own_lines_only(a)]
-    return {"alerts_with_foreign_lines": len(foreign), "alerts": len(alerts), "alert_ids": len(by_id),
+    wrong = [a for a in alerts if not fields_match_input(a, workload, placed)]
+    return {"alerts_with_foreign_lines": len(foreign), "alerts_with_wrong_fields": len(wrong),
+            "alerts": len(alerts), "alert_ids": len(by_id),
             "expected_alert_ids": len(expected), "missing_alert_ids": len(set(expected) - set(by_id)),
             "unexpected_alert_ids": len(set(by_id) - set(expected)),
             "missed_anomalous_sessions": len(workload.anomalous - alerted),
@@ -180,6 +205,23 @@ def own_lines_only(alert: dict[str, Any]) -> bool:
     return (len(lines) == w["end"] - w["start"] + 1 == w["n_lines"] <= WINDOW
             and [ln["n"] for ln in lines] == list(range(w["start"], w["end"] + 1))
             and all(ln["line"].endswith(tag) and f"step={ln['n'] - 1} " in ln["line"] for ln in lines))
+
+
+def fields_match_input(alert: dict[str, Any], workload: Workload, placed: Placed) -> bool:
+    """The alert's window and lines name the input records they came from (`placed`: where `produce` put each
+    line), carry those records' Kafka timestamps, and only the session's last window is `final`."""
+    w, lines, sid = alert["window"], alert["lines"], alert["session"]
+    where = [placed.get((sid, ln["n"] - 1)) for ln in lines]
+    if None in where:
+        return False
+    partitions = {p for p, _ in where}
+    stamps = [ln["ts"] for ln in lines]
+    return ([ln["offset"] for ln in lines] == [o for _, o in where]
+            and w["partition"] == (partitions.pop() if len(partitions) == 1 else None)
+            and (w["first_offset"], w["last_offset"]) == (where[0][1], where[-1][1])
+            and (w["first_ts"], w["last_ts"]) == (stamps[0], stamps[-1])
+            and all(isinstance(t, (int, float)) and t > 1e9 for t in stamps)  # Kafka timestamps, in seconds
+            and w["final"] == (w["end"] == workload.length))
 
 
 def record(fault: str, figures: dict[str, Any]) -> None:

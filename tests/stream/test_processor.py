@@ -1,5 +1,7 @@
 import dataclasses
+import hashlib
 
+import numpy as np
 import pytest
 
 from stream.metrics import Metrics
@@ -107,14 +109,102 @@ def test_a_new_incident_of_a_session_key_gets_new_alert_ids() -> None:
     assert ids[0] != ids[1]
 
 
-def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
-    proc, scorer = _processor(cooldown=4), FakeScorer(max_window=4)
-    lines = ["ERROR a"] + ["ok"] * 7
-    batch = proc.apply([(i, _line("a", t, i)) for i, t in enumerate(lines)], Store().load, now=1.0)
+def _alerts(proc: SessionProcessor, store: Store, events: list, now: float = 1.0,
+            scorer: FakeScorer | None = None) -> list[dict]:
+    """Apply, score with the fake scorer (a window with an ERROR line scores 0.9, threshold 0.5), alert, store."""
+    scorer = scorer or FakeScorer(max_window=4)
+    batch = proc.apply(events, store.load, now=now)
     scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
-    alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)
-    assert [a["window"]["end"] for a in alerts] == [4]
-    assert proc.metrics.counts["alerts_suppressed_cooldown"] == 0  # windows 6 and 8 no longer see the ERROR
+    alerts = proc.alerts_for(batch, scored, scorer, top_lines=1, now=now)
+    store.write(batch.states)
+    return alerts
+
+
+def test_cooldown_holds_back_repeat_alerts_of_one_session() -> None:
+    # Window 4, hop 2: windows end at 4 (ERROR at 4), 6 (still holds it), 8 (ERROR at 8). With a cooldown of 4
+    # lines, 6 is held back (6 - 4 < 4) and 8 alerts (8 - 4 = 4: the cooldown is over at exactly 4 lines).
+    proc = _processor(cooldown=4)
+    lines = ["ok", "ok", "ok", "ERROR a", "ok", "ok", "ok", "ERROR b"]
+    alerts = _alerts(proc, Store(), [(i, _line("a", t, i)) for i, t in enumerate(lines)])
+    assert [a["window"]["end"] for a in alerts] == [4, 8]
+    assert proc.metrics.counts["alerts_suppressed_cooldown"] == 1
+
+
+def test_the_cooldown_outlives_the_batch_through_the_stored_state() -> None:
+    """The alert of one batch holds back the next batch's window: the worker writes `alerted_at` to the table."""
+    proc, store = _processor(cooldown=4), Store()
+    assert [a["window"]["end"] for a in _alerts(proc, store, [(i, _line("a", "ERROR x", i)) for i in range(4)])] \
+        == [4]
+    assert store.load("a").alerted_at == 4
+    again = _alerts(proc, store, [(i, _line("a", "ERROR y", i)) for i in range(4, 8)])
+    assert [a["window"]["end"] for a in again] == [8]  # 6 is held back, 8 is 4 lines on
+    assert proc.metrics.counts["alerts_suppressed_cooldown"] == 1 and store.load("a").alerted_at == 8
+
+
+def test_without_a_cooldown_every_anomalous_window_alerts() -> None:
+    proc = _processor(cooldown=0)
+    alerts = _alerts(proc, Store(), [(i, _line("a", "ERROR", i)) for i in range(8)])
+    assert [a["window"]["end"] for a in alerts] == [4, 6, 8]
+    assert proc.metrics.counts["alerts_suppressed_cooldown"] == 0
+
+
+def test_a_score_exactly_at_the_threshold_alerts_and_one_just_below_does_not() -> None:
+    """README: an alert means score >= threshold."""
+
+    class AtThreshold(FakeScorer):
+        threshold = 0.9  # the fake scorer's score for a window with an ERROR line
+
+    proc = _processor()
+    scorer = AtThreshold(max_window=4)
+    batch = proc.apply([(i, _line("a", "ERROR", i)) for i in range(4)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    assert [s.score for s in scored] == [scorer.threshold]
+    assert [a["score"] for a in proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)] == [0.9]
+    scorer.threshold = float(np.nextafter(0.9, 1.0))
+    assert proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0) == []
+
+
+def test_windows_made_while_lines_arrive_are_not_final_and_the_closing_one_is() -> None:
+    proc, store = _processor(), Store()  # window 4, hop 2
+    alerts = _alerts(proc, store, [(i, _line("a", "ERROR", i)) for i in range(5)])
+    assert [(a["window"]["end"], a["window"]["final"]) for a in alerts] == [(4, False)]
+    closing = _alerts(proc, store, [(5, SessionEvent("close", "a", reason="idle"))], now=100.0)
+    assert [(a["window"]["end"], a["window"]["final"]) for a in closing] == [(5, True)]
+
+
+def test_the_alert_names_the_input_record_of_the_windows_last_line() -> None:
+    proc = _processor()
+    events = [(i, SessionEvent("line", "a", Entry("ERROR" if i == 2 else "ok", 50.0 + i, 3, 700 + i)))
+              for i in range(4)]
+    [alert] = _alerts(proc, Store(), events)
+    w = alert["window"]
+    assert (w["partition"], w["first_offset"], w["last_offset"], w["first_ts"], w["last_ts"]) == \
+        (3, 700, 703, 50.0, 53.0)
+    assert [(ln["ts"], ln["offset"]) for ln in alert["lines"]] == [(50.0 + i, 700 + i) for i in range(4)]
+    assert alert["alert_id"] == hashlib.sha256(b"a\n4\n3:703").hexdigest()[:32]  # README's formula
+
+
+def test_a_restarted_worker_does_not_close_sessions_for_its_own_downtime() -> None:
+    """A close request that reaches a worker which started after the session's last line (it was down, or the
+    request is a redelivery from before a crash) counts idle time from the worker's start, not the last line."""
+    proc, store = _processor(idle=5.0), Store()
+    store.write(proc.apply([(0, _line("a", "l0", 0))], store.load, now=100.0).states)  # last line at t=100
+    proc.started_at = 1000.0  # the worker came back 900 s later
+    kept = proc.apply([(1, SessionEvent("close", "a", reason="idle"))], store.load, now=1003.0)
+    assert kept.windows == [] and kept.states["a"] is not None
+    assert proc.metrics.counts.get("sessions_closed_idle", 0) == 0
+    store.write(kept.states)
+    closed = proc.apply([(2, SessionEvent("close", "a", reason="idle"))], store.load, now=1005.0)
+    assert [w.final for w in closed.windows] == [True] and closed.states["a"] is None
+    assert proc.metrics.counts["sessions_closed_idle"] == 1
+
+
+def test_an_eviction_closes_a_session_however_recently_it_was_seen() -> None:
+    proc, store = _processor(idle=5.0), Store()
+    store.write(proc.apply([(0, _line("a", "l0", 0))], store.load, now=100.0).states)
+    batch = proc.apply([(1, SessionEvent("close", "a", reason="evict"))], store.load, now=100.5)
+    assert len(batch.windows) == 1 and batch.states["a"] is None
+    assert proc.metrics.counts["sessions_evicted_overflow"] == 1
 
 
 def test_hop_zero_means_the_models_own_hop() -> None:
@@ -175,7 +265,8 @@ def test_a_session_too_long_inside_one_lines_event_starts_over_with_its_next_lin
     proc = SessionProcessor(SessionWindows(4, 2, 3, 0), 5.0, Metrics())
     batch = proc.apply([(0, _lines("a", ["a", "b", "c", "d", "e"], 0))], Store().load, now=1.0)
     assert [[e.line for e in w.entries] for w in batch.windows] == [["a", "b", "c"]]
-    assert batch.states["a"] is not None and batch.states["a"].count == 2
+    assert [(w.session, w.end, w.final) for w in batch.windows] == [("a", 3, True)]
+    assert set(batch.states) == {"a"} and batch.states["a"] is not None and batch.states["a"].count == 2
     assert proc.metrics.counts["sessions_evicted_too_long"] == 1
     assert proc.metrics.counts["sessions_opened"] == 2
 
@@ -232,3 +323,25 @@ def test_a_threshold_of_one_alerts_on_nothing_not_even_a_saturated_score() -> No
     assert proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0) == []
     scorer.threshold = 0.99
     assert len(proc.alerts_for(batch, scored, scorer, top_lines=1, now=1.0)) == 1
+
+
+def test_a_normal_window_does_not_stop_the_alerts_after_it_in_the_batch() -> None:
+    proc = _processor()
+    events = [(i, _line("calm", "ok", i)) for i in range(4)] + [(4 + i, _line("a", "ERROR", 4 + i)) for i in range(4)]
+    alerts = _alerts(proc, Store(), events)
+    assert [(a["session"], a["window"]["end"]) for a in alerts] == [("a", 4)]
+
+
+def test_scores_that_do_not_match_the_windows_one_to_one_are_an_error() -> None:
+    """A scorer that returned fewer results than windows must not silently drop the windows left over."""
+    proc, scorer = _processor(), FakeScorer(max_window=4)
+    batch = proc.apply([(i, _line("a", "ERROR", i)) for i in range(6)], Store().load, now=1.0)
+    scored = scorer.score_detailed([[e.line for e in w.entries] for w in batch.windows])
+    assert len(scored) == 2
+    with pytest.raises(ValueError):
+        proc.alerts_for(batch, scored[:1], scorer, top_lines=1, now=1.0)
+
+
+def test_a_new_processor_has_not_started() -> None:
+    """The close timer and /healthz read started_at: 0 until the worker has recovered its table and started."""
+    assert not _processor().started_at

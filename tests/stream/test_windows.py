@@ -70,3 +70,43 @@ def test_sessions_to_close_idle_first_then_least_recently_seen_beyond_the_cap() 
     idle, evicted = sessions_to_close(seen, now=100.0, idle=10.0, max_open=2)
     assert idle == ["a"]
     assert evicted == ["b", "c"]
+
+
+def test_a_restarted_worker_counts_idle_time_from_its_start_not_from_before_its_downtime() -> None:
+    """The close timer of a worker started at t=1000: sessions last seen long before (it was down) get
+    `idle` seconds from its start; one seen after the start is idle from its own last line."""
+    seen = [("before", 100.0), ("after", 1001.0)]
+    assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10, started_at=1000.0) == ([], [])
+    assert sessions_to_close(seen, now=1005.0, idle=5.0, max_open=10, started_at=1000.0) == (["before"], [])
+    assert sessions_to_close(seen, now=1006.0, idle=5.0, max_open=10, started_at=1000.0) == (["before", "after"], [])
+    assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10) == (["before"], [])  # no start: last line
+    assert sessions_to_close([("early", 0.0)], now=5.5, idle=5.0, max_open=10) == (["early"], [])
+
+
+def test_eviction_takes_the_least_recently_seen_and_none_within_the_cap() -> None:
+    seen = [("a", 50.0), ("b", 10.0), ("c", 30.0)]
+    assert sessions_to_close(seen, now=60.0, idle=100.0, max_open=3) == ([], [])
+    assert sessions_to_close(seen, now=60.0, idle=100.0, max_open=1) == ([], ["b", "c"])
+    assert sessions_to_close(seen, now=60.0, idle=50.0, max_open=1) == (["b"], ["c"])  # b is idle (50 s), not evicted
+
+
+def test_with_a_cooldown_of_zero_or_one_line_every_window_may_alert() -> None:
+    for cooldown in (0, 1):
+        windows = SessionWindows(window=2, hop=1, max_session_lines=100, cooldown_lines=cooldown)
+        state = SessionState()
+        emitted = [w for e in _entries(5) if (w := windows.add("s", state, e, 0.0)) is not None]
+        decisions = []
+        for w in emitted:
+            decisions.append(windows.should_alert(state, w))
+            state.alerted_at = w.end
+        assert decisions == [True] * 4, cooldown
+
+
+def test_bad_limits_are_refused_with_the_value() -> None:
+    import pytest
+
+    assert SessionWindows(4, 2, max_session_lines=1, cooldown_lines=0).too_long(SessionState(count=1))
+    with pytest.raises(ValueError, match=r"^max_session_lines must be >= 1, got 0$"):
+        SessionWindows(4, 2, max_session_lines=0, cooldown_lines=0)
+    with pytest.raises(ValueError, match=r"^cooldown_lines must be >= 0, got -1$"):
+        SessionWindows(4, 2, max_session_lines=10, cooldown_lines=-1)

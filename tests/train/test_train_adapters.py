@@ -235,7 +235,10 @@ def test_keyed_adapter_rebuilds_the_hdfs_dev_sessions_from_the_stream(shared_dat
     rebuilt = sessions_from_keyed_log([hdfs / "dev_stream.log"], r"(blk_-?\d+)", hdfs / "dev_labels.csv", report)
     expected = {s.session_id: s for s in load_source([str(hdfs / "dev.jsonl")], DataSection(), 64)[0]}
     assert report.total == 0
-    assert {s.session_id for s in rebuilt} <= set(expected)
+    # Every dev session comes back whole: a subset check would pass for an adapter that drops sessions.
+    assert len(rebuilt) == len(expected) > 0
+    assert {s.session_id for s in rebuilt} == set(expected)
+    assert sum(s.label for s in rebuilt) == sum(s.label for s in expected.values()) > 0
     assert all(s.lines == expected[s.session_id].lines and s.label == expected[s.session_id].label for s in rebuilt)
 
 

@@ -1,6 +1,8 @@
 """Session metrics and threshold calibration."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from train.metrics import calibrate_threshold, classification_metrics
@@ -76,3 +78,104 @@ def test_the_decision_rule_is_one_for_scalars_and_arrays() -> None:
     for threshold in (0.0, 0.5, 1.0):
         assert anomalous(scores, threshold).tolist() == [is_anomalous(float(x), threshold) for x in scores]
     assert not anomalous(scores, 1.0).any() and anomalous(scores, 0.0).all()
+
+
+def test_precision_recall_and_f1_when_counts_meet_or_nothing_is_flagged() -> None:
+    m = classification_metrics([0, 1, 1, 0], [0.9, 0.8, 0.1, 0.2], threshold=0.5)  # tp = fp = fn = tn = 1
+    assert m["confusion_matrix"] == [[1, 1], [1, 1]]
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    nothing = classification_metrics([0, 1, 1], [0.1, 0.2, 0.3], threshold=0.9)  # nothing flagged
+    assert (nothing["precision"], nothing["recall"], nothing["f1"], nothing["accuracy"]) == (0.0, 0.0, 0.0, 1 / 3)
+    assert classification_metrics([], [], 0.5)["accuracy"] == 0.0
+
+
+def test_one_anomaly_is_two_classes_and_has_aucs() -> None:
+    m = classification_metrics([0, 0, 1], [0.1, 0.3, 0.2], 0.5)
+    assert m["roc_auc"] == pytest.approx(0.5) and m["pr_auc"] == pytest.approx(0.5)
+
+
+def test_labels_and_scores_of_different_lengths_are_refused_with_both_lengths() -> None:
+    with pytest.raises(ValueError, match=r"^labels and scores differ in length \(3 vs 2\)$"):
+        classification_metrics([0, 1, 0], [0.1, 0.2], 0.5)
+
+
+def best_cut_by_hand(labels: list[int], scores: list[float], objective: str, target_fpr: float = 0.01) -> float:
+    """The oracle: try every distinct score as the lowest anomalous one; F1 (ties: the lower cut) or, for "fpr",
+    the lowest cut whose false-positive rate is within target; then halfway down to the next lower score."""
+    best, best_value, values = None, Fraction(-1), []
+    for cut in sorted(set(scores)):
+        tp = sum(1 for y, s in zip(labels, scores) if s >= cut and y == 1)
+        fp = sum(1 for y, s in zip(labels, scores) if s >= cut and y == 0)
+        fn = sum(1 for y, s in zip(labels, scores) if s < cut and y == 1)
+        if objective == "f1":
+            value = Fraction(2 * tp, 2 * tp + fp + fn)
+        else:
+            value = Fraction(1 if fp / labels.count(0) <= target_fpr else -1)
+        values.append(value)
+        if value > best_value:
+            best, best_value = cut, value
+    assert objective != "f1" or values.count(best_value) == 1, "a tie for the best F1 (sklearn breaks it by rounding)"
+    below = [s for s in scores if s < best]
+    return (best + max(below)) / 2 if below else best
+
+
+@pytest.mark.parametrize("seed", range(1, 7))  # seeds whose best F1 is not a tie
+def test_calibration_picks_the_cut_an_exhaustive_search_picks(seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = [int(x) for x in rng.random(40) < 0.3]
+    scores = [round(float(s), 3) for s in np.clip(rng.normal(0.35, 0.2, 40) + 0.3 * np.array(labels), 0, 1)]
+    if not 0 < sum(labels) < len(labels):
+        pytest.skip("one class drawn")
+    assert calibrate_threshold(labels, scores, "f1") == pytest.approx(best_cut_by_hand(labels, scores, "f1"))
+    for target in (0.0, 0.1, 0.25):
+        assert calibrate_threshold(labels, scores, "fpr", target_fpr=target) == \
+            pytest.approx(best_cut_by_hand(labels, scores, "fpr", target)), target
+
+
+def test_calibration_on_scores_that_carry_little_signal() -> None:
+    """The best F1 there has precision + recall < 1, where a floor on the denominator would change the pick."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    labels = [int(x) for x in rng.random(30) < 0.3]
+    scores = [round(float(x), 3) for x in rng.random(30)]
+    assert calibrate_threshold(labels, scores, "f1") == pytest.approx(best_cut_by_hand(labels, scores, "f1"))
+
+
+def test_float32_scores_keep_their_side_of_a_threshold_between_two_neighbours() -> None:
+    """Scores as torch hands them over (float32 arrays): the threshold halfway between two adjacent float32 values
+    is not a float32 value, so the comparison must run in float64 or one of the two lands on the wrong side."""
+    import numpy as np
+
+    low = np.float32(0.5)
+    high = np.nextafter(low, np.float32(1.0))
+    scores = np.array([low, high], dtype=np.float32)
+    threshold = calibrate_threshold([0, 1], scores, "f1")
+    assert float(low) < threshold < float(high)
+    assert classification_metrics([0, 1], scores, threshold)["confusion_matrix"] == [[1, 0], [0, 1]]
+
+
+def test_one_anomaly_is_calibrated_and_all_anomalous_labels_have_no_auc() -> None:
+    assert calibrate_threshold([0, 0, 1], [0.1, 0.2, 0.3], "f1", default=0.9) == pytest.approx(0.25)
+    m = classification_metrics([1, 1], [0.2, 0.9], 0.5)
+    assert m["pr_auc"] is None and m["roc_auc"] is None and m["confusion_matrix"] == [[0, 0], [1, 1]]
+
+
+def test_calibration_defaults_f1_target_fpr_001_and_05_for_one_class(caplog: pytest.LogCaptureFixture) -> None:
+    labels = [0] * 120 + [1] * 5
+    scores = [i / 1000 for i in range(120)] + [0.119, 0.5, 0.6, 0.7, 0.8]  # one anomaly under the top normal
+    assert calibrate_threshold(labels, scores) == calibrate_threshold(labels, scores, "f1")
+    # target_fpr 0.01 of 120 normals allows one false positive: the cut goes down to the anomaly at 0.119
+    assert calibrate_threshold(labels, scores, "fpr") == pytest.approx((0.119 + 0.118) / 2)
+    assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx((0.5 + 0.119) / 2)
+    with caplog.at_level("WARNING", logger="train.metrics"):
+        assert calibrate_threshold([0, 0], [0.2, 0.9]) == 0.5
+    assert caplog.messages == ["threshold not calibrated: the eval labels hold one class; keeping 0.500"]
+    assert calibrate_threshold([1], [0.3], default=0.25) == 0.25
+
+
+def test_unknown_objective_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown threshold objective \('auc'\); expected one of f1, fpr$"):
+        calibrate_threshold([0, 1], [0.1, 0.9], "auc")
