@@ -76,9 +76,9 @@ def score_prefixes(scorer: Any, sessions: Sequence[Session], rule: EarlyRule,
 
 def _cut(sorted_desc: np.ndarray, k: int, floor: float) -> float:
     """A threshold >= floor that flags at most the k highest of the scores `sorted_desc` (descending): the floor when
-    that is enough, else halfway between the highest score it must not flag and the next higher one (or 1.0), so
-    scores that wobble in the last float digits keep their side; FLAG_NOTHING when the score it must not flag is
-    1.0."""
+    that is enough, else halfway between the highest score it must not flag (>= floor) and the next higher one (or
+    1.0), so scores that wobble in the last float digits keep their side; FLAG_NOTHING when the score it must not
+    flag is 1.0."""
     if k >= len(sorted_desc) or sorted_desc[k] < floor:
         return floor  # the floor alone keeps every score it must not flag below it
     keep = float(sorted_desc[k])
@@ -86,7 +86,7 @@ def _cut(sorted_desc: np.ndarray, k: int, floor: float) -> float:
     cut = (keep + (float(higher.min()) if len(higher) else FLAG_NOTHING)) / 2
     if cut <= keep:  # no float between the two: the next one up
         cut = math.nextafter(keep, 2.0)
-    return max(min(cut, FLAG_NOTHING), floor)
+    return min(cut, FLAG_NOTHING)
 
 
 def calibrate_early(normal: Sequence[Sequence[ScoredPrefix]], target_fpr: float, floor: float,

@@ -72,6 +72,13 @@ def test_an_early_alert_says_so_and_the_session_does_not_alert_again_at_close() 
     assert table == {}
 
 
+def test_an_early_alert_of_a_session_longer_than_its_window_says_how_many_lines_came_before() -> None:
+    scorer = EarlyFake([[8, 0.8]], early_hop=100, max_window=4)
+    alerts = _run(_processor(scorer), scorer, _events("a", ["ok"] * 6 + ["NEW ERROR"]))
+    assert [(a["window"]["prefix_lines"], a["window"]["start"], a["window"]["n_lines"], a["window"]["trigger"])
+            for a in alerts] == [(7, 4, 4, "novel")]
+
+
 def test_the_closing_score_still_alerts_when_no_early_window_did() -> None:
     scorer = EarlyFake([[8, 0.8]], error_score=0.7)  # over the closing threshold (0.5), under the early one
     proc, table = _processor(scorer), {}

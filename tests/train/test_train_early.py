@@ -83,6 +83,15 @@ def test_outcomes_count_early_alerts_before_the_last_line_and_extra_false_alarms
     assert report["with_early"]["precision"] == pytest.approx(2 / 4)
 
 
+def test_a_regular_window_of_a_long_session_over_the_closing_threshold_alerts_before_close() -> None:
+    sessions = [Session("long", ("x",) * 80, 1), Session("ends", ("x",) * 64, 1)]
+    windows = [[(64, 0.7), (80, 0.9)], [(64, 0.9)]]  # (end, score) of the windows the closing threshold judges
+    outcomes = session_outcomes(sessions, [[], []], closing_scores=[0.9, 0.9], threshold=0.5, early=None,
+                                window_scores=windows)
+    assert [o.early_end for o in outcomes] == [64, None]  # the window at a session's last line is its closing one
+    assert all(o.alerted for o in outcomes)
+
+
 def test_prefixes_of_anomalous_sessions_train_only_once_they_hold_a_never_normal_line() -> None:
     rule = EarlyRule(window=64, hop=16, early_hop=1)
     sessions = [Session("n", ("a", "b", "a"), 0), Session("x", ("a", "b", "BOOM", "a"), 1),

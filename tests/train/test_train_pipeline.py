@@ -111,6 +111,27 @@ def test_the_early_thresholds_are_calibrated_on_the_eval_prefixes_and_stored(
     assert result["early"]["thresholds"] == stored["early_thresholds"]
 
 
+def test_training_on_prefixes_adds_one_prefix_window_per_session_it_can_label(
+        make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    from model.early import EarlyRule
+    from model.masking import mask
+    from train.early import prefix_windows
+
+    plain = make_config(tmp_path / "plain", "training.epochs_stage1=1", "training.epochs_stage2=1")
+    cfg = make_config(tmp_path / "prefixes", "training.epochs_stage1=1", "training.epochs_stage2=1",
+                      "training.train_on_prefixes=true")
+    result = train(cfg)
+    sessions = load_jsonl(cfg.data.train[0])
+    masked = [tuple(mask(line) for line in s.lines) for s in sessions]
+    normal = frozenset(line for s, lines in zip(sessions, masked) if not s.label for line in lines)
+    row_of = {line: i for i, line in enumerate(dict.fromkeys(line for lines in masked for line in lines))}
+    windows, labels, _ = prefix_windows(sessions, masked, row_of, normal,
+                                        EarlyRule(cfg.model.max_window, cfg.training.hop, cfg.training.early_hop),
+                                        cfg.training.seed)
+    assert windows and result["windows"]["train"] == train(plain)["windows"]["train"] + len(windows)
+    assert result["early"]["thresholds"]  # calibrated as without prefixes
+
+
 def test_publish_dir_swaps_a_complete_model_in(tmp_path: Path) -> None:
     final, staging = tmp_path / "final_moe_model", tmp_path / ".final_moe_model.staging"
     final.mkdir()
