@@ -10,6 +10,7 @@ import pytest
 from model.early import EarlyRule, EarlyThresholds, early_windows
 from stream.metrics import Metrics
 from stream.processor import SessionEvent, SessionProcessor, early_scoring
+from stream.tools import format_alert
 from stream.windows import EarlyScoring, Entry, SessionState, SessionWindows
 from stream_fakes import FakeScore, FakeScorer
 
@@ -66,6 +67,7 @@ def test_an_early_alert_says_so_and_the_session_does_not_alert_again_at_close() 
     assert alert["window"]["final"] is False and alert["window"]["early"] is True
     assert alert["window"]["prefix_lines"] == alert["window"]["end"] == 2 and alert["window"]["trigger"] == "hop"
     assert alert["threshold"] == 0.8 and alert["score"] == 0.9
+    assert "(threshold 0.800) lines 1..2 [early: hop, open session]" in format_alert(alert)
     closing = _run(proc, scorer, [(9, SessionEvent("close", "a", reason="idle"))], table, now=10.0)
     assert closing == [] and proc.metrics.counts["alerts_suppressed_cooldown"] == 1
     assert proc.metrics.counts["alerts_early"] == 1 and proc.metrics.counts["windows_early"] == 1
