@@ -18,6 +18,10 @@ Sections (`--section NAME`, one per run; each runs in under 10 minutes here, `--
   the window (which includes waiting for the session's later lines).
 - `memory`: worker RSS (the real model) after 1k, 10k and 100k single-line sessions, max_open_sessions = --bound.
 - `gpu`: the scoring section on CUDA in bf16; skipped, with a message, where torch sees no CUDA device.
+- `paced`: the paced sustainable rate of each `--variants` entry (`worker+early_alerts=false` is the worker with
+  that setting): HDFS lines keyed by block id produced at each of `--rates` for `--paced-seconds` to a fresh worker;
+  it kept up with a rate when, once the producer stops, every line is applied and every window due scored within
+  `--keep-up` seconds.
 
 Results (markdown) on stdout, with the command, machine, date and /proc/loadavg; progress on stderr.
 """
@@ -52,7 +56,7 @@ logger = logging.getLogger("bench.perf")
 
 KEY_REGEX = r"(blk_-?\d+)"
 NEVER = r"(?!x)x"  # a session-key regex that never matches: sessions come from the message key
-SECTIONS = ("throughput", "scoring", "latency", "memory", "gpu")
+SECTIONS = ("throughput", "scoring", "latency", "memory", "gpu", "paced")
 GOALS = {"ratio": 0.8, "scoring_x": 100.0, "p99_s": 2.0, "rss_band": 0.10}
 
 
@@ -334,13 +338,20 @@ def run_passthrough(bootstrap: str, work: Path, tag: str, n_lines: int, args: ar
     return {"variant": "passthrough", "lines_per_s": (n_lines - c0) / (t_end - t0), "seconds": t_end - t0}
 
 
+def variant_sets(variant: str) -> tuple[str, list[str]]:
+    """`worker+key=value+key=value` -> ("worker", ["key=value", ...]): the worker with those settings."""
+    name, *sets = variant.split("+")
+    return name, sets
+
+
 def run_worker(bootstrap: str, work: Path, tag: str, n_lines: int, args: argparse.Namespace, variant: str,
                profile: bool) -> dict[str, Any]:
-    extra = list(args.worker_set)
+    name, sets = variant_sets(variant)
+    extra = [*args.worker_set, *sets]
     cmd = worker_cmd(bootstrap, Path(args.model), tag, session_key=KEY_REGEX, session_idle=args.session_idle,
                      extra=extra)
-    if variant != "worker":  # another route implementation, selected by bench/_worker_variant.py
-        cmd = [sys.executable, str(REPO_ROOT / "bench" / "_worker_variant.py"), variant, *cmd[3:]]
+    if name != "worker":  # another route implementation, selected by bench/_worker_variant.py
+        cmd = [sys.executable, str(REPO_ROOT / "bench" / "_worker_variant.py"), name, *cmd[3:]]
     proc = Proc(tag, cmd, work / f"{tag}.log", args.threads)
     prof_proc = None
     prof_path = work / f"{tag}.pyspy.txt"
@@ -379,7 +390,7 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for r in range(args.repeats):
             order = variants if r % 2 == 0 else variants[::-1]
             for variant in order:
-                tag = f"perf-{variant}-{r}-{os.getpid()}"
+                tag = f"perf-{re.sub(r'[^A-Za-z0-9-]', '-', variant)}-{r}-{os.getpid()}"
                 load = loadavg()
                 if variant == "passthrough":
                     res = run_passthrough(broker.bootstrap, work, tag, n, args)
@@ -391,7 +402,8 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         profiled = []
         if args.profile:  # an extra run per worker variant: py-spy slows what it samples, so it is not timed
             for variant in args.variants:
-                res = run_worker(broker.bootstrap, work, f"perf-{variant}-profile-{os.getpid()}", n, args, variant,
+                res = run_worker(broker.bootstrap, work,
+                                 f"perf-{re.sub(r'[^A-Za-z0-9-]', '-', variant)}-profile-{os.getpid()}", n, args, variant,
                                  profile=True)
                 res.update(round="profile", loadavg_before=loadavg())
                 profiled.append(res)
@@ -424,7 +436,8 @@ def report_throughput(r: dict[str, Any], args: argparse.Namespace) -> None:
         m = last["metrics"]
         print(f"  - last round: read every line at {last['read_lines_per_s']:.0f} lines/s; done (every session "
               f"closed, scored, alerts out) at {last['lines_per_s']:.0f} lines/s; sessions opened "
-              f"{m.get('sessions_opened')}, windows scored {m.get('windows_scored')}, alerts {m.get('alerts_out')}, "
+              f"{m.get('sessions_opened')}, windows scored {m.get('windows_scored')} (early "
+              f"{m.get('windows_early', 0)}), alerts {m.get('alerts_out')} (early {m.get('alerts_early', 0)}), "
               f"mean windows per scoring batch {m.get('batch_windows_mean')}, encoder cache hit rate "
               f"{m.get('cache_hit_rate')}")
     print("\n- load average (1/5/15 min) before each run: " +
@@ -691,6 +704,78 @@ def report_latency(r: dict[str, Any], args: argparse.Namespace) -> None:
                       r["profile"])
 
 
+# --------------------------------------------------------------------------------------------- 6 paced
+
+def section_paced(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Each variant at each paced rate, in turn (order swapped every rate): HDFS lines keyed by block id produced
+    at `rate` lines/s for --paced-seconds into a fresh topic read by a fresh worker. Once the producer stops, how
+    long the worker needs to have applied every line and scored every window due: it kept up when that is at
+    most --keep-up seconds (a worker that falls behind builds a backlog of (rate - capacity) x seconds)."""
+    from stream.broker import EmbeddedBroker
+
+    n_max = int(max(args.rates) * args.paced_seconds)
+    lines = read_hdfs_lines(Path(args.stream), n_max)
+    key_re = re.compile(KEY_REGEX.encode())
+    runs: list[dict[str, Any]] = []
+    with EmbeddedBroker() as broker:
+        for i, rate in enumerate(args.rates):
+            for variant in (args.variants if i % 2 == 0 else args.variants[::-1]):
+                name, sets = variant_sets(variant)
+                tag = f"perf-paced-{re.sub(r'[^A-Za-z0-9-]', '-', variant)}-{int(rate)}-{os.getpid()}"
+                topic = f"{tag}-logs"
+                create_topics(broker.bootstrap, [topic], args.partitions)
+                cmd = worker_cmd(broker.bootstrap, Path(args.model), tag, session_key=KEY_REGEX,
+                                 session_idle=args.paced_idle, extra=[f"topic_logs={topic}", *args.worker_set, *sets])
+                if name != "worker":
+                    cmd = [sys.executable, str(REPO_ROOT / "bench" / "_worker_variant.py"), name, *cmd[3:]]
+                proc = Proc(tag, cmd, work / f"{tag}.log", args.threads)
+                try:
+                    proc.wait_ready(args.run_timeout)
+                    proc.wait_for(lambda m: bool(m), args.run_timeout, every=0.2)
+                    load = loadavg()
+                    records = list(keyed(lines[:int(rate * args.paced_seconds)], key_re))
+                    started = time.monotonic()
+                    sent = produce(broker.bootstrap, topic, records, rate=rate)
+                    stopped = time.monotonic()
+
+                    def caught_up(m: dict[str, Any], sent: int = sent) -> bool:
+                        done = int(m.get("windows_scored", 0)) + int(m.get("windows_failed", 0))
+                        return lines_in_sessions(m) >= sent and done >= int(m.get("windows_due", 0))
+                    finished = proc.wait_for(caught_up, args.run_timeout, every=0.1)
+                    m = proc.poll()
+                finally:
+                    proc.stop()
+                behind = finished - stopped
+                res = {"variant": variant, "rate": rate, "sent": sent, "achieved_rate": sent / (stopped - started),
+                       "behind_s": behind, "kept_up": behind <= args.keep_up, "loadavg": load,
+                       "windows_scored": m.get("windows_scored"), "windows_early": m.get("windows_early", 0),
+                       "lines_applied": m.get("lines_applied"), "alerts_out": m.get("alerts_out"),
+                       "alerts_early": m.get("alerts_early", 0), "score_latency_ms_p50": m.get("score_latency_ms_p50")}
+                logger.info("paced %s at %.0f lines/s: caught up %.1f s after the producer stopped", variant, rate,
+                            behind)
+                runs.append(res)
+    return {"runs": runs, "variants": list(args.variants), "rates": list(args.rates)}
+
+
+def report_paced(r: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"Workload: HDFS lines of {Path(args.stream).name} keyed by block id, {args.partitions} partitions, produced "
+          f"at each rate for {args.paced_seconds:g} s into a fresh topic and a fresh worker (session idle "
+          f"{args.paced_idle:g} s{', --set ' + ' '.join(args.worker_set) if args.worker_set else ''}); variants in "
+          f"turn, order swapped every rate. Kept up: every line applied and every window due scored at most "
+          f"{args.keep_up:g} s after the producer stopped.\n")
+    rows = [[x["variant"], f"{x['rate']:.0f}", f"{x['achieved_rate']:.0f}", f"{x['behind_s']:.1f}",
+             "yes" if x["kept_up"] else "no", x["windows_scored"], x["windows_early"],
+             f"{x['windows_scored'] / max(1, x['lines_applied']):.3f}", x["score_latency_ms_p50"], x["loadavg"]]
+            for x in r["runs"]]
+    print(markdown_table(["variant", "rate (lines/s)", "achieved", "caught up after (s)", "kept up",
+                          "windows scored", "of them early", "windows per line", "scoring batch p50 (ms)",
+                          "load avg"], rows))
+    for variant in r["variants"]:
+        kept = [x["rate"] for x in r["runs"] if x["variant"] == variant and x["kept_up"]]
+        print(f"\n- {variant}: paced sustainable rate >= {max(kept):.0f} lines/s (the highest rate it kept up with)"
+              if kept else f"\n- {variant}: kept up with none of the rates")
+
+
 # --------------------------------------------------------------------------------------------- 5 memory
 
 def section_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -786,6 +871,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bound", type=int, default=10000, help="memory: max_open_sessions")
     p.add_argument("--levels", type=int, nargs="+", default=[1000, 10000, 20000, 40000],
                    help="memory: sessions offered, cumulative")
+    p.add_argument("--rates", type=float, nargs="+", default=[200.0, 300.0, 400.0, 500.0],
+                   help="paced: lines/s, each for --paced-seconds")
+    p.add_argument("--paced-seconds", type=float, default=45.0, help="paced: seconds of producing per rate")
+    p.add_argument("--paced-idle", type=float, default=10.0, help="paced: worker session idle (s)")
+    p.add_argument("--keep-up", type=float, default=5.0,
+                   help="paced: seconds after the producer stops within which the worker must have caught up")
     p.add_argument("--run-timeout", type=float, default=480.0, help="seconds one worker run may take")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs and profiles here (default: temp)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the section (not a benchmark)")
@@ -796,6 +887,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.repeats, args.lines, args.windows, args.seed_budget = 1, 5000, 300, 10.0
         args.latency_seconds, args.calib_lines, args.levels, args.bound = 20.0, 5000, [500, 1000, 2000, 4000], 1000
+        args.paced_seconds, args.rates = 15.0, args.rates[:2]
     return args
 
 
@@ -828,6 +920,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = section_scoring(args, device="cuda")
         elif args.section == "latency":
             result = section_latency(args, work)
+        elif args.section == "paced":
+            result = section_paced(args, work)
         else:
             result = section_memory(args, work)
     except KeyboardInterrupt:
@@ -835,10 +929,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     title = {"throughput": "ceiling (Faust pass-through) vs the logmoe worker", "scoring": "scoring stage",
              "gpu": "scoring stage on GPU (bf16)", "latency": "latency at half the sustainable rate",
-             "memory": "worker memory vs open sessions"}[args.section]
+             "memory": "worker memory vs open sessions",
+             "paced": "paced sustainable rate, variants side by side"}[args.section]
     info = print_header(f"Performance: {title}" + (" (--quick: a smoke run, not a benchmark)" if args.quick else ""))
     print(f"- load average (1/5/15 min): {load_before} at the start, {loadavg()} at the end\n")
-    report = {"throughput": report_throughput, "scoring": report_scoring, "gpu": report_scoring,
+    report = {"throughput": report_throughput, "scoring": report_scoring, "gpu": report_scoring, "paced": report_paced,
               "latency": report_latency, "memory": report_memory}[args.section]
     report(result, args)
     write_json(args.json_out, {"machine": info, "section": args.section, **result})

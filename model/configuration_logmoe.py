@@ -7,6 +7,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from model.checkpoint import FORMAT_VERSION, check_format
+from model.early import EarlyThresholds
 
 ROUTING_MODES = ("dense", "top_p")  # "dense" = stage 1 (all experts averaged, no gate), "top_p" = stage 2
 POOLING_MODES = ("mean", "cls")  # how the line encoder pools its token states into one line embedding
@@ -64,6 +65,9 @@ class LogMoEConfig(PretrainedConfig):
         pooling: str = "mean",  # line encoder pooling, see POOLING_MODES
         line_max_length: int = 64,  # encoder tokens per line
         threshold: float = 0.5,  # decision threshold on P(anomaly), calibrated by training; 1.0 flags nothing
+        early_hop: int = 0,  # open sessions are scored early every early_hop lines (model.early); 0 = never
+        early_thresholds: list[list[float]] | None = None,  # [[up_to_lines, threshold], ...] for early windows
+        early_target_fpr: float | None = None,  # share of normal eval sessions the early thresholds may alert
         data_fingerprint: str = "",  # sha256 of the training data
         logmoe_format: int = FORMAT_VERSION,  # layout version of the saved folder, see FORMAT_VERSION
         **kwargs: Any,
@@ -89,6 +93,9 @@ class LogMoEConfig(PretrainedConfig):
         self.pooling = pooling
         self.line_max_length = line_max_length
         self.threshold = threshold
+        self.early_hop = early_hop
+        self.early_thresholds = early_thresholds
+        self.early_target_fpr = early_target_fpr
         self.data_fingerprint = data_fingerprint
         self.logmoe_format = logmoe_format
         kwargs.setdefault("num_labels", 2)
@@ -107,6 +114,11 @@ class LogMoEConfig(PretrainedConfig):
             )
         _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_float("threshold", self.threshold, 0.0, 1.0)
+        _check_int("early_hop", self.early_hop, 0)
+        if self.early_thresholds is not None:
+            EarlyThresholds.from_config(self.early_thresholds)  # ValueError naming the bad value
+        if self.early_target_fpr is not None:
+            _check_float("early_target_fpr", self.early_target_fpr, 0.0, 1.0)
         _check_float("position_init_std", self.position_init_std, 0.0, float("inf"), low_open=True)
         _check_float("hidden_dropout", self.hidden_dropout, 0.0, 1.0, high_open=True)
         _check_float("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)

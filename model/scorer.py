@@ -25,15 +25,18 @@ from torch.nn.utils.rnn import pad_sequence
 from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_folder
 from model.configuration_logmoe import LogMoEConfig
 from model.device import autocast_dtype, resolve_device
+from model.early import EarlyThresholds
 from model.encoder import LineEncoder
 from model.masking import mask
 from model.modeling_logmoe import LogMoEForSequenceClassification
 
-__all__ = ["CONFIG_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
+__all__ = ["CONFIG_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
 
 logger = logging.getLogger(__name__)
 
 SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
+# JSON list of the masked lines seen in normal training sessions (optional; early scoring's "novel" trigger)
+NORMAL_LINES_FILE = "normal_lines.json"
 
 # Raw line -> masked line. Sliding windows (hop < window) score each raw line in several windows, across calls
 # in the stream worker; bounded, so a stream of unique raw lines cannot grow it.
@@ -65,6 +68,7 @@ class LogScorer:
         device: str | torch.device = "auto",
         batch_size: int = 256,
         seen_lines: frozenset[str] | None = None,
+        normal_lines: frozenset[str] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -79,6 +83,7 @@ class LogScorer:
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
         self.seen_lines = seen_lines
+        self.normal_lines = normal_lines
         self._lock = threading.Lock()  # callers may score from worker threads; the encoder cache is not shared-safe
 
     @classmethod
@@ -90,7 +95,7 @@ class LogScorer:
         batch_size: int = 256,
         origin: str | Path | None = None,
     ) -> LogScorer:
-        """Load config.json + model.safetensors (+ seen_lines.json) from ``model_dir``; build the encoder the
+        """Load config.json + model.safetensors (+ seen_lines.json, normal_lines.json) from ``model_dir``; build the encoder the
         config names unless one is given. ``origin``: the folder the log names when ``model_dir`` is a copy of it
         (the worker loads a private copy)."""
         path = check_model_folder(model_dir)  # missing, pickled, truncated, not LogMoE, newer format: one error
@@ -107,10 +112,11 @@ class LogScorer:
                 max_length=config.line_max_length,
                 device=torch_device,
             )
-        seen = _load_seen_lines(path / SEEN_LINES_FILE)
+        seen = _load_lines(path / SEEN_LINES_FILE)
+        normal = _load_lines(path / NORMAL_LINES_FILE)
         logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", origin or path, config.threshold,
                     config.encoder_name_or_path)
-        return cls(model, encoder, path, torch_device, batch_size, seen)
+        return cls(model, encoder, path, torch_device, batch_size, seen, normal)
 
     @property
     def config(self) -> LogMoEConfig:
@@ -136,6 +142,22 @@ class LogScorer:
     def window_hop(self) -> int:
         """The hop the model was trained and evaluated with; the worker windows sessions with it too."""
         return int(self.config.window_hop)
+
+    @property
+    def early_hop(self) -> int:
+        """Lines between two early scorings of an open session (model.early); 0 when the model has none."""
+        return int(self.config.early_hop)
+
+    @property
+    def early_thresholds(self) -> EarlyThresholds | None:
+        """The early thresholds calibrated at training time; None for a model trained without (or before) them."""
+        pairs = self.config.early_thresholds
+        return EarlyThresholds.from_config(pairs) if pairs else None
+
+    def is_novel(self, line: str) -> bool:
+        """The raw line's masked form never occurred in a normal training session (False without
+        normal_lines.json: a model trained before it was written has no novel trigger)."""
+        return self.normal_lines is not None and _mask_cached(line) not in self.normal_lines
 
     @property
     def encoder(self) -> LineEncoder:
@@ -170,18 +192,12 @@ class LogScorer:
     @staticmethod
     def save_seen_lines(model_dir: str | Path, masked_lines: Iterable[str]) -> None:
         """Write the distinct masked training lines to ``model_dir/seen_lines.json`` (sorted, atomically)."""
-        path = Path(model_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        lines = sorted(set(masked_lines))
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".seen_lines.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(lines, f, ensure_ascii=False, indent=0)
-            os.replace(tmp, path / SEEN_LINES_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        logger.info("wrote %d seen lines to %s", len(lines), path / SEEN_LINES_FILE)
+        _save_lines(Path(model_dir) / SEEN_LINES_FILE, masked_lines)
+
+    @staticmethod
+    def save_normal_lines(model_dir: str | Path, masked_lines: Iterable[str]) -> None:
+        """Write the distinct masked lines of the normal training sessions to ``model_dir/normal_lines.json``."""
+        _save_lines(Path(model_dir) / NORMAL_LINES_FILE, masked_lines)
 
     def _check_windows(self, windows: Sequence[Sequence[str]]) -> None:
         if isinstance(windows, str):
@@ -247,7 +263,22 @@ def _load_config(path: Path) -> LogMoEConfig:
         raise ValueError(f"invalid LogMoE config {str(config_file)!r}: {exc}") from exc
 
 
-def _load_seen_lines(path: Path) -> frozenset[str] | None:
+def _save_lines(path: Path, masked_lines: Iterable[str]) -> None:
+    """The distinct lines as a sorted JSON list, written atomically (a temporary file renamed over `path`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = sorted(set(masked_lines))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(lines, f, ensure_ascii=False, indent=0)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %d lines to %s", len(lines), path)
+
+
+def _load_lines(path: Path) -> frozenset[str] | None:
     if not path.is_file():
         return None
     try:

@@ -24,6 +24,12 @@ class WindowState(Generic[T]):
     emitted_at: int = 0  # `count` when the last window was emitted (0: none yet)
 
 
+def regular_window_due(count: int, window: int, hop: int) -> bool:
+    """A window ends at a session's `count`-th item: it holds at least `window` items and `hop` more arrived since
+    the first full window."""
+    return count >= window and (count - window) % hop == 0
+
+
 class Windower(Generic[T]):
     """Sliding session windows as a plain class: no Kafka, no clock."""
 
@@ -44,7 +50,7 @@ class Windower(Generic[T]):
         if len(state.items) > self.window:
             del state.items[0]
         state.count += 1
-        if state.count >= self.window and (state.count - self.window) % self.hop == 0:
+        if regular_window_due(state.count, self.window, self.hop):
             state.emitted_at = state.count
             return list(state.items)
         return None

@@ -26,7 +26,7 @@ from faust.types import EventT
 
 from stream.config import StreamConfig
 from stream.metrics import Metrics
-from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor
+from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor, early_scoring
 from stream.reload import ModelReloader, ScorerSlot
 from stream.windows import SessionState, SessionWindows, Window, sessions_to_close
 
@@ -66,16 +66,19 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     """Register the score agent and the timers. `load_model(running) -> Scorer` reads the model folder again for hot
     reload (every cfg.model_reload_interval seconds); without it the model never changes."""
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
-    processor = SessionProcessor(windows, cfg.session_idle, metrics)
+    processor = SessionProcessor(windows, cfg.session_idle, metrics,
+                                 early_scoring(scorer, hop, cfg.early_alerts, cfg.early_hop))
     close_requested: dict[str, float] = {}
     slot = ScorerSlot(scorer)
     handle = AgentsHandle(slot, processor)
     metrics.model = slot.info
 
     def install(new: Scorer) -> None:
-        """Window sessions the way the new model was trained (called between batches, before the swap)."""
-        processor.windows = SessionWindows(new.max_window, cfg.hop or new.window_hop, cfg.max_session_lines,
-                                           cfg.alert_cooldown_lines)
+        """Window sessions the way the new model was trained, and score them early as it was calibrated (called
+        between batches, before the swap)."""
+        new_hop = cfg.hop or new.window_hop
+        processor.windows = SessionWindows(new.max_window, new_hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
+        processor.early = early_scoring(new, new_hop, cfg.early_alerts, cfg.early_hop)
 
     def load(key: str) -> SessionState | None:
         data = table.get(key)

@@ -30,8 +30,9 @@ def alert_id(session: str, end: int, partition: int, offset: int) -> str:
 
 def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model: Mapping[str, str],
                 top_lines: int, detected_at: float) -> dict[str, Any]:
-    """The alert JSON document; `model` names the model that scored it (name, fingerprint, weights). Lines are ranked by their exact additive contribution to the anomaly
-    logit (`line_scores`); the `top_lines` highest are marked suspicious."""
+    """The alert JSON document; `model` names the model that scored it (name, fingerprint, weights), `threshold` is
+    the one the score reached (an early window's early threshold). Lines are ranked by their exact additive
+    contribution to the anomaly logit (`line_scores`); the `top_lines` highest are marked suspicious."""
     entries = window.entries
     contributions = list(scored.line_scores)[: len(entries)]
     ranked = sorted(range(len(contributions)), key=lambda i: -contributions[i])
@@ -48,6 +49,9 @@ def build_alert(window: Window, scored: ScoredWindow, *, threshold: float, model
             "start": start,
             "end": window.end,
             "final": window.final,
+            "early": window.early,
+            "trigger": window.trigger,
+            "prefix_lines": window.end,
             "first_ts": entries[0].ts,
             "last_ts": entries[-1].ts,
             "n_lines": len(entries),

@@ -13,7 +13,7 @@ from stream.agents import AgentsHandle, register_agents
 from stream.config import StreamConfig
 from stream.http import StatusServer, StatusService
 from stream.metrics import Metrics
-from stream.processor import Scorer
+from stream.processor import Scorer, early_scoring
 from stream.reload import model_signature, private_copy, reusable_encoder
 from stream.route import register_route
 from stream.security import describe, faust_credentials
@@ -35,6 +35,7 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
             scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder, origin=cfg.model)
         except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
             raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
+    check_early_alerts(cfg, scorer)
     if encoder is None:
         # The first call pays torch's lazy set-up (1.6-3.2 s here): pay it now, not on the first live batch.
         scorer.score_detailed([["logmoe warm-up"]])
@@ -54,6 +55,15 @@ def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
                          f"between two windows would never be scored; set hop to at most {scorer.max_window} "
                          f"(--set hop=N)")
     return hop
+
+
+def check_early_alerts(cfg: StreamConfig, scorer: Scorer) -> None:
+    """ValueError when early_alerts is true and the model cannot score early (no early thresholds): at start, and on
+    a reload, which is then refused."""
+    if cfg.early_alerts and early_scoring(scorer, scorer.window_hop, cfg.early_alerts, cfg.early_hop) is None:
+        raise ValueError(f"early_alerts is true but the model in {cfg.model} has no early thresholds (trained before "
+                         f"early scoring, or with training.early_calibration=off): retrain it, or set "
+                         f"early_alerts=false")
 
 
 def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
@@ -95,8 +105,11 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
         server = StatusServer(cfg.metrics_host, cfg.metrics_port, metrics.registry,
                               lambda: health(app, handle, cfg.metrics_interval))
         app.add_dependency(StatusService(server))
-    log.info("app %s: model %s (window %d, hop %d, threshold %.4f), broker %s (%s)", cfg.app_id, scorer.name,
-             scorer.max_window, hop, scorer.threshold, cfg.faust_broker, describe(cfg))
+    early = handle.processor.early
+    log.info("app %s: model %s (window %d, hop %d, threshold %.4f, %s), broker %s (%s)", cfg.app_id, scorer.name,
+             scorer.max_window, hop, scorer.threshold,
+             f"early scoring every {early.rule.early_hop} lines, thresholds {early.thresholds.to_config()}"
+             if early is not None else "no early scoring", cfg.faust_broker, describe(cfg))
     return app
 
 

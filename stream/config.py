@@ -65,6 +65,15 @@ class StreamConfig:
     hop: int = 0
     """A session's window (the model's max_window lines) is scored every `hop` new lines; 0 = the hop the
     model was trained and evaluated with (window_hop in its config.json), for train/serve parity."""
+    early_alerts: bool | None = None
+    """Score open sessions early (model.early: every early_hop lines, and at once on a line never seen in a normal
+    training session) and alert when a prefix reaches the model's early threshold, before the session closes.
+    null (the default): on when the model has early thresholds (models trained before them have none); false: only
+    closing windows are scored; true: refuses a model without early thresholds."""
+    early_hop: int = 0
+    """An open session's current window is scored early every `early_hop` new lines; 0 = the model's early_hop, the
+    one its early thresholds were calibrated with (a smaller one scores more prefixes: more work, more false
+    alarms than calibrated)."""
     max_open_sessions: int = 100_000
     """Open sessions per worker; beyond it the least recently seen are closed early (counted as evicted)."""
     max_session_lines: int = 1_000_000
@@ -133,6 +142,8 @@ class StreamConfig:
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.hop < 0:
             raise ValueError(f"hop must be >= 0 (0 = the model's), got {self.hop}")
+        if self.early_hop < 0:
+            raise ValueError(f"early_hop must be >= 0 (0 = the model's), got {self.early_hop}")
         positive = ("partitions", "replication_factor", "max_open_sessions", "max_session_lines",
                     "max_line_bytes", "batch_max", "alert_top_lines")
         for name in positive:

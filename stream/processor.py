@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from model.decision import is_anomalous
+from model.early import EarlyRule
 from stream.alerts import ScoredWindow, build_alert
 from stream.metrics import Metrics
-from stream.windows import Entry, SessionState, SessionWindows, Window
+from stream.windows import EarlyScoring, Entry, SessionState, SessionWindows, Window
 
 CLOSE_REASONS = ("idle", "evict")
 
@@ -30,6 +31,22 @@ class Scorer(Protocol):
     window_hop: int
 
     def score_detailed(self, windows: list[list[str]]) -> Sequence[ScoredWindow]: ...
+
+
+def early_scoring(scorer: Scorer, hop: int, enabled: bool | None, early_hop: int = 0) -> EarlyScoring | None:
+    """What scores the model's open sessions early (the worker's early_alerts, early_hop: 0 = the model's), or None:
+    switched off, or the model has no early thresholds (also a scorer without them, such as a test's fake one)."""
+    thresholds = getattr(scorer, "early_thresholds", None)
+    early_hop = early_hop or int(getattr(scorer, "early_hop", 0))
+    if enabled is False or thresholds is None or early_hop < 1:
+        return None
+    is_novel = getattr(scorer, "is_novel", None)
+    return EarlyScoring(EarlyRule(scorer.max_window, hop, early_hop), thresholds,
+                        is_novel if is_novel is not None else _never_novel)
+
+
+def _never_novel(line: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -85,10 +102,12 @@ class Batch:
 
 
 class SessionProcessor:
-    def __init__(self, windows: SessionWindows, idle_seconds: float, metrics: Metrics) -> None:
+    def __init__(self, windows: SessionWindows, idle_seconds: float, metrics: Metrics,
+                 early: EarlyScoring | None = None) -> None:
         self.windows = windows
         self.idle_seconds = idle_seconds
         self.metrics = metrics
+        self.early = early  # None: open sessions are scored only by the window rule (early_alerts off)
         self.started_at = 0.0  # set when the worker starts: idle time never counts the worker's downtime
 
     def apply(self, events: Sequence[tuple[int, SessionEvent]],
@@ -116,6 +135,10 @@ class SessionProcessor:
                 window = self.windows.add(key, state, entry, now)
                 self.metrics.inc("lines_applied")
                 batch.states[key] = state
+                if window is None and self.early is not None:
+                    window = self.early.window(self.windows, key, state)
+                    if window is not None:
+                        self.metrics.inc("windows_early")
                 if window is not None:
                     self._due(batch, window, state)
                 if self.windows.too_long(state):
@@ -148,18 +171,33 @@ class SessionProcessor:
     def alerts_for(self, batch: Batch, scored: Sequence[ScoredWindow], scorer: Scorer, top_lines: int,
                    now: float, model: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Alerts for windows at or above the model's threshold (a threshold of 1.0 flags nothing: model.decision),
-        honouring each session's cooldown. `model` is what alerts say about the scorer (stream.reload.model_info:
-        name, fingerprint, weights); by default its name and fingerprint."""
+        early windows at or above their early threshold, honouring each session's cooldown and alerting early at
+        most once per window. `model` is what alerts say about the scorer (stream.reload.model_info: name,
+        fingerprint, weights); by default its name and fingerprint."""
         if model is None:
             model = {"name": scorer.name, "fingerprint": scorer.fingerprint}
         alerts = []
         for window, state, result in zip(batch.windows, batch.owners, scored, strict=True):
-            if not is_anomalous(result.score, scorer.threshold):
-                continue
-            if not self.windows.should_alert(state, window):
-                self.metrics.inc("alerts_suppressed_cooldown")
-                continue
+            if window.early:
+                if self.early is None:
+                    continue  # cannot happen: early windows are made and judged by the same batch's policy
+                threshold = self.early.threshold(window)
+                decision = self.early.alerts(self.windows, state, window, result.score)
+                if decision is None:
+                    continue
+                if not decision:
+                    self.metrics.inc("alerts_suppressed_cooldown")
+                    continue
+                state.early_alerted_at = window.end
+                self.metrics.inc("alerts_early")
+            else:
+                threshold = scorer.threshold
+                if not is_anomalous(result.score, threshold):
+                    continue
+                if not self.windows.should_alert(state, window):
+                    self.metrics.inc("alerts_suppressed_cooldown")
+                    continue
             state.alerted_at = window.end
-            alerts.append(build_alert(window, result, threshold=scorer.threshold, model=model, top_lines=top_lines,
+            alerts.append(build_alert(window, result, threshold=threshold, model=model, top_lines=top_lines,
                                       detected_at=now))
         return alerts

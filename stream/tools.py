@@ -132,9 +132,10 @@ def consume_alerts(bootstrap: str | list[str], topic: str = "alerts", from_begin
 def format_alert(alert: dict[str, Any]) -> str:
     """A few readable lines: the verdict, then the window's suspicious lines."""
     w = alert.get("window", {})
+    early = f" [early: {w.get('trigger')}, open session]" if w.get("early") else ""
     head = (f"ALERT {alert.get('alert_id', '?')[:12]} session={alert.get('session')} "
             f"score={alert.get('score', 0):.3f} (threshold {alert.get('threshold', 0):.3f}) "
-            f"lines {w.get('start')}..{w.get('end')}{' [session end]' if w.get('final') else ''} "
+            f"lines {w.get('start')}..{w.get('end')}{' [session end]' if w.get('final') else ''}{early} "
             f"unseen={alert.get('unseen_lines')} at {alert.get('detected_at')}")
     marked = [ln for ln in alert.get("lines", []) if ln.get("suspicious")]
     body = [f"    ! {ln.get('contribution', 0):+.3f}  {ln.get('line', '')[:160]}" for ln in marked]

@@ -1,16 +1,19 @@
 """Per-session state and the decisions made on it, as plain classes with no Kafka and no clock.
 
-The window rule itself is `model.windowing.Windower` (shared with training and evaluation); this module
-adds what a long-running worker needs around it: serialisable state (it lives in a Faust table), idle and
-overflow closing, a hard cap on session length, and the alert cooldown.
+The window rule itself is `model.windowing.Windower` (shared with training and evaluation), and so is the early
+scoring rule, `model.early.EarlyRule`; this module adds what a long-running worker needs around them: serialisable
+state (it lives in a Faust table), idle and overflow closing, a hard cap on session length, the alert cooldown,
+and which open-session windows are scored early and may alert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from model.decision import is_anomalous
+from model.early import EarlyRule, EarlyThresholds
 from model.windowing import Windower, WindowState
 
 
@@ -43,6 +46,7 @@ class SessionState:
     last_seen: float = 0.0  # wall-clock time of the last line (drives the idle close)
     last_event_offset: int = -1  # offset of the last applied session event: redeliveries are skipped
     alerted_at: int = -1  # `count` at the end of the last alerted window (drives the cooldown)
+    early_alerted_at: int = -1  # `count` at the last early alert (a session alerts early once per window)
     # Input partition -> offset of the last input line applied: a line the route publishes again (its input
     # offset was not committed before a crash or a rebalance) arrives in a new event and is skipped by this.
     input_offsets: dict[int, int] = field(default_factory=dict)
@@ -50,7 +54,8 @@ class SessionState:
     def to_json(self) -> dict[str, Any]:
         return {"items": [e.to_json() for e in self.items], "count": self.count, "emitted_at": self.emitted_at,
                 "last_seen": self.last_seen, "last_event_offset": self.last_event_offset,
-                "alerted_at": self.alerted_at, "input_offsets": {str(p): o for p, o in self.input_offsets.items()}}
+                "alerted_at": self.alerted_at, "early_alerted_at": self.early_alerted_at,
+                "input_offsets": {str(p): o for p, o in self.input_offsets.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionState:
@@ -58,6 +63,7 @@ class SessionState:
                    emitted_at=int(data["emitted_at"]), last_seen=float(data["last_seen"]),
                    last_event_offset=int(data.get("last_event_offset", -1)),
                    alerted_at=int(data.get("alerted_at", -1)),
+                   early_alerted_at=int(data.get("early_alerted_at", -1)),
                    input_offsets={int(p): int(o) for p, o in data.get("input_offsets", {}).items()})
 
     def seen_input(self, entry: Entry) -> bool:
@@ -73,6 +79,11 @@ class Window:
     end: int
     entries: list[Entry]
     final: bool  # emitted when the session closed
+    trigger: str | None = None  # an early window (judged by the early threshold): why it is scored (model.early)
+
+    @property
+    def early(self) -> bool:
+        return self.trigger is not None
 
 
 class SessionWindows:
@@ -108,7 +119,42 @@ class SessionWindows:
 
     def should_alert(self, state: SessionState, window: Window) -> bool:
         """False while a previous alert of this session is within the cooldown (counted in lines)."""
-        return state.alerted_at < 0 or window.end - state.alerted_at >= max(self.cooldown_lines, 1)
+        return self.cooled_down(state, window.end)
+
+    def cooled_down(self, state: SessionState, end: int) -> bool:
+        """A window ending at the session's `end`-th line is past the cooldown of the session's last alert."""
+        return state.alerted_at < 0 or end - state.alerted_at >= max(self.cooldown_lines, 1)
+
+
+class EarlyScoring:
+    """Which lines of an open session make its current window due for early scoring, and whether a scored early
+    window alerts (model.early: every early_hop lines, at once on a line never seen in a normal training session,
+    judged by the early thresholds, once per max_window lines, never within the cooldown)."""
+
+    def __init__(self, rule: EarlyRule, thresholds: EarlyThresholds, is_novel: Callable[[str], bool]) -> None:
+        self.rule = rule
+        self.thresholds = thresholds
+        self.is_novel = is_novel
+
+    def window(self, windows: SessionWindows, session: str, state: SessionState) -> Window | None:
+        """The early window due at the session's latest line, if any (call it when no regular window is due)."""
+        count = state.count
+        if not self.rule.may_alert(count, state.early_alerted_at) or not windows.cooled_down(state, count):
+            return None  # it could not alert: not worth scoring
+        if not self.thresholds.can_flag(len(state.items)):
+            return None  # no score reaches the early threshold at this length
+        trigger = self.rule.trigger(count, self.is_novel(state.items[-1].line))
+        return Window(session, count, list(state.items), final=False, trigger=trigger) if trigger else None
+
+    def threshold(self, window: Window) -> float:
+        return self.thresholds.for_length(len(window.entries))
+
+    def alerts(self, windows: SessionWindows, state: SessionState, window: Window, score: float) -> bool | None:
+        """True: the early window alerts; False: it reached its threshold but the session may not alert now
+        (already alerted early within max_window lines, or in its cooldown); None: below the threshold."""
+        if not is_anomalous(score, self.threshold(window)):
+            return None
+        return self.rule.may_alert(window.end, state.early_alerted_at) and windows.cooled_down(state, window.end)
 
 
 def sessions_to_close(last_seen: Iterable[tuple[str, float]], now: float, idle: float,

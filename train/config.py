@@ -18,6 +18,7 @@ SPLIT_MODES = ("grouped", "chronological")
 POOLING_MODES = ("mean", "cls")
 CLASS_WEIGHTING = ("none", "balanced")
 THRESHOLD_OBJECTIVES = ("f1", "fpr")
+EARLY_CALIBRATIONS = ("per_length", "single", "off")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -206,6 +207,19 @@ class TrainingSection:
     (1.0, which flags nothing, when even the top score breaks it; see model.decision)."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
+    early_hop: int = 3
+    """The worker scores an open session's current window every early_hop lines (and at once on a line never seen in
+    a normal training session, model.early); stored in the model, and the early thresholds are calibrated for it."""
+    early_calibration: str = "per_length"
+    """How the early thresholds are calibrated on the eval sessions' prefixes: per_length (a threshold per window
+    length bucket: 1, 2, 4, ... lines), single (one for every length) or off (no early thresholds: the worker scores
+    closing windows only)."""
+    early_target_fpr: float | None = None
+    """Share of the normal eval sessions the early thresholds may alert before they close; None: the share the
+    closing threshold flags, so early scoring raises no more false alarms than closing does. Stored in the model."""
+    train_on_prefixes: bool = False
+    """Also train on the prefixes the worker scores early (early_hop, novel lines): those of normal sessions as
+    normal, those of anomalous sessions that already hold a line never seen in a normal session as anomalous."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
@@ -233,6 +247,13 @@ class TrainingSection:
                              f"({self.threshold_objective!r})")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"training.target_fpr must be in [0, 1) ({self.target_fpr})")
+        if self.early_hop < 1:
+            raise ValueError(f"training.early_hop must be >= 1 ({self.early_hop})")
+        if self.early_calibration not in EARLY_CALIBRATIONS:
+            raise ValueError(f"training.early_calibration must be one of {', '.join(EARLY_CALIBRATIONS)} "
+                             f"({self.early_calibration!r})")
+        if self.early_target_fpr is not None and not 0.0 <= self.early_target_fpr < 1.0:
+            raise ValueError(f"training.early_target_fpr must be in [0, 1) or null ({self.early_target_fpr})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
 

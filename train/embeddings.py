@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -150,15 +151,33 @@ def build_window_set(sessions: Sequence[Session], masked: Sequence[tuple[str, ..
             windows.append(window)
             labels.append(session.label)
             owners.append(number)
+    return pack_windows(windows, labels, owners, sessions)
+
+
+def pack_windows(windows: Sequence[Sequence[int]], labels: Sequence[int], owners: Sequence[int],
+                 sessions: Sequence[Session]) -> WindowSet:
+    """Windows of table rows, each with its label and the index of its session in `sessions`, as a WindowSet."""
     longest = max((len(w) for w in windows), default=1)
     index = torch.zeros(len(windows), longest, dtype=torch.long)  # (W, L)
     for row, window in enumerate(windows):
-        index[row, : len(window)] = torch.tensor(window, dtype=torch.long)
+        index[row, : len(window)] = torch.tensor(list(window), dtype=torch.long)
     return WindowSet(
         index=index,
         lengths=torch.tensor([len(w) for w in windows], dtype=torch.long),
-        labels=torch.tensor(labels, dtype=torch.long),
-        session_index=torch.tensor(owners, dtype=torch.long),
+        labels=torch.tensor(list(labels), dtype=torch.long),
+        session_index=torch.tensor(list(owners), dtype=torch.long),
         session_labels=torch.tensor([s.label for s in sessions], dtype=torch.long),
         session_ids=[s.session_id for s in sessions],
     )
+
+
+def concat_window_sets(a: WindowSet, b: WindowSet) -> WindowSet:
+    """The windows of `a`, then those of `b` (both over the same sessions)."""
+    if a.session_ids != b.session_ids:
+        raise ValueError("window sets over different sessions cannot be joined")
+    longest = max(a.index.shape[1], b.index.shape[1])
+    index = torch.cat([F.pad(a.index, (0, longest - a.index.shape[1])),
+                       F.pad(b.index, (0, longest - b.index.shape[1]))])  # (Wa + Wb, longest)
+    return WindowSet(index=index, lengths=torch.cat([a.lengths, b.lengths]),
+                     labels=torch.cat([a.labels, b.labels]), session_index=torch.cat([a.session_index, b.session_index]),
+                     session_labels=a.session_labels, session_ids=a.session_ids)

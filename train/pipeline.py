@@ -28,7 +28,11 @@ from model.masking import mask
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
 from train.data import Session, label_counts
-from train.embeddings import EmbeddingCache, build_window_set, embed_lines, encoder_cache_key, mask_sessions
+from model.early import EarlyRule
+from train.early import (calibrate_early, closing_fpr, early_report, length_bounds, prefix_windows,
+                         regular_window_scores, score_prefixes, session_outcomes)
+from train.embeddings import (EmbeddingCache, build_window_set, concat_window_sets, embed_lines, encoder_cache_key,
+                              mask_sessions, pack_windows)
 from train.evaluation import score_sessions, session_metrics
 from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
 from train.metrics import calibrate_threshold, classification_metrics
@@ -57,8 +61,12 @@ def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> d
     config = asdict(cfg)
     for key in ("output_dir", "resume"):
         config.pop(key)
-    for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints"):
+    for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints",
+                "early_calibration", "early_target_fpr"):  # the last two only calibrate the trained model
         config["training"].pop(key)
+    if not cfg.training.train_on_prefixes:  # then early_hop does not change the training windows either
+        config["training"].pop("train_on_prefixes")
+        config["training"].pop("early_hop")
     config["encoder"].pop("cache_dir")
     config["encoder"].pop("batch_size")
     return {"config": config, "train_data": fingerprint, "eval_data": eval_fingerprint}
@@ -137,7 +145,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     table = embed_lines(distinct, encoder, cache)  # (U, D)
     timings["embed_s"] = time.perf_counter() - clock
     row_of = {line: row for row, line in enumerate(distinct)}
+    normal_lines = frozenset(line for s, lines in zip(train_sessions, train_masked) if not s.label for line in lines)
     train_set = build_window_set(train_sessions, train_masked, row_of, cfg.model.max_window, cfg.training.hop)
+    if cfg.training.train_on_prefixes:
+        rule = EarlyRule(cfg.model.max_window, cfg.training.hop, cfg.training.early_hop)
+        prefixes = prefix_windows(train_sessions, train_masked, row_of, normal_lines, rule, cfg.training.seed)
+        logger.info("training on %d prefixes as well (%d anomalous)", len(prefixes[0]), sum(prefixes[1]))
+        train_set = concat_window_sets(train_set, pack_windows(*prefixes, train_sessions))
     eval_set = build_window_set(eval_sessions, eval_masked, row_of, cfg.model.max_window, cfg.training.hop)
     logger.info("%d distinct masked lines; %d train windows, %d eval windows", len(distinct), len(train_set),
                 len(eval_set))
@@ -164,7 +178,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
-    metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, device)
+    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, device)
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
@@ -176,6 +190,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "embedding": {"distinct_lines": len(distinct), "encoder": encoder.reference, "cache_dir": str(cache.dir)},
         "data_fingerprint": fingerprint,
         "threshold": metrics["threshold"],
+        "early": early,
         "final_eval_loss": window_check.loss,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "output_dir": str(out),
@@ -230,9 +245,11 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
 
 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
-              train_masked: list[tuple[str, ...]], device: torch.device) -> dict[str, Any]:
-    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold,
-    write seen_lines.json and the eval plots; returns the eval metrics at the stored threshold."""
+              train_masked: list[tuple[str, ...]], normal_lines: frozenset[str],
+              device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold and
+    the early thresholds, write seen_lines.json, normal_lines.json and the eval plots; returns the eval metrics at
+    the stored threshold and what early scoring does on eval (None when early_calibration is off)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -243,6 +260,7 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
         shutil.rmtree(staging)
     model.save_pretrained(staging)
     LogScorer.save_seen_lines(staging, dict.fromkeys(line for lines in train_masked for line in lines))
+    LogScorer.save_normal_lines(staging, normal_lines)
     scorer = LogScorer.from_pretrained(staging, device=str(device), encoder=encoder,
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
@@ -250,10 +268,42 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
                                     cfg.training.target_fpr)
     model.config.threshold = threshold
+    early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines)
     model.save_pretrained(staging)
     del scorer  # its weights map files in staging/
     publish_dir(staging, final_dir)
     metrics = session_metrics(eval_sessions, scores, threshold)
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
     plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
-    return metrics
+    return metrics, early
+
+
+def _calibrate_early(cfg: TrainConfig, model: Any, scorer: Any, eval_sessions: list[Session],
+                     closing_scores: list[float], normal_lines: frozenset[str]) -> dict[str, Any] | None:
+    """Score the eval sessions' early prefixes, calibrate the early thresholds (train.early) and store them with
+    early_hop and early_target_fpr in the model's config; what they do on eval (train.early.early_report)."""
+    t = cfg.training
+    if t.early_calibration == "off":
+        return None
+    threshold = float(model.config.threshold)
+    rule = EarlyRule(cfg.model.max_window, t.hop, t.early_hop)
+    prefixes = score_prefixes(scorer, eval_sessions, rule, normal_lines, t.eval_batch_size)
+    labels = [s.label for s in eval_sessions]
+    target = t.early_target_fpr if t.early_target_fpr is not None else closing_fpr(labels, closing_scores, threshold)
+    bounds = length_bounds(cfg.model.max_window) if t.early_calibration == "per_length" else (cfg.model.max_window,)
+    normal = [p for p, label in zip(prefixes, labels) if not label]
+    early = calibrate_early(normal, target, threshold, bounds)
+    model.config.early_hop = t.early_hop
+    model.config.early_thresholds = early.to_config()
+    model.config.early_target_fpr = target
+    windows = regular_window_scores(scorer, eval_sessions, t.hop, t.eval_batch_size)
+    outcomes = session_outcomes(eval_sessions, prefixes, closing_scores, threshold, early, windows)
+    report = early_report(eval_sessions, outcomes, closing_scores, threshold)
+    report.update({"early_hop": t.early_hop, "calibration": t.early_calibration, "target_fpr": target,
+                   "thresholds": early.to_config(), "windows_scored_early": sum(len(p) for p in prefixes)})
+    logger.info("early scoring on eval: %d of %d anomalous sessions alerted before their last line, %d normal "
+                "sessions alerted early only; precision %.4f -> %.4f, recall %.4f -> %.4f",
+                report["alerted_before_last_line"], report["anomalous"], report["normal_alerted_early_only"],
+                report["closing"]["precision"], report["with_early"]["precision"], report["closing"]["recall"],
+                report["with_early"]["recall"])
+    return report

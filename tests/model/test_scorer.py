@@ -114,6 +114,25 @@ def test_unseen_fraction_from_seen_lines(scorer: LogScorer, model_dir: Path, tmp
     assert [r.unseen_fraction for r in results] == pytest.approx([0.0, 0.75, 1.0])
 
 
+def test_early_scoring_settings_and_novel_lines_come_from_the_model_folder(scorer: LogScorer, tmp_path: Path) -> None:
+    assert scorer.early_hop == 0 and scorer.early_thresholds is None  # a folder from before early scoring
+    assert scorer.normal_lines is None and not scorer.is_novel(SESSION[5])  # no normal_lines.json: no novel trigger
+    folder = tmp_path / "with_early"
+    scorer.model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(early_hop=3, early_thresholds=[[4, 1.0], [8, 0.9]], early_target_fpr=0.01)
+    (folder / "config.json").write_text(json.dumps(config))
+    LogScorer.save_normal_lines(folder, (mask(line) for line in SESSION[:5]))
+    early = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
+    assert early.early_hop == 3 and early.early_thresholds.to_config() == [[4, 1.0], [8, 0.9]]
+    assert [early.is_novel(line) for line in SESSION] == [False] * 5 + [True]
+    assert not early.is_novel(SESSION[0].replace("202001", "213344"))  # another time stamp, the same masked line
+    config["early_thresholds"] = [[4, 2.0]]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="early thresholds must be numbers in"):
+        LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
+
+
 @pytest.mark.parametrize("windows", [[[]], [SESSION, []]])
 def test_empty_window_is_rejected(scorer: LogScorer, windows: list[list[str]]) -> None:
     with pytest.raises(ValueError, match="empty"):

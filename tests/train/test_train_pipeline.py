@@ -77,6 +77,61 @@ def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, 
     assert sorted(p.name for p in out.iterdir() if "final_moe_model" in p.name) == ["final_moe_model"]
 
 
+def test_the_early_thresholds_are_calibrated_on_the_eval_prefixes_and_stored(
+        trained: tuple[TrainConfig, dict[str, Any]]) -> None:
+    from model.early import EarlyRule, EarlyThresholds
+    from model.masking import mask
+    from train.early import calibrate_early, closing_fpr, length_bounds, score_prefixes
+
+    cfg, result = trained
+    model_dir = cfg.output_path / "final_moe_model"
+    stored = json.loads((model_dir / "config.json").read_text())
+    train_sessions = load_jsonl(cfg.data.train[0])
+    normal = frozenset(mask(line) for s in train_sessions if not s.label for line in s.lines)
+    assert frozenset(json.loads((model_dir / "normal_lines.json").read_text())) == normal
+    assert stored["early_hop"] == cfg.training.early_hop
+    scorer = load_scorer(str(model_dir), "cpu", 256)
+    assert scorer.normal_lines == normal and scorer.early_thresholds == EarlyThresholds.from_config(
+        stored["early_thresholds"])
+    sessions = load_jsonl(cfg.data.eval[0])
+    labels = [s.label for s in sessions]
+    closing = score_sessions(scorer, sessions, hop=cfg.training.hop).scores
+    assert stored["early_target_fpr"] == pytest.approx(closing_fpr(labels, closing, stored["threshold"]))
+    prefixes = score_prefixes(scorer, sessions, EarlyRule(scorer.max_window, cfg.training.hop, stored["early_hop"]),
+                              normal)
+    again = calibrate_early([p for p, y in zip(prefixes, labels) if not y], stored["early_target_fpr"],
+                            stored["threshold"], length_bounds(scorer.max_window))
+    assert [b for b, _ in again.to_config()] == [b for b, _ in stored["early_thresholds"]]
+    assert [v for _, v in again.to_config()] == pytest.approx([v for _, v in stored["early_thresholds"]], abs=1e-6)
+    assert min(v for _, v in stored["early_thresholds"]) >= stored["threshold"]  # stricter than closing, or equal
+    normal_alerted = sum(1 for p, y in zip(prefixes, labels)
+                         if not y and any(scorer.early_thresholds.flags(x.score, x.n_lines) for x in p))
+    assert normal_alerted <= stored["early_target_fpr"] * labels.count(0) + 1e-9
+    assert result["early"]["calibration"] == "per_length"
+    assert result["early"]["thresholds"] == stored["early_thresholds"]
+
+
+def test_training_on_prefixes_adds_one_prefix_window_per_session_it_can_label(
+        make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    from model.early import EarlyRule
+    from model.masking import mask
+    from train.early import prefix_windows
+
+    plain = make_config(tmp_path / "plain", "training.epochs_stage1=1", "training.epochs_stage2=1")
+    cfg = make_config(tmp_path / "prefixes", "training.epochs_stage1=1", "training.epochs_stage2=1",
+                      "training.train_on_prefixes=true")
+    result = train(cfg)
+    sessions = load_jsonl(cfg.data.train[0])
+    masked = [tuple(mask(line) for line in s.lines) for s in sessions]
+    normal = frozenset(line for s, lines in zip(sessions, masked) if not s.label for line in lines)
+    row_of = {line: i for i, line in enumerate(dict.fromkeys(line for lines in masked for line in lines))}
+    windows, labels, _ = prefix_windows(sessions, masked, row_of, normal,
+                                        EarlyRule(cfg.model.max_window, cfg.training.hop, cfg.training.early_hop),
+                                        cfg.training.seed)
+    assert windows and result["windows"]["train"] == train(plain)["windows"]["train"] + len(windows)
+    assert result["early"]["thresholds"]  # calibrated as without prefixes
+
+
 def test_publish_dir_swaps_a_complete_model_in(tmp_path: Path) -> None:
     final, staging = tmp_path / "final_moe_model", tmp_path / ".final_moe_model.staging"
     final.mkdir()
