@@ -92,16 +92,18 @@ class DataParallel:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
-    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """The (class-weighted) cross-entropy of the global batch, as each rank's share of it: after DDP averages
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
+                      batch_labels: torch.Tensor) -> torch.Tensor:
+        """The (class-weighted) cross-entropy of the global batch, as this rank's share of it: after DDP averages
         the gradients over the ranks they are the gradients of F.cross_entropy over the whole batch, whose weighted
-        mean divides by the weight of the whole batch, not of one rank's share. logits (b, 2), labels (b,)."""
+        mean divides by the weight of the whole batch (batch_labels, which every rank knows), not of one rank's
+        share. logits (b, 2) and labels (b,) of this rank's rows; batch_labels (B,) of the global batch."""
         if not self.distributed:
             return F.cross_entropy(logits, labels, weight=weight)
         summed = F.cross_entropy(logits, labels, weight=weight, reduction="sum")  # ()
-        norm = weight[labels].sum() if weight is not None else torch.tensor(float(labels.numel()))
-        total = self.all_reduce_sum(norm.detach().float())
-        return summed * self.world_size / total.to(summed.device)
+        batch_weight = (weight.cpu()[batch_labels].sum() if weight is not None
+                        else torch.tensor(float(batch_labels.numel())))  # ()
+        return summed * (self.world_size / float(batch_weight))
 
     # ------------------------------------------------------------------------------------------- collectives
 

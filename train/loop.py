@@ -236,11 +236,12 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         lr = lr_at(stage_step, total, warmup, cfg.learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = dp.local_rows(order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size])
+        batch = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
+        rows = dp.local_rows(batch)  # this process's share of the batch: all of it in a single process
         embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T); B = batch_size / processes
         labels = data.labels[rows].to(table.device)  # (B,)
         out = model(inputs_embeds=embeds, attention_mask=mask)
-        loss = dp.cross_entropy(out.logits.float(), labels, weights) + out.aux_loss
+        loss = dp.cross_entropy(out.logits.float(), labels, weights, data.labels[batch]) + out.aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -125,7 +125,7 @@ def ddp_gradients(dp: DataParallel, tensors: dict[str, torch.Tensor]) -> None:
         net = dp.wrap(model)
         rows = dp.local_rows(torch.arange(8))  # (4,)
         out = net(inputs_embeds=embeds[rows], attention_mask=mask[rows])
-        (dp.cross_entropy(out.logits.float(), labels[rows], class_weight) + out.aux_loss).backward()
+        (dp.cross_entropy(out.logits.float(), labels[rows], class_weight, labels) + out.aux_loss).backward()
         for key, param in model.named_parameters():
             if param.grad is None:
                 continue
