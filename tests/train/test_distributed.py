@@ -18,7 +18,7 @@ from model.config_io import load_config
 from train.checkpoint import LoadedCheckpoint, TrainerState, load_latest_checkpoint, rng_key, save_checkpoint
 from train.cli import nproc_child_argv, train_overrides
 from train.config import TrainConfig
-from train.distributed import (AllRanksError, check_batch_split, check_enough_windows, choose_backend, shard,
+from train.distributed import (SINGLE, AllRanksError, check_batch_split, check_enough_windows, choose_backend, shard,
                                unshard, world_from_env)
 from train.launch import report_failure
 
@@ -38,6 +38,20 @@ def test_shards_are_disjoint_cover_everything_and_come_back_in_order(world_size:
     assert unshard(shards) == items
     rows = torch.arange(length)
     assert torch.equal(torch.cat([shard(rows, rank, world_size) for rank in range(world_size)]).sort().values, rows)
+
+
+def test_a_single_process_takes_the_plain_path() -> None:
+    """Without torchrun nothing is wrapped, split or exchanged, so a single process trains bit for bit as before."""
+    model = torch.nn.Linear(3, 2)
+    assert SINGLE.wrap(model) is model and not SINGLE.distributed and SINGLE.is_main
+    rows = torch.tensor([5, 1, 4, 2])
+    assert torch.equal(SINGLE.local_rows(rows), rows)
+    logits, labels, weight = torch.randn(4, 2), torch.tensor([0, 1, 1, 0]), torch.tensor([0.6, 2.0])
+    assert torch.equal(SINGLE.cross_entropy(logits, labels, weight, labels),
+                       torch.nn.functional.cross_entropy(logits, labels, weight=weight))
+    assert SINGLE.mean_over_ranks(0.25, 3.0) == (0.25, 3.0)
+    assert SINGLE.gather_shards([3, 1]) == [3, 1] and SINGLE.agree(lambda: 7) == 7
+    assert SINGLE.rank_rng_states() == {}
 
 
 def test_a_global_batch_splits_into_equal_halves() -> None:
