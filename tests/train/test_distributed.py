@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from ddp_launch import run_bounded, torchrun
+from ddp_launch import REPO_ROOT, run_bounded, torchrun
 from safetensors.torch import load_file
 
 from model.cli import build_parser, main
@@ -253,3 +255,42 @@ def test_ranks_draw_dropout_of_their_own_and_rank_0_gathers_them(
     assert torch.equal(tensors0["gathered.rng.torch.rank1"], tensors1["rng_own"])
     assert "gathered.rng.torch" not in tensors0  # rank 0's own is saved as rng.torch by save_checkpoint
 
+
+# ------------------------------------------------------------------------------------------- README
+
+def readme_cluster_commands() -> list[list[str]]:
+    """The commands of README's "Training on a cluster", each as argv (continuations joined; srun, comments and
+    shell assignments left out)."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Training on a cluster\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if not words or re.match(r"\w+=", words[0]):
+                continue
+            commands.append(words[1:] if words[0] == "srun" else words)
+    return commands
+
+
+def test_readme_cluster_commands_are_valid_torchrun_and_logmoe_invocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.run import get_args_parser
+
+    monkeypatch.chdir(REPO_ROOT)
+    commands = readme_cluster_commands()
+    launches = []
+    for argv in commands:
+        assert argv[0] in ("logmoe", "torchrun"), argv
+        if argv[0] == "torchrun":
+            launch = get_args_parser().parse_args(argv[1:])
+            assert launch.training_script == "$(which logmoe)", argv
+            launches.append(launch)
+            argv = ["logmoe", *launch.training_script_args]
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "train"
+        load_config(TrainConfig, args.config, train_overrides(args))
+    assert any(argv[0] == "logmoe" and "--nproc" in argv for argv in commands)
+    assert any(launch.standalone for launch in launches)
+    multi_node = [launch for launch in launches if not launch.standalone]
+    assert len(multi_node) == 2 and all(launch.rdzv_backend == "c10d" and launch.rdzv_endpoint
+                                        for launch in multi_node)  # by hand and under Slurm
