@@ -2,7 +2,10 @@
 train.distributed.data_parallel, exercises the collectives the pipeline uses, and writes what it saw to
 OUT/rank<r>.json (numbers and lists) and OUT/rank<r>.safetensors (tensors); the tests assert on those files.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/ddp_checks.py OUT
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/ddp_checks.py OUT WORLD ENCODER
+
+WORLD holds the generated train.jsonl and dev.jsonl, ENCODER is the tiny test encoder: the pipeline's own set-up
+checks run on them (more processes than training windows).
 """
 from __future__ import annotations
 
@@ -134,7 +137,24 @@ def ddp_gradients(dp: DataParallel, tensors: dict[str, torch.Tensor]) -> None:
         tensors[f"{name}.rows"] = rows
 
 
-def main(out: Path) -> None:
+def pipeline_refusals(dp: DataParallel, out: Path, world: Path, encoder: Path, results: dict[str, Any]) -> None:
+    """The training pipeline in this group on one training session (one window) for two processes."""
+    from model.config_io import load_config
+    from train.config import TrainConfig
+    from train.pipeline import _train
+
+    one_session = out / "one_session.jsonl"
+    if dp.is_main:
+        one_session.write_text((world / "train.jsonl").read_text().splitlines()[0] + "\n")
+    dp.all_gather_objects(None)  # written before either rank reads it
+    cfg = load_config(TrainConfig, None, [f'data.train=["{one_session}"]', f'data.eval=["{world / "dev.jsonl"}"]',
+                                          f"encoder.name_or_path={encoder}", f"output_dir={out / 'run'}",
+                                          "training.device=cpu", "training.min_steps_per_epoch=0",
+                                          "training.epochs_stage1=1", "training.epochs_stage2=1"])  # short if it runs
+    results["too_few_windows"] = error_of(lambda: _train(cfg, dp))
+
+
+def main(out: Path, world: Path, encoder: Path) -> None:
     results: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
     with data_parallel("cpu", "gloo", timeout_s=60) as dp:
@@ -142,6 +162,7 @@ def main(out: Path) -> None:
         collectives(dp, results)
         data_step(dp, out / "cache", results, tensors)
         ddp_gradients(dp, tensors)
+        pipeline_refusals(dp, out, world, encoder, results)
         dp.seed_rank(42)
         tensors["rng_own"] = torch.get_rng_state()
         tensors.update({f"gathered.{key}": state for key, state in dp.rank_rng_states().items()})
@@ -150,4 +171,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -178,11 +178,12 @@ def test_each_rank_keeps_and_restores_its_own_rng_state(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- two processes
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, world: Path, tiny_encoder_dir: Path
+          ) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """What each of 2 ranks saw in tests/train/ddp_checks.py, in rank order."""
     out = tmp_path_factory.mktemp("ddp_checks")
-    done = run_bounded(torchrun("--standalone", "--nproc_per_node", "2", str(HERE / "ddp_checks.py"), str(out)),
-                       LAUNCH_TIMEOUT_S)
+    done = run_bounded(torchrun("--standalone", "--nproc_per_node", "2", str(HERE / "ddp_checks.py"), str(out),
+                                str(world), str(tiny_encoder_dir)), LAUNCH_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     return [(json.loads((out / f"rank{r}.json").read_text()), load_file(str(out / f"rank{r}.safetensors")))
             for r in range(2)]
@@ -245,6 +246,14 @@ def test_ddp_gradients_of_two_halves_are_the_gradients_of_the_whole_batch(
         for key in keys:
             ddp, single = tensors[f"{weighting}.ddp.{key}"], tensors[f"{weighting}.single.{key}"]
             assert torch.allclose(ddp, single, rtol=1e-5, atol=1e-7), (key, float((ddp - single).abs().max()))
+
+
+@pytest.mark.slow
+def test_the_pipeline_refuses_more_processes_than_training_windows_on_every_rank(
+        ranks: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    for results, _ in ranks:
+        assert results["too_few_windows"] == ("fewer training windows (1) than processes (2): every process needs at "
+                                              "least one window of each batch; start at most 1")
 
 
 @pytest.mark.slow
