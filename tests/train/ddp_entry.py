@@ -2,8 +2,7 @@
 environment switches make one rank record what it trained on, or stop answering:
 
   LOGMOE_TEST_ROWS_DIR=D       every rank appends the window rows of each training batch to D/rows-<rank>.jsonl
-  LOGMOE_TEST_HANG_RANK=r      rank r sleeps instead of running its epoch after LOGMOE_TEST_HANG_AFTER (default 1),
-                               in torchrun's first attempt only (an elastic restart runs normally)
+  LOGMOE_TEST_HANG_RANK=r      rank r sleeps instead of running its epoch after LOGMOE_TEST_HANG_AFTER (default 1)
 """
 from __future__ import annotations
 
@@ -51,6 +50,6 @@ def hang_after_epochs(rank: int, epochs: int) -> None:
 if __name__ == "__main__":
     if os.environ.get("LOGMOE_TEST_ROWS_DIR"):
         record_training_rows(Path(os.environ["LOGMOE_TEST_ROWS_DIR"]))
-    if os.environ.get("LOGMOE_TEST_HANG_RANK") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+    if os.environ.get("LOGMOE_TEST_HANG_RANK"):
         hang_after_epochs(int(os.environ["LOGMOE_TEST_HANG_RANK"]), int(os.environ.get("LOGMOE_TEST_HANG_AFTER", "1")))
     sys.exit(main())

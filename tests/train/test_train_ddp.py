@@ -187,23 +187,20 @@ def test_nodes_reading_different_data_are_refused_in_one_line(fast_settings: lis
     assert not (tmp_path / "out" / "moe_results").exists()
 
 
-def test_a_rank_that_stops_answering_ends_the_attempt_and_a_restart_resumes(fast_settings: list[str],
-                                                                           tmp_path: Path) -> None:
-    """Rank 1 sleeps through its third epoch: rank 0 gives up after training.dist_timeout_s with one error line,
-    torchrun stops rank 1 and, allowed one elastic restart (`--max-restarts 1`, static rendezvous on
-    `--master-port`), starts both again; with --resume they continue from the last epoch checkpoint and finish."""
+def test_a_rank_that_stops_answering_ends_the_run_with_an_error(fast_settings: list[str], tmp_path: Path) -> None:
+    """Rank 1 sleeps through its second epoch; rank 0 gives up after training.dist_timeout_s, torchrun stops rank 1,
+    and the run ends with one error line well before the test's own timeout, its first epoch saved for --resume.
+    (15 s, not less: joining the group waits as long, and the two processes start seconds apart on a busy machine.)"""
     started = time.monotonic()
-    done = run_bounded(torchrun("--max-restarts", "1", "--master-port", str(free_port()), "--nproc_per_node", "2",
-                                str(HERE / "ddp_entry.py"), "train", "--config", "configs/train.yaml", "--resume",
-                                *cli_settings([*fast_settings, f"output_dir={tmp_path}", "training.dist_timeout_s=5",
-                                               "training.epochs_stage1=2", "training.epochs_stage2=1"])),
-                       TIMEOUT_S, env={"LOGMOE_TEST_HANG_RANK": "1", "LOGMOE_TEST_HANG_AFTER": "2"})
+    done = run_bounded(torchrun("--standalone", "--nproc_per_node", "2", str(HERE / "ddp_entry.py"), "train",
+                                "--config", "configs/train.yaml",
+                                *cli_settings([*fast_settings, f"output_dir={tmp_path}",
+                                               "training.dist_timeout_s=15"])),
+                       TIMEOUT_S, env={"LOGMOE_TEST_HANG_RANK": "1", "LOGMOE_TEST_HANG_AFTER": "1"})
+    assert done.returncode != 0
     assert time.monotonic() - started < TIMEOUT_S / 2
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("logmoe: error: rank 0 of 2 lost the other training processes")
-    assert "training.dist_timeout_s (5 s)" in lines[0] and "continue it with --resume" in lines[0]
-    assert "--resume: no checkpoint" in done.stderr  # the first attempt started fresh
-    assert "checkpoint-002 (2 epochs done" in done.stderr  # the restart continued from the last epoch
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "final_moe_model" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "metrics.json").read_text())["world_size"] == 2
+    assert "training.dist_timeout_s (15 s)" in lines[0] and "continue it with --resume" in lines[0]
+    assert (tmp_path / "moe_results" / "checkpoint-001").is_dir()  # what --resume continues from
+    assert not (tmp_path / "final_moe_model").exists()
