@@ -3,6 +3,7 @@
 checkpoint-<NNN>/ (NNN = epochs done, both stages counted):
   model.safetensors       the classifier's state dict
   optimizer.safetensors   AdamW moments and step per parameter ("state.<param>.<name>"), and the torch RNG state
+                          ("rng.torch"; in a data-parallel run each other rank's as "rng.torch.rank<r>")
   trainer_state.json      epochs done, global step, optimizer param groups, the log history, the run's identity
 The JSON is written last; a folder without it is an interrupted save and is ignored. Nothing is pickled.
 """
@@ -62,16 +63,23 @@ def checkpoint_folder(results_dir: Path, epochs_done: int) -> Path:
     return results_dir / f"checkpoint-{epochs_done:03d}"
 
 
+def rng_key(rank: int) -> str:
+    """The optimizer.safetensors tensor holding the RNG state of data-parallel rank `rank` (0: the only one of a
+    single process)."""
+    return "rng.torch" if rank == 0 else f"rng.torch.rank{rank}"
+
+
 def save_checkpoint(results_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    trainer: TrainerState, keep: int) -> Path:
-    """Write checkpoint-<epochs_done>/ and delete all but the newest `keep` checkpoints and the best epoch's."""
+                    trainer: TrainerState, keep: int, rank_rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint-<epochs_done>/ and delete all but the newest `keep` checkpoints and the best epoch's;
+    `rank_rng` holds the other data-parallel ranks' RNG states (rng_key(r) -> state)."""
     folder = checkpoint_folder(results_dir, trainer.epochs_done)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(folder / "model.safetensors"))
-    extra: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    extra: dict[str, torch.Tensor] = {rng_key(0): torch.get_rng_state(), **(rank_rng or {})}
     groups: list[dict[str, Any]] = []
     if optimizer is not None:
         tensors, groups = optimizer_tensors(optimizer)
@@ -114,8 +122,14 @@ class LoadedCheckpoint:
     optimizer_tensors: dict[str, torch.Tensor]
     optimizer_param_groups: list[dict[str, Any]]
 
-    def restore_rng(self) -> None:
-        torch.set_rng_state(self.optimizer_tensors["rng.torch"])
+    def restore_rng(self, rank: int = 0) -> None:
+        """Restore this (data-parallel) rank's RNG state; a rank the saving run did not have keeps its own seed."""
+        state = self.optimizer_tensors.get(rng_key(rank))
+        if state is None:
+            logger.warning("%s holds no RNG state for rank %d (saved by a run with fewer processes); its dropout "
+                           "draws start from its own seed", self.folder, rank)
+            return
+        torch.set_rng_state(state)
 
 
 def load_latest_checkpoint(results_dir: Path) -> LoadedCheckpoint | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -49,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int, help="random seed (training.seed)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N (training.device)")
     tr.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    tr.add_argument("--nproc", type=int, metavar="N",
+                    help="train data-parallel in N processes on this machine (torchrun's launcher; for several "
+                         "machines run torchrun ... \"$(which logmoe)\" train ...)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help=_SET_HELP)
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="config keys set as with --set (training.learning_rate=3e-4 model.top_p=0.9)")
@@ -145,10 +149,37 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from model.config_io import load_config
     from train.config import TrainConfig
+    from train.distributed import AllRanksError, LostRankError, is_main_process, world_from_env
+
+    overrides = train_overrides(args)
+    cfg = load_config(TrainConfig, args.config, overrides)
+    world_size = world_from_env(os.environ)[1]
+    if args.nproc is not None:
+        if world_size > 1:
+            raise ValueError(f"--nproc {args.nproc} under a launcher that already started {world_size} processes: "
+                             "leave --nproc out (torchrun's --nproc_per_node sets the count)")
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1 ({args.nproc})")
+        if args.nproc > 1:
+            from train.launch import launch_local
+
+            return launch_local(args.nproc, nproc_child_argv(args, overrides))
+    main_rank = is_main_process()
+    if not main_rank:  # rank 0 logs for the run
+        logging.getLogger().setLevel(logging.WARNING)
     from train.pipeline import train
 
-    cfg = load_config(TrainConfig, args.config, train_overrides(args))
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except AllRanksError:
+        if main_rank:
+            raise
+        return 2  # rank 0 reports it, once
+    except LostRankError as err:
+        print(f"logmoe: error: {err}", file=sys.stderr)
+        return 2
+    if not main_rank:
+        return 0
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     elif result["status"] != "complete":
@@ -158,6 +189,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(format_metrics(result["eval"], title=f"eval ({result['data']['split']})"))
         print(f"model: {result['output_dir']}/final_moe_model")
     return 0
+
+
+def nproc_child_argv(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
+    """The `logmoe` arguments of each process --nproc starts: this train command, its settings as --set."""
+    argv = ["-v"] if getattr(args, "verbose", False) else []
+    argv.append("train")
+    if args.config:
+        argv += ["--config", args.config]
+    if args.json:
+        argv.append("--json")
+    for setting in overrides:
+        argv += ["--set", setting]
+    return argv
 
 
 def eval_config(args: argparse.Namespace, files: Sequence[str]) -> EvalConfig:

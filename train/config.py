@@ -19,6 +19,7 @@ POOLING_MODES = ("mean", "cls")
 CLASS_WEIGHTING = ("none", "balanced")
 THRESHOLD_OBJECTIVES = ("f1", "fpr")
 EARLY_CALIBRATIONS = ("per_length", "single", "off")
+BACKENDS = ("auto", "gloo", "nccl")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -224,6 +225,12 @@ class TrainingSection:
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
     """Stop, as if interrupted, after this many epochs in total (for testing --resume); None: run to the end."""
+    backend: str = "auto"
+    """Collectives of a data-parallel run (torchrun, --nproc): auto (NCCL when every process has a GPU of its
+    own, else gloo), gloo or nccl. batch_size stays the global batch: each process takes batch_size / processes."""
+    dist_timeout_s: float = 1800.0
+    """Seconds a process of a data-parallel run waits in a collective for the others before it gives up with an
+    error (a rank that died or hangs); it must outlast rank 0's per-epoch evaluation and checkpoint."""
 
     def __post_init__(self) -> None:
         positive = ("learning_rate", "batch_size", "logging_steps", "hop", "eval_batch_size", "keep_checkpoints")
@@ -254,6 +261,10 @@ class TrainingSection:
                              f"({self.early_calibration!r})")
         if self.early_target_fpr is not None and not 0.0 <= self.early_target_fpr < 1.0:
             raise ValueError(f"training.early_target_fpr must be in [0, 1) or null ({self.early_target_fpr})")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"training.backend must be one of {', '.join(BACKENDS)} ({self.backend!r})")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"training.dist_timeout_s must be > 0 ({self.dist_timeout_s})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
 

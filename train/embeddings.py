@@ -93,18 +93,24 @@ def embed_lines(texts: Sequence[str], encoder: Encoder, cache: EmbeddingCache | 
     missing = [t for t in texts if t not in cached]
     logger.info("embedding %d distinct masked lines: %d cached, %d to encode", len(texts), len(texts) - len(missing),
                 len(missing))
-    fresh: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(missing), chunk_size), desc="encoding lines", unit="chunk",
-                      disable=not missing):
-        fresh.append(encoder.encode(missing[start:start + chunk_size]).float().cpu())  # (c, D)
     if missing:
-        new_rows = torch.cat(fresh)  # (M, D)
+        new_rows = encode_in_chunks(missing, encoder, chunk_size)  # (M, D)
         if cache is not None:
             cache.add(missing, new_rows)
         cached.update(zip(missing, new_rows))
     table = torch.stack([cached[t] for t in texts]) if texts else torch.zeros(0, encoder.dim)  # (U, D)
     encoder.prime(list(texts), table)
     return table
+
+
+def encode_in_chunks(texts: Sequence[str], encoder: Encoder, chunk_size: int = 1024,
+                     show_progress: bool = True) -> torch.Tensor:
+    """(M, D) float32 CPU embeddings of `texts`, encoded chunk_size lines at a time (with a progress bar)."""
+    fresh = [torch.zeros(0, encoder.dim)]
+    for start in tqdm(range(0, len(texts), chunk_size), desc="encoding lines", unit="chunk",
+                      disable=not texts or not show_progress):
+        fresh.append(encoder.encode(texts[start:start + chunk_size]).float().cpu())  # (c, D)
+    return torch.cat(fresh)  # (M, D)
 
 
 @dataclass

@@ -9,6 +9,10 @@ run ends with the weights an uninterrupted one would have.
 An epoch is one pass over the training windows, or `min_steps_per_epoch` steps of reshuffled windows where the
 data is smaller. The final model is the final stage's epoch with the best eval PR-AUC (`select_best`), whose
 checkpoint is kept for that.
+
+Data-parallel (`dp`, train/distributed.py): every rank draws the same epoch order and trains on its strided share of
+each global batch under DistributedDataParallel; rank 0 alone evaluates, logs and writes checkpoints. With a single
+process `dp` changes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 from train.checkpoint import (LoadedCheckpoint, TrainerState, load_checkpoint_weights, load_optimizer_tensors,
                               save_checkpoint)
 from train.config import TrainingSection
+from train.distributed import SINGLE, DataParallel
 from train.embeddings import WindowSet
 
 logger = logging.getLogger(__name__)
@@ -129,18 +134,24 @@ def score_windows(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, 
 
 
 class RunLogger:
-    """Writes each logging step to moe_logs/train_log.jsonl and TensorBoard, and keeps the history."""
+    """Writes each logging step to moe_logs/train_log.jsonl and TensorBoard, and keeps the history; with
+    write=False (data-parallel ranks other than 0) it only keeps the history."""
 
-    def __init__(self, log_dir: Path, history: list[dict[str, Any]]) -> None:
+    def __init__(self, log_dir: Path, history: list[dict[str, Any]], write: bool = True) -> None:
+        self.history = history
+        self.writer: SummaryWriter | None = None
+        if not write:
+            return
         log_dir.mkdir(parents=True, exist_ok=True)
         self.path = log_dir / "train_log.jsonl"
-        self.history = history
         # rewrite the JSONL from the (checkpointed) history, so a resumed run has no lines from lost steps
         self.path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        if self.writer is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         step = record["step"]
@@ -149,7 +160,8 @@ class RunLogger:
                 self.writer.add_scalar(f"stage{record['stage']}/{key}", value, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 EvalHook = Callable[[Epoch, EvalResult], dict[str, Any]]
@@ -157,15 +169,17 @@ EvalHook = Callable[[Epoch, EvalResult], dict[str, Any]]
 
 def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowSet, eval_set: WindowSet,
                  cfg: TrainingSection, output_dir: Path, run_identity: dict[str, Any],
-                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook) -> TrainerState:
-    """Run (or continue) both stages; returns the final trainer state (its log_history holds every record)."""
+                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook, dp: DataParallel = SINGLE) -> TrainerState:
+    """Run (or continue) both stages; returns the final trainer state (its log_history holds every record; on
+    data-parallel ranks other than 0 only the training steps, which they log nowhere)."""
     epochs = schedule(cfg)
     trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
     steps = steps_per_epoch(len(train_set), cfg)
     results_dir = output_dir / "moe_results"
     weights = class_weights(train_set.labels, cfg.class_weighting)
     weights = weights.to(table.device) if weights is not None else None
-    run_log = RunLogger(output_dir / "moe_logs", trainer.log_history)
+    run_log = RunLogger(output_dir / "moe_logs", trainer.log_history, write=dp.is_main)
+    net = dp.wrap(model)  # what the steps call: DDP over the model, or the model itself
     optimizer: torch.optim.AdamW | None = None
     try:
         for epoch in epochs[trainer.epochs_done:]:
@@ -178,7 +192,11 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
                 optimizer = make_optimizer(model, cfg)
                 if resume_from is not None and epoch.index_in_stage > 0:
                     load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
-            _run_epoch(model, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log)
+            _run_epoch(net, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, dp)
+            trainer.epochs_done += 1
+            rank_rng = dp.rank_rng_states()
+            if not dp.is_main:
+                continue
             result = score_windows(model, table, eval_set, cfg.eval_batch_size)
             key = result.selection_key(eval_set.session_labels)
             record = {"stage": epoch.stage, "epoch": float(epoch.index_in_stage + 1), "step": trainer.global_step,
@@ -187,17 +205,16 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
             run_log.log(record)
             logger.info("stage %d epoch %d/%d: %s", epoch.stage, epoch.index_in_stage + 1, epoch.epochs_in_stage,
                         ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_")))
-            trainer.epochs_done += 1
             if epoch.stage == epochs[-1].stage and key > trainer.best_key:  # the final stage's best epoch
                 trainer.best_epoch, trainer.best_key = trainer.epochs_done, key
-            save_checkpoint(results_dir, model, optimizer, trainer, cfg.keep_checkpoints)
+            save_checkpoint(results_dir, model, optimizer, trainer, cfg.keep_checkpoints, rank_rng)
     finally:
         run_log.close()
     if trainer.epochs_done == len(epochs):
         # also when a resumed run had every epoch done already (stopped in the final evaluation or while saving): the
         # loop ran no epoch, which is where routing is set, and the model would be saved as built, dense
         model.set_routing(epochs[-1].routing)
-        if cfg.select_best and trainer.best_epoch and trainer.best_epoch != trainer.epochs_done:
+        if dp.is_main and cfg.select_best and trainer.best_epoch and trainer.best_epoch != trainer.epochs_done:
             logger.info("final model: epoch %d of %d (best eval PR-AUC %.4f, loss %.4f)", trainer.best_epoch,
                         len(epochs), trainer.best_key[0], -trainer.best_key[1])
             model.load_state_dict(load_checkpoint_weights(results_dir, trainer.best_epoch))
@@ -206,7 +223,7 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
 
 def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
                epoch: Epoch, steps: int, weights: torch.Tensor | None, cfg: TrainingSection,
-               trainer: TrainerState, run_log: RunLogger) -> None:
+               trainer: TrainerState, run_log: RunLogger, dp: DataParallel = SINGLE) -> None:
     model.train()
     total = steps * epoch.epochs_in_stage
     warmup = max(1, int(cfg.warmup_ratio * total))
@@ -214,17 +231,18 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
     order = epoch_order(len(data), steps, cfg.batch_size, cfg.seed * 1000 + epoch.global_index)
     window_loss, window_norm, window_experts, seen = 0.0, 0.0, 0.0, 0
     bar = tqdm(range(steps), desc=f"stage {epoch.stage} epoch {epoch.index_in_stage + 1}", unit="step",
-               leave=False)
+               leave=False, disable=not dp.is_main)
     for step_in_epoch in bar:
         stage_step = epoch.index_in_stage * steps + step_in_epoch
         lr = lr_at(stage_step, total, warmup, cfg.learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
-        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
+        batch = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
+        rows = dp.local_rows(batch)  # this process's share of the batch: all of it in a single process
+        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T); B = batch_size / processes
         labels = data.labels[rows].to(table.device)  # (B,)
         out = model(inputs_embeds=embeds, attention_mask=mask)
-        loss = F.cross_entropy(out.logits.float(), labels, weight=weights) + out.aux_loss
+        loss = dp.cross_entropy(out.logits.float(), labels, weights, data.labels[batch]) + out.aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -235,6 +253,7 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         window_experts += float(out.experts_per_token)
         seen += 1
         if trainer.global_step % cfg.logging_steps == 0 or step_in_epoch == steps - 1:
+            window_loss, window_experts = dp.mean_over_ranks(window_loss, window_experts)
             progress = epoch.index_in_stage + (step_in_epoch + 1) / steps
             record = {"stage": epoch.stage, "epoch": round(progress, 4),
                       "step": trainer.global_step, "loss": window_loss / seen, "grad_norm": window_norm / seen,

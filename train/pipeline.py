@@ -7,6 +7,10 @@ Outputs under cfg.output_dir (the seed's layout plus metrics and plots):
                      seen_lines.json
   metrics.json       final eval metrics (computed with LogScorer, as `logmoe evaluate` does), data counts, timings
   plots/             loss_curves.png, pr_curve.png, confusion_matrix.png
+
+Under torchrun (or `logmoe train --nproc N`) every process runs `train(cfg)`: a data-parallel run
+(train/distributed.py). The ranks mask and embed their shares of the data (train/sharded_prep.py), train under
+DistributedDataParallel, and rank 0 alone writes everything above and evaluates, as a single process would.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,20 +28,21 @@ from typing import Any
 
 import torch
 
-from model.device import resolve_device
 from model.masking import mask
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
 from train.data import Session, label_counts
 from model.early import EarlyRule
+from train.distributed import DataParallel, check_batch_split, check_enough_windows, data_parallel, world_from_env
 from train.early import (calibrate_early, closing_fpr, early_report, length_bounds, prefix_windows,
                          regular_window_scores, score_prefixes, session_outcomes)
-from train.embeddings import (EmbeddingCache, build_window_set, concat_window_sets, embed_lines, encoder_cache_key,
-                              mask_sessions, pack_windows)
+from train.embeddings import (EmbeddingCache, build_window_set, concat_window_sets, encoder_cache_key,
+                              pack_windows)
 from train.evaluation import score_sessions, session_metrics
 from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
 from train.metrics import calibrate_threshold, classification_metrics
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
+from train.sharded_prep import embed_lines_across, mask_sessions_across
 from train.sources import LINE_LABELLED, load_source, split_labelled_by_time
 from train.split import split_sessions
 
@@ -61,8 +67,8 @@ def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> d
     config = asdict(cfg)
     for key in ("output_dir", "resume"):
         config.pop(key)
-    for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints",
-                "early_calibration", "early_target_fpr"):  # the last two only calibrate the trained model
+    for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints", "backend",
+                "dist_timeout_s", "early_calibration", "early_target_fpr"):  # the last two only calibrate the model
         config["training"].pop(key)
     if not cfg.training.train_on_prefixes:  # then early_hop does not change the training windows either
         config["training"].pop("train_on_prefixes")
@@ -118,22 +124,33 @@ def build_model(cfg: TrainConfig, input_dim: int, encoder_reference: str, finger
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, calibrate and save a model; returns (and writes to metrics.json) the final metrics. A run stopped by
-    training.stop_after_epochs returns {"status": "interrupted", ...} and saves no final model."""
+    training.stop_after_epochs returns {"status": "interrupted", ...} and saves no final model. Started by torchrun,
+    each process joins the data-parallel run; ranks other than 0 return {"status", "rank", "world_size"} only."""
+    check_batch_split(cfg.training.batch_size, world_from_env(os.environ)[1])  # before any process waits for others
+    with data_parallel(cfg.training.device, cfg.training.backend, cfg.training.dist_timeout_s) as dp:
+        return _train(cfg, dp)
+
+
+def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     from model.encoder import LineEncoder
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     out = cfg.output_path
-    out.mkdir(parents=True, exist_ok=True)
+    if dp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.training.seed)
-    device = resolve_device(cfg.training.device)
+    device = dp.device
 
-    train_sessions, eval_sessions, data_info = load_run_data(cfg)
+    train_sessions, eval_sessions, data_info = dp.agree(lambda: load_run_data(cfg))
+    fingerprint = data_fingerprint(train_sessions)
+    eval_fingerprint = data_fingerprint(eval_sessions)
+    dp.check_same("data fingerprint", f"train {fingerprint}, eval {eval_fingerprint}")
     timings["load_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    train_masked = mask_sessions(train_sessions, mask)
-    eval_masked = mask_sessions(eval_sessions, mask)
+    train_masked = mask_sessions_across(train_sessions, mask, dp)
+    eval_masked = mask_sessions_across(eval_sessions, mask, dp)
     distinct = list(dict.fromkeys(line for lines in (*train_masked, *eval_masked) for line in lines))
     timings["mask_s"] = time.perf_counter() - clock
 
@@ -142,7 +159,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                           max_length=cfg.encoder.line_max_length, device=device, batch_size=cfg.encoder.batch_size)
     cache = EmbeddingCache(cfg.embed_cache_dir, encoder_cache_key(encoder.reference, cfg.encoder.pooling,
                                                                   cfg.encoder.line_max_length))
-    table = embed_lines(distinct, encoder, cache)  # (U, D)
+    table = embed_lines_across(distinct, encoder, cache, dp)  # (U, D)
     timings["embed_s"] = time.perf_counter() - clock
     row_of = {line: row for row, line in enumerate(distinct)}
     normal_lines = frozenset(line for s, lines in zip(train_sessions, train_masked) if not s.label for line in lines)
@@ -155,14 +172,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     eval_set = build_window_set(eval_sessions, eval_masked, row_of, cfg.model.max_window, cfg.training.hop)
     logger.info("%d distinct masked lines; %d train windows, %d eval windows", len(distinct), len(train_set),
                 len(eval_set))
+    check_enough_windows(len(train_set), dp.world_size)
 
-    fingerprint = data_fingerprint(train_sessions)
-    identity = run_identity(cfg, fingerprint, data_fingerprint(eval_sessions))
+    identity = run_identity(cfg, fingerprint, eval_fingerprint)
     model = build_model(cfg, encoder.dim, encoder.reference, fingerprint).to(device)
-    resume_from = _prepare_checkpoints(cfg, identity)
+    dp.seed_rank(cfg.training.seed)
+    resume_from = dp.from_main(lambda: _prepare_checkpoints(cfg, identity))  # rank 0 reads, every rank restores
     if resume_from is not None:
         model.load_state_dict(resume_from.model_state)
-        resume_from.restore_rng()
+        resume_from.restore_rng(dp.rank)
 
     def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
         at_half = classification_metrics(eval_set.session_labels.tolist(), result.session_scores.tolist(), 0.5)
@@ -170,11 +188,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     clock = time.perf_counter()
     trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
-                           eval_hook)
+                           eval_hook, dp)
     timings["train_s"] = time.perf_counter() - clock
-    epochs = schedule(cfg.training)
-    if trainer.epochs_done < len(epochs):
-        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": len(epochs),
+    total_epochs = len(schedule(cfg.training))
+    if not dp.is_main:  # rank 0 evaluates and writes the results
+        done = trainer.epochs_done == total_epochs
+        return {"status": "complete" if done else "interrupted", "rank": dp.rank, "world_size": dp.world_size}
+    if trainer.epochs_done < total_epochs:
+        return {"status": "interrupted", "epochs_done": trainer.epochs_done, "epochs_total": total_epochs,
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
@@ -189,6 +210,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "hop": cfg.training.hop},
         "embedding": {"distinct_lines": len(distinct), "encoder": encoder.reference, "cache_dir": str(cache.dir)},
         "data_fingerprint": fingerprint,
+        "world_size": dp.world_size,
         "threshold": metrics["threshold"],
         "early": early,
         "final_eval_loss": window_check.loss,

@@ -23,27 +23,32 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def make_config(tiny_encoder_dir: Path, world: Path) -> Callable[..., TrainConfig]:
+def fast_settings(tiny_encoder_dir: Path, world: Path) -> list[str]:
+    """The `key=value` settings of a fast CPU training run on the world with the tiny encoder (no output_dir)."""
+    return [
+        f'data.train=["{world / "train.jsonl"}"]',
+        f'data.eval=["{world / "dev.jsonl"}"]',
+        f"encoder.name_or_path={tiny_encoder_dir}",
+        "training.device=cpu",
+        "training.batch_size=32",
+        "training.min_steps_per_epoch=0",  # one pass per epoch: the world is tiny and the tests must be fast
+        "training.learning_rate=2.0e-3",
+        "training.logging_steps=2",
+        "model.hidden_size=32",
+        "model.num_attention_heads=4",
+        "model.expert_intermediate_size=64",
+        "model.router_entropy_loss_coef=0.05",
+    ]
+
+
+@pytest.fixture(scope="session")
+def make_config(fast_settings: list[str]) -> Callable[..., TrainConfig]:
     """TrainConfig from configs/train.yaml with the tiny encoder, CPU, and small, fast settings; extra
     `key=value` overrides last."""
 
     def make(output_dir: Path, *overrides: str) -> TrainConfig:
-        return load_config(TrainConfig, REPO_ROOT / "configs" / "train.yaml", [
-            f'data.train=["{world / "train.jsonl"}"]',
-            f'data.eval=["{world / "dev.jsonl"}"]',
-            f"output_dir={output_dir}",
-            f"encoder.name_or_path={tiny_encoder_dir}",
-            "training.device=cpu",
-            "training.batch_size=32",
-            "training.min_steps_per_epoch=0",  # one pass per epoch: the world is tiny and the tests must be fast
-            "training.learning_rate=2.0e-3",
-            "training.logging_steps=2",
-            "model.hidden_size=32",
-            "model.num_attention_heads=4",
-            "model.expert_intermediate_size=64",
-            "model.router_entropy_loss_coef=0.05",
-            *overrides,
-        ])
+        return load_config(TrainConfig, REPO_ROOT / "configs" / "train.yaml",
+                           [*fast_settings, f"output_dir={output_dir}", *overrides])
 
     return make
 

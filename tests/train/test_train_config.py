@@ -36,6 +36,8 @@ def test_overrides_reach_nested_sections() -> None:
     ("training.threshold_objective=auc", "training.threshold_objective must be one of f1, fpr ('auc')"),
     ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
+    ("training.backend=mpi", "training.backend must be one of auto, gloo, nccl ('mpi')"),
+    ("training.dist_timeout_s=0", "training.dist_timeout_s must be > 0 (0.0)"),
     ("data.eval_label_csv=dev.csv", "unknown key(s) 'eval_label_csv' for DataSection"),
     ("data.eval_labels_csv={a: b}", "data: eval_labels_csv: {'a': 'b'} fits none of"),
     ("training.hop=65", "training.hop must be <= model.max_window (65 > 64)"),  # lines 65..80 in no window
