@@ -17,7 +17,9 @@ DATA_FORMATS = ("jsonl", "keyed_log", "labelled_csv", "labelled_log")
 SPLIT_MODES = ("grouped", "chronological")
 POOLING_MODES = ("mean", "cls")
 CLASS_WEIGHTING = ("none", "balanced")
-THRESHOLD_OBJECTIVES = ("f1", "fpr")
+THRESHOLD_OBJECTIVES = ("f1", "fpr", "rate")
+OBJECTIVES = ("supervised", "unsupervised")
+PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -139,12 +141,16 @@ class DataSection:
             value = getattr(self, name)
             if isinstance(value, list) and not all(isinstance(item, str) and item for item in value):
                 raise ValueError(f"data.{name} must be a file or a list of files ({value!r})")
-        if self.format == "keyed_log" and not self.labels_csv:
-            raise ValueError(f"data.labels_csv is required with data.format=keyed_log ({self.labels_csv!r})")
         for name in ("window", "window_hop"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 ({value})")
+
+    def require_labels_csv(self) -> None:
+        """keyed_log data is labelled by labels_csv; ValueError when it is missing (not asked of unsupervised
+        training, which reads unlabelled keyed logs)."""
+        if self.format == "keyed_log" and not self.labels_csv:
+            raise ValueError(f"data.labels_csv is required with data.format=keyed_log ({self.labels_csv!r})")
 
     def label_files(self, role: str) -> list[str]:
         """keyed_log: the labels CSV(s) of the "train" or the "eval" files (eval: eval_labels_csv, else
@@ -161,6 +167,10 @@ class DataSection:
 class TrainingSection:
     """The two-stage optimisation."""
 
+    objective: str = "supervised"
+    """supervised: learn the labels of the training sessions; unsupervised: ignore them (a file may have none) and
+    learn normal behaviour by telling the real training windows from perturbed copies (train/unsupervised.py, the
+    `unsupervised` section); the score is P(perturbed), read by the scorer and the worker as P(anomaly)."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate of each stage. The seed used 1e-4; measured on HDFS (train+order_train ->
     dev+order_dev, 2+2 epochs) 1e-4 gives F1 0.889 (order recall 0.632) and 1e-3 gives F1 0.995 (order
@@ -198,16 +208,25 @@ class TrainingSection:
     """Lines between windows of sessions longer than max_window (the worker must use the same hop)."""
     eval_batch_size: int = 256
     """Windows per scoring batch."""
-    threshold_objective: str = "f1"
-    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr."""
+    threshold_objective: str | None = None
+    """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr
+    (both need labelled eval data); rate: the threshold that flags target_rate of the eval windows, no labels
+    needed. None: f1 for the supervised objective, rate for the unsupervised one."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
+    target_rate: float = 0.01
+    """threshold_objective=rate: the share of eval windows the threshold flags (the alert rate you can afford; set it
+    near the share of anomalies you expect, e.g. ~0.03 for HDFS blocks)."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
     """Stop, as if interrupted, after this many epochs in total (for testing --resume); None: run to the end."""
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)} ({self.objective!r})")
+        if self.threshold_objective is None:
+            self.threshold_objective = "f1" if self.objective == "supervised" else "rate"
         positive = ("learning_rate", "batch_size", "logging_steps", "hop", "eval_batch_size", "keep_checkpoints")
         if self.min_steps_per_epoch < 0:
             raise ValueError(f"training.min_steps_per_epoch must be >= 0 ({self.min_steps_per_epoch})")
@@ -229,8 +248,48 @@ class TrainingSection:
                              f"({self.threshold_objective!r})")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"training.target_fpr must be in [0, 1) ({self.target_fpr})")
+        if not 0.0 < self.target_rate < 1.0:
+            raise ValueError(f"training.target_rate must be in (0, 1) ({self.target_rate})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
+
+
+@dataclass
+class UnsupervisedSection:
+    """The unsupervised objective (training.objective=unsupervised, train/unsupervised.py): real windows (0) against
+    perturbed copies (1), with the windows that look most perturbed trimmed from the real ones."""
+
+    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS))
+    """What a perturbed copy may have undergone, one drawn per copy: shuffle (lines in random order), move (a block
+    of lines moved elsewhere), drop (lines removed), duplicate (lines repeated), replace (lines swapped for other
+    training lines, drawn uniformly over the distinct lines, so a rare line reads as a sign of perturbation) and
+    unseen (lines swapped for statements never seen in training)."""
+    max_changed: float = 0.25
+    """Largest share of a window's lines one perturbation changes (at least one line)."""
+    unseen_lines: int = 512
+    """How many never-seen statements to make for the unseen perturbation: the words of two training lines spliced
+    or one word swapped, encoded by the run's encoder."""
+    foreign_lines: list[str] = field(default_factory=list)
+    """Raw log files of other systems whose (masked) lines join the never-seen statements; only ever negatives."""
+    trim_fraction: float = 0.05
+    """Share of the real training windows left out of each epoch from trim_after_epochs on: those the current model
+    scores most anomalous, so the few percent of anomalies in unlabelled data are not learned as normal; 0: none."""
+    trim_after_epochs: int = 1
+    """Epochs trained on every window before trimming starts (the model must first tell windows apart)."""
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.perturbations if kind not in PERTURBATIONS]
+        if unknown or not self.perturbations:
+            raise ValueError(f"unsupervised.perturbations must be a non-empty list of {', '.join(PERTURBATIONS)} "
+                             f"({self.perturbations!r})")
+        if not 0.0 < self.max_changed <= 1.0:
+            raise ValueError(f"unsupervised.max_changed must be in (0, 1] ({self.max_changed})")
+        if self.unseen_lines < 0:
+            raise ValueError(f"unsupervised.unseen_lines must be >= 0 ({self.unseen_lines})")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"unsupervised.trim_fraction must be in [0, 0.5) ({self.trim_fraction})")
+        if self.trim_after_epochs < 0:
+            raise ValueError(f"unsupervised.trim_after_epochs must be >= 0 ({self.trim_after_epochs})")
 
 
 @dataclass
@@ -245,6 +304,8 @@ class TrainConfig:
     """Input files and split."""
     training: TrainingSection = field(default_factory=TrainingSection)
     """Optimisation."""
+    unsupervised: UnsupervisedSection = field(default_factory=UnsupervisedSection)
+    """The unsupervised objective's perturbations and trimming (read only with training.objective=unsupervised)."""
     output_dir: str = "runs/train"
     """Where moe_logs/, moe_results/, final_moe_model/, metrics.json and the plots go."""
     resume: bool = False
@@ -257,6 +318,10 @@ class TrainConfig:
     @property
     def embed_cache_dir(self) -> Path:
         return Path(self.encoder.cache_dir) if self.encoder.cache_dir else self.output_path / ".embed_cache"
+
+    def __post_init__(self) -> None:
+        if self.training.objective == "supervised":  # the unsupervised objective reads unlabelled keyed logs
+            self.data.require_labels_csv()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -294,6 +359,7 @@ class EvalConfig:
                              f"{', '.join('data.' + key for key in EVAL_DATA_KEYS)}")
         if not self.data:
             raise ValueError("evaluate needs at least one data file ([])")
+        self.source.require_labels_csv()
         if (self.hop is not None and self.hop < 1) or self.batch_size < 1:
             raise ValueError(f"hop and batch_size must be >= 1 ({self.hop}, {self.batch_size})")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:

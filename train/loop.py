@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -153,12 +153,28 @@ class RunLogger:
 
 
 EvalHook = Callable[[Epoch, EvalResult], dict[str, Any]]
+# what select_best maximises, from the epoch's eval result and its logged record (default: EvalResult.selection_key)
+SelectionKey = Callable[[EvalResult, dict[str, Any]], list[float]]
+
+
+class BatchSource(Protocol):
+    """Training batches of an objective other than the labels' (train/unsupervised.py); None: the labelled
+    windows as they are."""
+
+    def start_epoch(self, model: torch.nn.Module, epoch: Epoch) -> None: ...
+
+    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows `rows` (B,) at global step `step` -> embeddings (B, T, D), mask (B, T), labels (B,)."""
+        ...
 
 
 def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowSet, eval_set: WindowSet,
                  cfg: TrainingSection, output_dir: Path, run_identity: dict[str, Any],
-                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook) -> TrainerState:
-    """Run (or continue) both stages; returns the final trainer state (its log_history holds every record)."""
+                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook, batches: BatchSource | None = None,
+                 selection_key: SelectionKey | None = None) -> TrainerState:
+    """Run (or continue) both stages; returns the final trainer state (its log_history holds every record).
+    `batches` replaces the labelled training windows with another objective's batches; `selection_key` replaces
+    eval PR-AUC as what select_best maximises."""
     epochs = schedule(cfg)
     trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
     steps = steps_per_epoch(len(train_set), cfg)
@@ -178,12 +194,14 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
                 optimizer = make_optimizer(model, cfg)
                 if resume_from is not None and epoch.index_in_stage > 0:
                     load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
-            _run_epoch(model, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log)
+            if batches is not None:
+                batches.start_epoch(model, epoch)
+            _run_epoch(model, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, batches)
             result = score_windows(model, table, eval_set, cfg.eval_batch_size)
-            key = result.selection_key(eval_set.session_labels)
             record = {"stage": epoch.stage, "epoch": float(epoch.index_in_stage + 1), "step": trainer.global_step,
                       "eval_loss": result.loss, "eval_experts_per_token": result.experts_per_token,
                       **eval_hook(epoch, result)}
+            key = selection_key(result, record) if selection_key else result.selection_key(eval_set.session_labels)
             run_log.log(record)
             logger.info("stage %d epoch %d/%d: %s", epoch.stage, epoch.index_in_stage + 1, epoch.epochs_in_stage,
                         ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_")))
@@ -205,7 +223,7 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
 
 def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
                epoch: Epoch, steps: int, weights: torch.Tensor | None, cfg: TrainingSection,
-               trainer: TrainerState, run_log: RunLogger) -> None:
+               trainer: TrainerState, run_log: RunLogger, batches: BatchSource | None = None) -> None:
     model.train()
     total = steps * epoch.epochs_in_stage
     warmup = max(1, int(cfg.warmup_ratio * total))
@@ -220,8 +238,11 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         for group in optimizer.param_groups:
             group["lr"] = lr
         rows = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
-        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
-        labels = data.labels[rows].to(table.device)  # (B,)
+        if batches is None:
+            embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
+            labels = data.labels[rows].to(table.device)  # (B,)
+        else:
+            embeds, mask, labels = batches.batch(rows, trainer.global_step)
         out = model(inputs_embeds=embeds, attention_mask=mask)
         loss = F.cross_entropy(out.logits.float(), labels, weight=weights) + out.aux_loss
         optimizer.zero_grad(set_to_none=True)

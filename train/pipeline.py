@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from train.data import Session, label_counts
 from train.embeddings import EmbeddingCache, build_window_set, embed_lines, encoder_cache_key, mask_sessions
 from train.evaluation import score_sessions, session_metrics
 from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
-from train.metrics import calibrate_threshold, classification_metrics
+from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
 from train.sources import load_source
 from train.split import split_sessions
@@ -71,22 +71,30 @@ def seed_everything(seed: int) -> None:
 
 
 def load_run_data(cfg: TrainConfig) -> tuple[list[Session], list[Session], dict[str, Any]]:
-    """Train and eval sessions: the eval files, or a leak-free split of the training files."""
-    train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
+    """Train and eval sessions: the eval files, or a leak-free split of the training files. The unsupervised
+    objective reads unlabelled files too; its training sessions all carry label 0 (the labels are ignored)."""
+    supervised = cfg.training.objective == "supervised"
+    train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window, require_labels=supervised)
     if cfg.data.eval:
-        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval")
+        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval",
+                                                 require_labels=supervised)
         report.merge(eval_report)
         split = "eval files"
     else:
         train_sessions, eval_sessions = split_sessions(train_sessions, cfg.data.eval_fraction, cfg.training.seed,
                                                        cfg.data.split, mask)
         split = f"{cfg.data.split} split, eval_fraction {cfg.data.eval_fraction}"
+    eval_labelled = all(s.labelled for s in eval_sessions)
+    if not eval_labelled and cfg.training.threshold_objective != "rate":
+        raise ValueError(f"training.threshold_objective={cfg.training.threshold_objective} needs labelled eval "
+                         f"data, and {sum(not s.labelled for s in eval_sessions)} eval sessions have no label; "
+                         "set training.threshold_objective=rate (training.target_rate) or label the eval files")
     for name, part in (("train", train_sessions), ("eval", eval_sessions)):
         counts = label_counts(part)
-        if counts["n_anomalous"] in (0, counts["n"]):
+        if counts["n_anomalous"] in (0, counts["n"]) and (supervised or (name == "eval" and eval_labelled)):
             logger.warning("%s data holds one class only (%s)", name, counts)
     info = {"split": split, "train": label_counts(train_sessions), "eval": label_counts(eval_sessions),
-            "skipped": report.as_dict()}
+            "eval_labelled": eval_labelled, "skipped": report.as_dict()}
     logger.info("data: %s", info)
     return train_sessions, eval_sessions, info
 
@@ -116,6 +124,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.training.device)
 
     train_sessions, eval_sessions, data_info = load_run_data(cfg)
+    known_labels = None
+    if cfg.training.objective == "unsupervised":  # labels ignored: kept aside for the trimming report only
+        known_labels = [s.label if s.labelled else None for s in train_sessions]
+        train_sessions = [replace(s, label=0, labelled=False) for s in train_sessions]
     timings["load_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -145,13 +157,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(resume_from.model_state)
         resume_from.restore_rng()
 
+    objective = None
+    training = cfg.training
+    if cfg.training.objective == "unsupervised":
+        from train.unsupervised import build_objective, window_labels
+
+        objective = build_objective(cfg.unsupervised, train_set, table, list(dict.fromkeys(
+            line for lines in train_masked for line in lines)), encoder, cache, mask, cfg.training.seed,
+            cfg.model.max_window, cfg.training.eval_batch_size, cfg.training.epochs_stage1,
+            window_labels(train_set, known_labels))
+        objective.table = table = objective.table.to(device)  # with the never-seen statements appended
+        training = replace(cfg.training, class_weighting="none")  # batches are half real, half perturbed
+
     def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
         at_half = classification_metrics(eval_set.session_labels.tolist(), result.session_scores.tolist(), 0.5)
-        return {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
+        record = {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
+        if objective is not None:
+            record["eval_perturbation_loss"] = objective.eval_loss(model, eval_set)
+        return record
 
     clock = time.perf_counter()
-    trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
-                           eval_hook)
+    trainer = train_stages(model, table.to(device), train_set, eval_set, training, out, identity, resume_from,
+                           eval_hook, objective, objective.selection_key if objective is not None else None)
     timings["train_s"] = time.perf_counter() - clock
     total_epochs = len(schedule(cfg.training))
     if trainer.epochs_done < total_epochs:
@@ -159,11 +186,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
-    metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, device)
+    metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, device, data_info["eval_labelled"])
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
         "status": "complete",
+        "objective": cfg.training.objective,
         "eval": metrics,
         "data": data_info,
         "windows": {"train": len(train_set), "eval": len(eval_set), "max_window": cfg.model.max_window,
@@ -175,11 +203,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "output_dir": str(out),
     }
+    if objective is not None:
+        result["unsupervised"] = objective.report()
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_loss_curves(trainer.log_history, out / "plots" / "loss_curves.png")
-    logger.info("eval: f1=%.4f precision=%.4f recall=%.4f pr_auc=%s threshold=%.4f; model in %s",
+    logger.info("eval: f1=%s precision=%s recall=%s pr_auc=%s threshold=%.4f alert_rate=%.4f; model in %s",
                 metrics["f1"], metrics["precision"], metrics["recall"], metrics["pr_auc"], metrics["threshold"],
-                out / FINAL_DIR)
+                metrics["alert_rate"], out / FINAL_DIR)
     return result
 
 
@@ -225,9 +255,10 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
 
 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
-              train_masked: list[tuple[str, ...]], device: torch.device) -> dict[str, Any]:
-    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold,
-    write seen_lines.json and the eval plots; returns the eval metrics at the stored threshold."""
+              train_masked: list[tuple[str, ...]], device: torch.device, eval_labelled: bool = True) -> dict[str, Any]:
+    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
+    (threshold_objective rate: from the eval windows' scores alone), write seen_lines.json and the eval plots;
+    returns the eval metrics at the stored threshold (without labels: no precision, recall, F1)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -242,13 +273,20 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
-    threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
-                                    cfg.training.target_fpr)
+    if cfg.training.threshold_objective == "rate":
+        threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
+    else:
+        threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
+                                        cfg.training.target_fpr)
     model.config.threshold = threshold
     model.save_pretrained(staging)
     del scorer  # its weights map files in staging/
     publish_dir(staging, final_dir)
     metrics = session_metrics(eval_sessions, scores, threshold)
+    if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
+        metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
+        labels = []
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
-    plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
+    if eval_labelled:
+        plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
     return metrics
