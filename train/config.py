@@ -188,7 +188,7 @@ class TrainingSection:
     near the majority class (dev F1 0.55)."""
     select_best: bool = True
     """Keep the stage-2 epoch with the best eval PR-AUC (ties: the lower eval loss) as the final model instead of
-    the last one; false: the last epoch."""
+    the last one (the unsupervised objective: the lowest label-free eval perturbation loss); false: the last epoch."""
     warmup_ratio: float = 0.1
     """Share of each stage's steps with a linear warm-up; then linear decay to zero."""
     weight_decay: float = 0.01
@@ -197,7 +197,8 @@ class TrainingSection:
     """Gradient clipping norm."""
     class_weighting: str = "balanced"
     """balanced: cross-entropy weighted by inverse class frequency of the training windows, so a few percent of
-    anomalies (real HDFS: 4%) weigh as much as the normal windows; none: unweighted."""
+    anomalies (real HDFS: 4%) weigh as much as the normal windows; none: unweighted. Not read by the unsupervised
+    objective, whose batches are half real, half perturbed."""
     seed: int = 42
     """Seeds initialisation, dropout and shuffling: equal seeds give equal models."""
     logging_steps: int = 10
