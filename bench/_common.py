@@ -315,3 +315,42 @@ class LogMoE:
         scores = np.full(len(data.sessions), -np.inf)
         np.maximum.at(scores, np.asarray(owner), window_scores)
         return scores
+
+
+class CountAnomalyBaseline:
+    """A classical unsupervised detector on per-session masked-line counts, fitted without labels, as loglizer
+    does: "pca" (tf-idf weighted, zero-mean counts; the squared residual outside the principal components that
+    explain 95% of the variance, the SPE of Xu et al.) or "iforest" (an isolation forest on the raw counts). The
+    score is unbounded (higher: more anomalous); lines never seen in training count for nothing, as in loglizer."""
+
+    def __init__(self, name: str, kind: str, seed: int) -> None:
+        if kind not in ("pca", "iforest"):
+            raise ValueError(f"kind must be pca or iforest ({kind!r})")
+        self.name, self.kind, self.seed = name, kind, seed
+        self.threshold = 0.0
+
+    def _counts(self, data: Prepared) -> np.ndarray:
+        return self.vectorizer.transform(data.masked).toarray().astype(np.float64)  # (S, F)
+
+    def fit(self, train: Prepared, calibration: Prepared) -> None:
+        from sklearn.decomposition import PCA
+        from sklearn.ensemble import IsolationForest
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        self.vectorizer = CountVectorizer(analyzer=identity_analyzer, lowercase=False).fit(train.masked)
+        counts = self._counts(train)  # (S, F)
+        if self.kind == "pca":
+            self.idf = np.log(len(counts) / ((counts > 0).sum(axis=0) + 1e-8))  # (F,)
+            weighted = counts * self.idf
+            self.mean = weighted.mean(axis=0)  # (F,)
+            self.components = PCA(n_components=0.95, svd_solver="full").fit(weighted - self.mean).components_  # (k, F)
+        else:
+            self.forest = IsolationForest(n_estimators=200, random_state=self.seed).fit(counts)
+
+    def score(self, data: Prepared) -> np.ndarray:
+        counts = self._counts(data)
+        if self.kind == "iforest":
+            return -self.forest.score_samples(counts)
+        centred = counts * self.idf - self.mean  # (S, F)
+        residual = centred - centred @ self.components.T @ self.components  # (S, F)
+        return (residual ** 2).sum(axis=1)

@@ -12,7 +12,13 @@ LogisticRegression on masked-line counts. Every threshold is chosen the same way
 split (`train.metrics.calibrate_threshold`, which logmoe's training runs on its eval file); the drifted views keep
 the clean threshold. PR-AUC needs no threshold. Training time is each method's own fit, in the same run.
 
-    .venv/bin/python bench/bench_real.py [--sets hdfs_real,bgl,hdfs] [--quick] [--json-out F]
+Unsupervised methods fit the same train split without its labels: logmoe with `training.objective=unsupervised`
+(and any --set-unsupervised overrides), and PCA (SPE of tf-idf counts) and an isolation forest on masked-line counts,
+as loglizer does. Each is shown at two kinds of threshold: label-free, flagging a share of the dev sessions
+(`train.metrics.rate_threshold`, --rates; every session here is one window, so it is the worker's alert rate), and
+max F1 on the labelled dev split, as for the supervised methods.
+
+    .venv/bin/python bench/bench_real.py [--sets hdfs_real,bgl,hdfs] [--methods ...] [--quick] [--json-out F]
 """
 from __future__ import annotations
 
@@ -28,14 +34,16 @@ from typing import Any
 import numpy as np
 
 from _common import (
-    REPO_ROOT, CountBaseline, LabelledSession, LogMoE, Method, Prepared, add_run_options, baseline_estimators,
-    default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header, start_run, write_hdfs_jsonl, write_json,
+    REPO_ROOT, CountAnomalyBaseline, CountBaseline, LabelledSession, LogMoE, Method, Prepared, add_run_options,
+    baseline_estimators, default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header, start_run,
+    write_hdfs_jsonl, write_json,
 )
 from drift import DRIFT_RULES, drift_sessions, rules_for_fraction
 
 logger = logging.getLogger("bench.real")
 
 SETS = ("hdfs_real", "bgl", "hdfs")
+METHODS = ("logmoe", "logmoe-unsupervised", "supervised-baselines", "unsupervised-baselines")
 REWORDED_FRACTION = 0.3  # share of the drift rules applied for the "reworded statements" view
 
 
@@ -90,30 +98,53 @@ def load_set(name: str, data_dir: Path, out_dir: Path, quick: bool, seed: int) -
 
 
 def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
-    from train.metrics import classification_metrics
+    from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
 
     estimators = baseline_estimators(args.seed)
-    methods: list[Method] = [
-        CountBaseline("masked-line counts + DecisionTree", "masked", estimators["DecisionTree"]),
-        CountBaseline("masked-line counts + LogisticRegression", "masked", estimators["LogisticRegression"]),
-    ]
-    if not args.no_logmoe:
-        methods.insert(0, LogMoE(data.train_files, data.eval_files, args.out_dir / data.name / "logmoe", args.seed,
+    wanted = set(args.methods.split(","))
+    supervised: list[Method] = []
+    unsupervised: list[Method] = []
+    if "logmoe" in wanted:
+        supervised.append(LogMoE(data.train_files, data.eval_files, args.out_dir / data.name / "logmoe", args.seed,
                                  args.config, args.overrides, name="logmoe (default config)"))
+    if "supervised-baselines" in wanted:
+        supervised += [CountBaseline("masked-line counts + DecisionTree", "masked", estimators["DecisionTree"]),
+                       CountBaseline("masked-line counts + LogisticRegression", "masked",
+                                     estimators["LogisticRegression"])]
+    if "logmoe-unsupervised" in wanted:
+        unsupervised.append(LogMoE(data.train_files, data.eval_files, args.out_dir / data.name / "logmoe_unsupervised",
+                                   args.seed, args.config,
+                                   ["training.objective=unsupervised", *args.overrides, *args.unsupervised_overrides],
+                                   name="logmoe unsupervised"))
+    if "unsupervised-baselines" in wanted:
+        unsupervised += [CountAnomalyBaseline("masked-line counts + PCA (unsupervised)", "pca", args.seed),
+                         CountAnomalyBaseline("masked-line counts + IsolationForest (unsupervised)", "iforest",
+                                              args.seed)]
     train = prepare(data.train)
     views = {name: prepare(sessions) for name, sessions in data.views.items()}
     calibration = next(iter(views.values()))
     fit_seconds: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {name: {} for name in views}
-    for method in methods:
+    extra: dict[str, Any] = {}
+    for method in supervised + unsupervised:
         started = time.perf_counter()
         method.fit(train, calibration)
-        fit_seconds[method.name] = time.perf_counter() - started
-        logger.info("%s: %s fitted in %.1f s (threshold %.4f)", data.name, method.name, fit_seconds[method.name],
-                    method.threshold)
-        for name, view in views.items():
-            results[name][method.name] = classification_metrics(view.labels, method.score(view), method.threshold)
-    return {"results": results, "fit_seconds": fit_seconds}
+        seconds = time.perf_counter() - started
+        scores = {name: method.score(view) for name, view in views.items()}
+        if method in supervised:
+            rules = {"": method.threshold}
+        else:  # label-free rates of the dev sessions, then max F1 on the labelled dev split
+            rules = {f", rate {rate:g} of dev": rate_threshold(scores[next(iter(views))], rate) for rate in args.rates}
+            rules[", max F1 on dev"] = calibrate_threshold(calibration.labels, scores[next(iter(views))], "f1")
+        if isinstance(method, LogMoE):
+            extra[method.name] = {"stored_threshold": method.threshold,
+                                  **{k: method.train_metrics.get(k) for k in ("unsupervised", "timings")}}
+        for rule, threshold in rules.items():
+            fit_seconds[method.name + rule] = seconds
+            logger.info("%s: %s%s fitted in %.1f s (threshold %.4f)", data.name, method.name, rule, seconds, threshold)
+            for name, view in views.items():
+                results[name][method.name + rule] = classification_metrics(view.labels, scores[name], threshold)
+    return {"results": results, "fit_seconds": fit_seconds, "logmoe": extra}
 
 
 def table(name: str, out: dict[str, Any]) -> str:
@@ -136,16 +167,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="logmoe training config (default: configs/train.yaml, the defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="logmoe config override (repeatable); none for the benchmark of record")
+    parser.add_argument("--set-unsupervised", dest="unsupervised_overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override for the unsupervised logmoe only (repeatable)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--rates", type=lambda text: [float(x) for x in text.split(",")], default=[0.01, 0.03],
+                        help="alert rates of the label-free thresholds (default 0.01,0.03)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run on 1,200 train / 400 dev sessions per set (not a benchmark)")
-    parser.add_argument("--no-logmoe", action="store_true", help="baselines only")
     add_run_options(parser)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.sets.split(",")) - set(SETS))
     if unknown:
         parser.error(f"--sets: unknown data set(s) {unknown}; choose from {', '.join(SETS)}")
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     return args
 
 
@@ -154,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_run(args)
     header = print_header("Detection on real and synthetic logs: logmoe (default config) vs count baselines"
                           + (" (--quick)" if args.quick else ""))
-    print("Thresholds: max F1 on each set's dev split, the same way for every method; drifted views keep it.\n")
+    print("Thresholds: max F1 on each set's dev split, the same way for every method; unsupervised methods also at "
+          "label-free rates of the dev sessions; drifted views keep them.\n")
     payload: dict[str, Any] = {"machine": header, "sets": {}}
     for name in args.sets.split(","):
         data = load_set(name, args.data_dir, args.out_dir, args.quick, args.seed)

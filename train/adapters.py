@@ -75,13 +75,15 @@ def read_session_labels(paths: str | Path | Sequence[str | Path]) -> dict[str, i
 
 def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str,
                             labels_csv: str | Path | Sequence[str | Path],
-                            report: SkipReport | None = None) -> list[Session]:
+                            report: SkipReport | None = None, require_labels: bool = True) -> list[Session]:
     """Group raw lines by the session key the regex captures; label each session from the CSV(s). Sessions come
     out in order of their first line. Lines of unlabelled keys are counted and skipped; when no key has a label,
-    UnlabelledSessionsError."""
+    UnlabelledSessionsError. Without require_labels (the unsupervised objective) unlabelled keys are kept as
+    unlabelled sessions and labels_csv may be empty."""
     pattern = compile_one_group(key_regex, "key_regex")
-    label_names = ", ".join(str(p) for p in ([labels_csv] if isinstance(labels_csv, (str, Path)) else labels_csv))
-    labels = read_session_labels(labels_csv)
+    label_files = [labels_csv] if isinstance(labels_csv, (str, Path)) else list(labels_csv)
+    label_names = ", ".join(str(p) for p in label_files)
+    labels = read_session_labels(label_files) if label_files else {}
     report = report if report is not None else SkipReport()
     grouped: dict[str, list[str]] = {}
     unlabelled: dict[str, int] = {}  # key -> lines skipped, in order of first line
@@ -92,7 +94,7 @@ def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str,
                 report.add("line without a session key", f"{log_path}:{number}: no match for {key_regex!r}")
                 continue
             key = found.group(1)
-            if key not in labels:
+            if key not in labels and require_labels:
                 unlabelled[key] = unlabelled.get(key, 0) + 1
                 report.add("line of an unlabelled session",
                            f"{log_path}:{number}: session {key!r} not in {label_names}")
@@ -106,7 +108,8 @@ def sessions_from_keyed_log(log_paths: Sequence[str | Path], key_regex: str,
         if not grouped:
             raise UnlabelledSessionsError(summary)
         logger.warning("%s; their %d lines were skipped", summary, sum(unlabelled.values()))
-    return [Session(session_id=key, lines=tuple(lines), label=labels[key], source=str(log_paths[0]))
+    return [Session(session_id=key, lines=tuple(lines), label=labels.get(key, 0), source=str(log_paths[0]),
+                    labelled=key in labels)
             for key, lines in grouped.items()]
 
 

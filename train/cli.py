@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--skip-invalid", action="store_true", help="count and report invalid records, do not fail")
     tr.add_argument("--seed", type=int, help="random seed (training.seed)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N (training.device)")
+    tr.add_argument("--objective", choices=("supervised", "unsupervised"),
+                    help="supervised (default): learn the labels; unsupervised: ignore them, learn normal windows "
+                         "against perturbed copies (training.objective)")
     tr.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     tr.add_argument("--nproc", type=int, metavar="N",
                     help="train data-parallel in N processes on this machine (torchrun's launcher; for several "
@@ -133,6 +136,8 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         flags.append(f"training.seed={args.seed}")
     if args.device:
         flags.append(f"training.device={json.dumps(args.device)}")
+    if args.objective:
+        flags.append(f"training.objective={args.objective}")
     return [*flags, *args.overrides, *swallowed, *swallowed_by_eval, *args.settings]
 
 
@@ -161,6 +166,9 @@ def run_train(args: argparse.Namespace) -> int:
         if args.nproc < 1:
             raise ValueError(f"--nproc must be >= 1 ({args.nproc})")
         if args.nproc > 1:
+            if cfg.training.objective == "unsupervised":
+                raise ValueError(f"--nproc {args.nproc}: training.objective=unsupervised trains in one process; "
+                                 "leave --nproc out")
             from train.launch import launch_local
 
             return launch_local(args.nproc, nproc_child_argv(args, overrides))
@@ -245,15 +253,16 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def format_metrics(m: dict[str, Any], title: str) -> str:
-    """A readable block: headline metrics, the confusion matrix, experts per token."""
-    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    """A readable block: headline metrics, experts per line, the confusion matrix (the alert rate where the data
+    carries no labels)."""
 
     def num(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
+    anomalous = "unlabelled" if m["n_anomalous"] is None else f"{m['n_anomalous']} anomalous"
     lines = [
         title,
-        f"  sessions     {m['n']} ({m['n_anomalous']} anomalous)",
+        f"  sessions     {m['n']} ({anomalous})",
         f"  threshold    {m['threshold']:.4f}",
         f"  accuracy     {num(m['accuracy'])}",
         f"  precision    {num(m['precision'])}",
@@ -262,10 +271,14 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
         f"  pr_auc       {num(m['pr_auc'])}",
         f"  roc_auc      {num(m['roc_auc'])}",
         f"  experts/line {num(m.get('experts_per_token'))}",
-        "  confusion    predicted normal  predicted anomalous",
-        f"    normal     {tn:>16}  {fp:>19}",
-        f"    anomalous  {fn:>16}  {tp:>19}",
     ]
+    if m["confusion_matrix"] is None:  # unlabelled eval data: what share of its windows the threshold flags
+        lines.append(f"  alert rate   {num(m.get('alert_rate'))}")
+    else:
+        (tn, fp), (fn, tp) = m["confusion_matrix"]
+        lines += ["  confusion    predicted normal  predicted anomalous",
+                  f"    normal     {tn:>16}  {fp:>19}",
+                  f"    anomalous  {fn:>16}  {tp:>19}"]
     skipped = m.get("skipped", {}).get("total")
     if skipped:
         lines.append(f"  skipped      {skipped} invalid records: {m['skipped']['by_reason']}")

@@ -17,9 +17,11 @@ DATA_FORMATS = ("jsonl", "keyed_log", "labelled_csv", "labelled_log")
 SPLIT_MODES = ("grouped", "chronological")
 POOLING_MODES = ("mean", "cls")
 CLASS_WEIGHTING = ("none", "balanced")
-THRESHOLD_OBJECTIVES = ("f1", "fpr")
+THRESHOLD_OBJECTIVES = ("f1", "fpr", "rate")
 EARLY_CALIBRATIONS = ("per_length", "single", "off")
 BACKENDS = ("auto", "gloo", "nccl")
+OBJECTIVES = ("supervised", "unsupervised")
+PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -144,12 +146,16 @@ class DataSection:
             value = getattr(self, name)
             if isinstance(value, list) and not all(isinstance(item, str) and item for item in value):
                 raise ValueError(f"data.{name} must be a file or a list of files ({value!r})")
-        if self.format == "keyed_log" and not self.labels_csv:
-            raise ValueError(f"data.labels_csv is required with data.format=keyed_log ({self.labels_csv!r})")
         for name in ("window", "window_hop"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 ({value})")
+
+    def require_labels_csv(self) -> None:
+        """keyed_log data is labelled by labels_csv; ValueError when it is missing (not asked of unsupervised
+        training, which reads unlabelled keyed logs)."""
+        if self.format == "keyed_log" and not self.labels_csv:
+            raise ValueError(f"data.labels_csv is required with data.format=keyed_log ({self.labels_csv!r})")
 
     def label_files(self, role: str) -> list[str]:
         """keyed_log: the labels CSV(s) of the "train" or the "eval" files (eval: eval_labels_csv, else
@@ -166,6 +172,10 @@ class DataSection:
 class TrainingSection:
     """The two-stage optimisation."""
 
+    objective: str = "supervised"
+    """supervised: learn the labels of the training sessions; unsupervised: ignore them (a file may have none) and
+    learn normal behaviour by telling the real training windows from perturbed copies (train/unsupervised.py, the
+    `unsupervised` section); the score is P(perturbed), read by the scorer and the worker as P(anomaly)."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate of each stage. The seed used 1e-4; measured on HDFS (train+order_train ->
     dev+order_dev, 2+2 epochs) 1e-4 gives F1 0.889 (order recall 0.632) and 1e-3 gives F1 0.995 (order
@@ -183,7 +193,7 @@ class TrainingSection:
     near the majority class (dev F1 0.55)."""
     select_best: bool = True
     """Keep the stage-2 epoch with the best eval PR-AUC (ties: the lower eval loss) as the final model instead of
-    the last one; false: the last epoch."""
+    the last one (the unsupervised objective: the lowest label-free eval perturbation loss); false: the last epoch."""
     warmup_ratio: float = 0.1
     """Share of each stage's steps with a linear warm-up; then linear decay to zero."""
     weight_decay: float = 0.01
@@ -192,7 +202,8 @@ class TrainingSection:
     """Gradient clipping norm."""
     class_weighting: str = "balanced"
     """balanced: cross-entropy weighted by inverse class frequency of the training windows, so a few percent of
-    anomalies (real HDFS: 4%) weigh as much as the normal windows; none: unweighted."""
+    anomalies (real HDFS: 4%) weigh as much as the normal windows; none: unweighted. Not read by the unsupervised
+    objective, whose batches are half real, half perturbed."""
     seed: int = 42
     """Seeds initialisation, dropout and shuffling: equal seeds give equal models."""
     logging_steps: int = 10
@@ -203,11 +214,16 @@ class TrainingSection:
     """Lines between windows of sessions longer than max_window (the worker must use the same hop)."""
     eval_batch_size: int = 256
     """Windows per scoring batch."""
-    threshold_objective: str = "f1"
+    threshold_objective: str | None = None
     """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr
-    (1.0, which flags nothing, when even the top score breaks it; see model.decision)."""
+    (1.0, which flags nothing, when even the top score breaks it; see model.decision); both need labelled eval data;
+    rate: the threshold that flags target_rate of the eval windows, no labels needed. None: f1 for the supervised
+    objective, rate for the unsupervised one."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
+    target_rate: float = 0.01
+    """threshold_objective=rate: the share of eval windows the threshold flags (the alert rate you can afford; set it
+    near the share of anomalies you expect, e.g. ~0.03 for HDFS blocks)."""
     early_hop: int = 3
     """The worker scores an open session's current window every early_hop lines (and at once on a line never seen in
     a normal training session, model.early); stored in the model, and the early thresholds are calibrated for it."""
@@ -233,6 +249,10 @@ class TrainingSection:
     error (a rank that died or hangs); it must outlast rank 0's per-epoch evaluation and checkpoint."""
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)} ({self.objective!r})")
+        if self.threshold_objective is None:
+            self.threshold_objective = "f1" if self.objective == "supervised" else "rate"
         positive = ("learning_rate", "batch_size", "logging_steps", "hop", "eval_batch_size", "keep_checkpoints")
         if self.min_steps_per_epoch < 0:
             raise ValueError(f"training.min_steps_per_epoch must be >= 0 ({self.min_steps_per_epoch})")
@@ -265,8 +285,48 @@ class TrainingSection:
             raise ValueError(f"training.backend must be one of {', '.join(BACKENDS)} ({self.backend!r})")
         if self.dist_timeout_s <= 0:
             raise ValueError(f"training.dist_timeout_s must be > 0 ({self.dist_timeout_s})")
+        if not 0.0 < self.target_rate < 1.0:
+            raise ValueError(f"training.target_rate must be in (0, 1) ({self.target_rate})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
+
+
+@dataclass
+class UnsupervisedSection:
+    """The unsupervised objective (training.objective=unsupervised, train/unsupervised.py): real windows (0) against
+    perturbed copies (1), with the windows that look most perturbed trimmed from the real ones."""
+
+    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS))
+    """What a perturbed copy may have undergone, one drawn per copy: shuffle (lines in random order), move (a block
+    of lines moved elsewhere), drop (lines removed), duplicate (lines repeated), replace (lines swapped for other
+    training lines, drawn uniformly over the distinct lines, so a rare line reads as a sign of perturbation) and
+    unseen (lines swapped for statements never seen in training)."""
+    max_changed: float = 0.25
+    """Largest share of a window's lines one perturbation changes (at least one line)."""
+    unseen_lines: int = 512
+    """How many never-seen statements to make for the unseen perturbation: the words of two training lines spliced
+    or one word swapped, encoded by the run's encoder."""
+    foreign_lines: list[str] = field(default_factory=list)
+    """Raw log files of other systems whose (masked) lines join the never-seen statements; only ever negatives."""
+    trim_fraction: float = 0.05
+    """Share of the real training windows left out of each epoch from trim_after_epochs on: those the current model
+    scores most anomalous, so the few percent of anomalies in unlabelled data are not learned as normal; 0: none."""
+    trim_after_epochs: int = 1
+    """Epochs trained on every window before trimming starts (the model must first tell windows apart)."""
+
+    def __post_init__(self) -> None:
+        unknown = [kind for kind in self.perturbations if kind not in PERTURBATIONS]
+        if unknown or not self.perturbations:
+            raise ValueError(f"unsupervised.perturbations must be a non-empty list of {', '.join(PERTURBATIONS)} "
+                             f"({self.perturbations!r})")
+        if not 0.0 < self.max_changed <= 1.0:
+            raise ValueError(f"unsupervised.max_changed must be in (0, 1] ({self.max_changed})")
+        if self.unseen_lines < 0:
+            raise ValueError(f"unsupervised.unseen_lines must be >= 0 ({self.unseen_lines})")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"unsupervised.trim_fraction must be in [0, 0.5) ({self.trim_fraction})")
+        if self.trim_after_epochs < 0:
+            raise ValueError(f"unsupervised.trim_after_epochs must be >= 0 ({self.trim_after_epochs})")
 
 
 @dataclass
@@ -281,6 +341,8 @@ class TrainConfig:
     """Input files and split."""
     training: TrainingSection = field(default_factory=TrainingSection)
     """Optimisation."""
+    unsupervised: UnsupervisedSection = field(default_factory=UnsupervisedSection)
+    """The unsupervised objective's perturbations and trimming (read only with training.objective=unsupervised)."""
     output_dir: str = "runs/train"
     """Where moe_logs/, moe_results/, final_moe_model/, metrics.json and the plots go."""
     resume: bool = False
@@ -298,6 +360,8 @@ class TrainConfig:
         if self.training.hop > self.model.max_window:
             raise ValueError(f"training.hop must be <= model.max_window ({self.training.hop} > "
                              f"{self.model.max_window}): the lines between two windows would never be scored")
+        if self.training.objective == "supervised":  # the unsupervised objective reads unlabelled keyed logs
+            self.data.require_labels_csv()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,6 +400,7 @@ class EvalConfig:
                              f"{', '.join('data.' + key for key in EVAL_DATA_KEYS)}")
         if not self.data:
             raise ValueError("evaluate needs at least one data file ([])")
+        self.source.require_labels_csv()
         if (self.hop is not None and self.hop < 1) or self.batch_size < 1:
             raise ValueError(f"hop and batch_size must be >= 1 ({self.hop}, {self.batch_size})")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:

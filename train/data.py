@@ -30,12 +30,14 @@ ACCEPTED_LABELS = "正常/异常, normal/anomalous, 0/1, true/false"
 
 @dataclass(frozen=True)
 class Session:
-    """One labelled session: its raw lines in order and its label (0 normal, 1 anomalous)."""
+    """One session: its raw lines in order and its label (0 normal, 1 anomalous). An unlabelled session (read for
+    the unsupervised objective from a record without a label) has label 0 and labelled False."""
 
     session_id: str
     lines: tuple[str, ...]
     label: int
     source: str = ""  # "FILE:LINE" the session came from, for messages
+    labelled: bool = True
 
 
 @dataclass
@@ -98,22 +100,23 @@ def split_lines(text: str) -> tuple[str, ...]:
     return tuple(line.rstrip("\r") for line in text.split("\n") if line.strip())
 
 
-def parse_record(text: str, location: str, default_id: str) -> Session:
-    """One JSONL line -> Session; InvalidRecord naming location, what is wrong and the bad value."""
+def parse_record(text: str, location: str, default_id: str, require_label: bool = True) -> Session:
+    """One JSONL line -> Session; InvalidRecord naming location, what is wrong and the bad value. Without
+    require_label a record may lack its label (the session is unlabelled); a label that is there must be valid."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidRecord(location, "bad JSON", f"{err.msg} at char {err.pos}: {_clip(text)!r}") from None
     if not isinstance(obj, dict):
         raise InvalidRecord(location, "not a JSON object", _clip(text))
-    for name in ("log_sequence", "label"):
+    for name in ("log_sequence", "label") if require_label else ("log_sequence",):
         if name not in obj:
             raise InvalidRecord(location, f"missing field '{name}'", f"fields: {', '.join(sorted(obj)) or 'none'}")
     sequence = obj["log_sequence"]
     if not isinstance(sequence, str):
         raise InvalidRecord(location, "log_sequence is not a string", _clip(repr(sequence)))
     try:
-        label = parse_label(obj["label"])
+        label = parse_label(obj["label"]) if "label" in obj else NORMAL
     except ValueError:
         raise InvalidRecord(location, "unknown label",
                             f"{obj['label']!r}; expected one of {ACCEPTED_LABELS}") from None
@@ -122,12 +125,14 @@ def parse_record(text: str, location: str, default_id: str) -> Session:
         raise InvalidRecord(location, "empty log_sequence", repr(sequence[:80]))
     session_id = obj.get("session_id")
     session_id = default_id if session_id is None or session_id == "" else str(session_id)
-    return Session(session_id=session_id, lines=lines, label=label, source=location)
+    return Session(session_id=session_id, lines=lines, label=label, source=location, labelled="label" in obj)
 
 
-def load_jsonl(path: str | Path, skip_invalid: bool = False, report: SkipReport | None = None) -> list[Session]:
+def load_jsonl(path: str | Path, skip_invalid: bool = False, report: SkipReport | None = None,
+               require_labels: bool = True) -> list[Session]:
     """Read a sessions JSONL file. Blank lines are not records. Invalid records raise ValueError
-    ("FILE:LINE: what (bad value)") unless skip_invalid, in which case they are counted in `report`."""
+    ("FILE:LINE: what (bad value)") unless skip_invalid, in which case they are counted in `report`. Without
+    require_labels, records without a label are read as unlabelled sessions."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -139,7 +144,8 @@ def load_jsonl(path: str | Path, skip_invalid: bool = False, report: SkipReport 
                 continue
             location = f"{path}:{number}"
             try:
-                sessions.append(parse_record(text.rstrip("\r\n"), location, default_id=f"{path.stem}:{number}"))
+                sessions.append(parse_record(text.rstrip("\r\n"), location, default_id=f"{path.stem}:{number}",
+                                             require_label=require_labels))
             except InvalidRecord as err:
                 if not skip_invalid:
                     raise
@@ -147,12 +153,13 @@ def load_jsonl(path: str | Path, skip_invalid: bool = False, report: SkipReport 
     return sessions
 
 
-def load_sessions(paths: Sequence[str | Path], skip_invalid: bool = False) -> tuple[list[Session], SkipReport]:
+def load_sessions(paths: Sequence[str | Path], skip_invalid: bool = False,
+                  require_labels: bool = True) -> tuple[list[Session], SkipReport]:
     """Read and concatenate several JSONL files; an empty result is a ValueError."""
     report = SkipReport()
     sessions: list[Session] = []
     for path in paths:
-        sessions.extend(load_jsonl(path, skip_invalid=skip_invalid, report=report))
+        sessions.extend(load_jsonl(path, skip_invalid=skip_invalid, report=report, require_labels=require_labels))
     report.log(", ".join(str(p) for p in paths))
     if not sessions:
         raise ValueError(f"no valid sessions in {', '.join(str(p) for p in paths) or '(no files)'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -18,10 +18,12 @@ from train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class SessionScores:
     scores: list[float]  # (S,) max window probability
     experts_per_token: float  # mean over real lines of all windows
+    window_scores: list[float] = field(default_factory=list)  # (W,) every window's probability, what alerts read
 
 
 def score_sessions(scorer: Any, sessions: Sequence[Session], hop: int, batch_size: int = 256) -> SessionScores:
@@ -34,6 +36,7 @@ def score_sessions(scorer: Any, sessions: Sequence[Session], hop: int, batch_siz
             owners.append(index)
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
     scores = [0.0] * len(sessions)
+    window_scores = [0.0] * len(windows)
     seen = [False] * len(sessions)
     expert_sum, line_sum = 0.0, 0
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch",
@@ -41,11 +44,12 @@ def score_sessions(scorer: Any, sessions: Sequence[Session], hop: int, batch_siz
         chunk = order[start:start + batch_size]
         for i, result in zip(chunk, scorer.score_detailed([windows[i] for i in chunk])):
             owner = owners[i]
+            window_scores[i] = result.score
             scores[owner] = result.score if not seen[owner] else max(scores[owner], result.score)
             seen[owner] = True
             expert_sum += result.experts_per_token * len(windows[i])
             line_sum += len(windows[i])
-    return SessionScores(scores, expert_sum / max(1, line_sum))
+    return SessionScores(scores, expert_sum / max(1, line_sum), window_scores)
 
 
 def scoring_hop(hop: int | None, scorer: Any) -> int:
@@ -62,6 +66,8 @@ def scoring_hop(hop: int | None, scorer: Any) -> int:
 def session_metrics(sessions: Sequence[Session], result: SessionScores, threshold: float) -> dict[str, Any]:
     metrics = classification_metrics([s.label for s in sessions], result.scores, threshold)
     metrics["experts_per_token"] = result.experts_per_token
+    flagged = sum(score >= threshold for score in result.window_scores)
+    metrics["alert_rate"] = flagged / len(result.window_scores) if result.window_scores else None  # of windows
     return metrics
 
 

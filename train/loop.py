@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -165,13 +165,29 @@ class RunLogger:
 
 
 EvalHook = Callable[[Epoch, EvalResult], dict[str, Any]]
+# what select_best maximises, from the epoch's eval result and its logged record (default: EvalResult.selection_key)
+SelectionKey = Callable[[EvalResult, dict[str, Any]], list[float]]
+
+
+class BatchSource(Protocol):
+    """Training batches of an objective other than the labels' (train/unsupervised.py); None: the labelled
+    windows as they are."""
+
+    def start_epoch(self, model: torch.nn.Module, epoch: Epoch) -> None: ...
+
+    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows `rows` (B,) at global step `step` -> embeddings (B, T, D), mask (B, T), labels (B,)."""
+        ...
 
 
 def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowSet, eval_set: WindowSet,
                  cfg: TrainingSection, output_dir: Path, run_identity: dict[str, Any],
-                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook, dp: DataParallel = SINGLE) -> TrainerState:
+                 resume_from: LoadedCheckpoint | None, eval_hook: EvalHook, dp: DataParallel = SINGLE,
+                 batches: BatchSource | None = None, selection_key: SelectionKey | None = None) -> TrainerState:
     """Run (or continue) both stages; returns the final trainer state (its log_history holds every record; on
-    data-parallel ranks other than 0 only the training steps, which they log nowhere)."""
+    data-parallel ranks other than 0 only the training steps, which they log nowhere). `batches` replaces the
+    labelled training windows with another objective's batches (one process only); `selection_key` replaces eval
+    PR-AUC as what select_best maximises."""
     epochs = schedule(cfg)
     trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
     steps = steps_per_epoch(len(train_set), cfg)
@@ -192,16 +208,18 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
                 optimizer = make_optimizer(model, cfg)
                 if resume_from is not None and epoch.index_in_stage > 0:
                     load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
-            _run_epoch(net, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, dp)
+            if batches is not None:
+                batches.start_epoch(model, epoch)
+            _run_epoch(net, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, dp, batches)
             trainer.epochs_done += 1
             rank_rng = dp.rank_rng_states()
             if not dp.is_main:
                 continue
             result = score_windows(model, table, eval_set, cfg.eval_batch_size)
-            key = result.selection_key(eval_set.session_labels)
             record = {"stage": epoch.stage, "epoch": float(epoch.index_in_stage + 1), "step": trainer.global_step,
                       "eval_loss": result.loss, "eval_experts_per_token": result.experts_per_token,
                       **eval_hook(epoch, result)}
+            key = selection_key(result, record) if selection_key else result.selection_key(eval_set.session_labels)
             run_log.log(record)
             logger.info("stage %d epoch %d/%d: %s", epoch.stage, epoch.index_in_stage + 1, epoch.epochs_in_stage,
                         ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k.startswith("eval_")))
@@ -223,7 +241,8 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
 
 def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
                epoch: Epoch, steps: int, weights: torch.Tensor | None, cfg: TrainingSection,
-               trainer: TrainerState, run_log: RunLogger, dp: DataParallel = SINGLE) -> None:
+               trainer: TrainerState, run_log: RunLogger, dp: DataParallel = SINGLE,
+               batches: BatchSource | None = None) -> None:
     model.train()
     total = steps * epoch.epochs_in_stage
     warmup = max(1, int(cfg.warmup_ratio * total))
@@ -239,10 +258,15 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
             group["lr"] = lr
         batch = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
         rows = dp.local_rows(batch)  # this process's share of the batch: all of it in a single process
-        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T); B = batch_size / processes
-        labels = data.labels[rows].to(table.device)  # (B,)
+        if batches is None:
+            embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T); B = batch_size / processes
+            labels = data.labels[rows].to(table.device)  # (B,)
+            batch_labels = data.labels[batch]  # (batch_size,)
+        else:  # one process only (the pipeline refuses the unsupervised objective under torchrun)
+            embeds, mask, labels = batches.batch(rows, trainer.global_step)
+            batch_labels = labels.cpu()
         out = model(inputs_embeds=embeds, attention_mask=mask)
-        loss = dp.cross_entropy(out.logits.float(), labels, weights, data.labels[batch]) + out.aux_loss
+        loss = dp.cross_entropy(out.logits.float(), labels, weights, batch_labels) + out.aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -76,3 +76,24 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
     below = s[s < best]
     threshold = float((best + below.max()) / 2) if len(below) else float(best)
     return min(threshold, HIGHEST_FLAGGING)  # 1.0 would flag nothing, not the scores of 1.0 chosen here
+
+
+def rate_threshold(scores: Sequence[float], target_rate: float) -> float:
+    """The threshold that flags the int(target_rate * n) highest of n scores (at least one), without labels: what an
+    operator who can afford a given alert rate sets. It sits halfway between the lowest flagged score and the next
+    lower one, as calibrate_threshold does; scores tied across that cut are all left unflagged, so the rate is
+    never exceeded (but for the one window always flagged)."""
+    if not 0.0 < target_rate < 1.0:
+        raise ValueError(f"target_rate must be in (0, 1) ({target_rate})")
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]  # (n,) descending
+    if len(s) == 0:
+        raise ValueError("rate_threshold needs at least one score ([])")
+    k = max(1, int(target_rate * len(s)))
+    if k >= len(s):
+        return min(float(s[-1]), HIGHEST_FLAGGING)
+    if s[k - 1] == s[k]:  # a tie straddles the cut: flag only the scores above the tied value
+        above = s[s > s[k]]
+        if len(above) == 0:
+            return FLAG_NOTHING  # every score is tied at the cut
+        return float((above[-1] + s[k]) / 2)
+    return float((s[k - 1] + s[k]) / 2)

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,15 @@ from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
 from train.data import Session, label_counts
 from model.early import EarlyRule
-from train.distributed import DataParallel, check_batch_split, check_enough_windows, data_parallel, world_from_env
+from train.distributed import (AllRanksError, DataParallel, check_batch_split, check_enough_windows, data_parallel,
+                               world_from_env)
 from train.early import (calibrate_early, closing_fpr, early_report, length_bounds, prefix_windows,
                          regular_window_scores, score_prefixes, session_outcomes)
 from train.embeddings import (EmbeddingCache, build_window_set, concat_window_sets, encoder_cache_key,
                               pack_windows)
 from train.evaluation import score_sessions, session_metrics
 from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
-from train.metrics import calibrate_threshold, classification_metrics
+from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
 from train.sharded_prep import embed_lines_across, mask_sessions_across
 from train.sources import LINE_LABELLED, load_source, split_labelled_by_time
@@ -86,26 +87,36 @@ def seed_everything(seed: int) -> None:
 
 def load_run_data(cfg: TrainConfig) -> tuple[list[Session], list[Session], dict[str, Any]]:
     """Train and eval sessions: the eval files, or a leak-free split of the training files (by time for windows
-    cut from line-labelled logs, whose neighbours share lines)."""
+    cut from line-labelled logs, whose neighbours share lines). The unsupervised objective reads unlabelled files
+    too; its training sessions all carry label 0 (the labels are ignored)."""
+    supervised = cfg.training.objective == "supervised"
     if not cfg.data.eval and cfg.data.format in LINE_LABELLED:
         train_sessions, eval_sessions, report = split_labelled_by_time(cfg.data.train, cfg.data, cfg.model.max_window)
         split = f"by time, the last {cfg.data.eval_fraction} of each file's lines"
     elif cfg.data.eval:
-        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
-        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval")
+        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window,
+                                             require_labels=supervised)
+        eval_sessions, eval_report = load_source(cfg.data.eval, cfg.data, cfg.model.max_window, role="eval",
+                                                 require_labels=supervised)
         report.merge(eval_report)
         split = "eval files"
     else:
-        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window)
+        train_sessions, report = load_source(cfg.data.train, cfg.data, cfg.model.max_window,
+                                             require_labels=supervised)
         train_sessions, eval_sessions = split_sessions(train_sessions, cfg.data.eval_fraction, cfg.training.seed,
                                                        cfg.data.split, mask)
         split = f"{cfg.data.split} split, eval_fraction {cfg.data.eval_fraction}"
+    eval_labelled = all(s.labelled for s in eval_sessions)
+    if not eval_labelled and cfg.training.threshold_objective != "rate":
+        raise ValueError(f"training.threshold_objective={cfg.training.threshold_objective} needs labelled eval "
+                         f"data, and {sum(not s.labelled for s in eval_sessions)} eval sessions have no label; "
+                         "set training.threshold_objective=rate (training.target_rate) or label the eval files")
     for name, part in (("train", train_sessions), ("eval", eval_sessions)):
         counts = label_counts(part)
-        if counts["n_anomalous"] in (0, counts["n"]):
+        if counts["n_anomalous"] in (0, counts["n"]) and (supervised or (name == "eval" and eval_labelled)):
             logger.warning("%s data holds one class only (%s)", name, counts)
     info = {"split": split, "train": label_counts(train_sessions), "eval": label_counts(eval_sessions),
-            "skipped": report.as_dict()}
+            "eval_labelled": eval_labelled, "skipped": report.as_dict()}
     logger.info("data: %s", info)
     return train_sessions, eval_sessions, info
 
@@ -126,7 +137,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, calibrate and save a model; returns (and writes to metrics.json) the final metrics. A run stopped by
     training.stop_after_epochs returns {"status": "interrupted", ...} and saves no final model. Started by torchrun,
     each process joins the data-parallel run; ranks other than 0 return {"status", "rank", "world_size"} only."""
-    check_batch_split(cfg.training.batch_size, world_from_env(os.environ)[1])  # before any process waits for others
+    world_size = world_from_env(os.environ)[1]
+    check_batch_split(cfg.training.batch_size, world_size)  # before any process waits for others
+    if cfg.training.objective == "unsupervised" and world_size > 1:
+        raise AllRanksError(f"training.objective=unsupervised trains in one process ({world_size} were started): "
+                         "run it without torchrun or --nproc")
     with data_parallel(cfg.training.device, cfg.training.backend, cfg.training.dist_timeout_s) as dp:
         return _train(cfg, dp)
 
@@ -143,6 +158,10 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     device = dp.device
 
     train_sessions, eval_sessions, data_info = dp.agree(lambda: load_run_data(cfg))
+    known_labels = None
+    if cfg.training.objective == "unsupervised":  # labels ignored: kept aside for the trimming report only
+        known_labels = [s.label if s.labelled else None for s in train_sessions]
+        train_sessions = [replace(s, label=0, labelled=False) for s in train_sessions]
     fingerprint = data_fingerprint(train_sessions)
     eval_fingerprint = data_fingerprint(eval_sessions)
     dp.check_same("data fingerprint", f"train {fingerprint}, eval {eval_fingerprint}")
@@ -182,13 +201,28 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
         model.load_state_dict(resume_from.model_state)
         resume_from.restore_rng(dp.rank)
 
+    objective = None
+    training = cfg.training
+    if cfg.training.objective == "unsupervised":
+        from train.unsupervised import build_objective, window_labels
+
+        objective = build_objective(cfg.unsupervised, train_set, table, list(dict.fromkeys(
+            line for lines in train_masked for line in lines)), encoder, cache, mask, cfg.training.seed,
+            cfg.model.max_window, cfg.training.eval_batch_size, cfg.training.epochs_stage1,
+            window_labels(train_set, known_labels))
+        objective.table = table = objective.table.to(device)  # with the never-seen statements appended
+        training = replace(cfg.training, class_weighting="none")  # batches are half real, half perturbed
+
     def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
         at_half = classification_metrics(eval_set.session_labels.tolist(), result.session_scores.tolist(), 0.5)
-        return {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
+        record = {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
+        if objective is not None:
+            record["eval_perturbation_loss"] = objective.eval_loss(model, eval_set)
+        return record
 
     clock = time.perf_counter()
-    trainer = train_stages(model, table.to(device), train_set, eval_set, cfg.training, out, identity, resume_from,
-                           eval_hook, dp)
+    trainer = train_stages(model, table.to(device), train_set, eval_set, training, out, identity, resume_from,
+                           eval_hook, dp, objective, objective.selection_key if objective is not None else None)
     timings["train_s"] = time.perf_counter() - clock
     total_epochs = len(schedule(cfg.training))
     if not dp.is_main:  # rank 0 evaluates and writes the results
@@ -199,11 +233,13 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
-    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, device)
+    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, device,
+                               data_info["eval_labelled"])
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
         "status": "complete",
+        "objective": cfg.training.objective,
         "eval": metrics,
         "data": data_info,
         "windows": {"train": len(train_set), "eval": len(eval_set), "max_window": cfg.model.max_window,
@@ -217,11 +253,13 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "output_dir": str(out),
     }
+    if objective is not None:
+        result["unsupervised"] = objective.report()
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_loss_curves(trainer.log_history, out / "plots" / "loss_curves.png")
-    logger.info("eval: f1=%.4f precision=%.4f recall=%.4f pr_auc=%s threshold=%.4f; model in %s",
+    logger.info("eval: f1=%s precision=%s recall=%s pr_auc=%s threshold=%.4f alert_rate=%.4f; model in %s",
                 metrics["f1"], metrics["precision"], metrics["recall"], metrics["pr_auc"], metrics["threshold"],
-                out / FINAL_DIR)
+                metrics["alert_rate"], out / FINAL_DIR)
     return result
 
 
@@ -267,11 +305,12 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
 
 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
-              train_masked: list[tuple[str, ...]], normal_lines: frozenset[str],
-              device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold and
-    the early thresholds, write seen_lines.json, normal_lines.json and the eval plots; returns the eval metrics at
-    the stored threshold and what early scoring does on eval (None when early_calibration is off)."""
+              train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], device: torch.device,
+              eval_labelled: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
+    (threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
+    seen_lines.json, normal_lines.json and the eval plots; returns the eval metrics at the stored threshold (without
+    labels: no precision, recall, F1) and what early scoring does on eval (None when early_calibration is off)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -287,23 +326,33 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
-    threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
-                                    cfg.training.target_fpr)
+    if cfg.training.threshold_objective == "rate":
+        threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
+    else:
+        threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
+                                        cfg.training.target_fpr)
     model.config.threshold = threshold
-    early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines)
+    early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines, eval_labelled)
     model.save_pretrained(staging)
     del scorer  # its weights map files in staging/
     publish_dir(staging, final_dir)
     metrics = session_metrics(eval_sessions, scores, threshold)
+    if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
+        metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
+        labels = []
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
-    plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
+    if eval_labelled:
+        plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
     return metrics, early
 
 
 def _calibrate_early(cfg: TrainConfig, model: Any, scorer: Any, eval_sessions: list[Session],
-                     closing_scores: list[float], normal_lines: frozenset[str]) -> dict[str, Any] | None:
+                     closing_scores: list[float], normal_lines: frozenset[str],
+                     eval_labelled: bool = True) -> dict[str, Any] | None:
     """Score the eval sessions' early prefixes, calibrate the early thresholds (train.early) and store them with
-    early_hop and early_target_fpr in the model's config; what they do on eval (train.early.early_report)."""
+    early_hop and early_target_fpr in the model's config; what they do on eval (train.early.early_report). Without
+    eval labels every eval session counts as normal: early alerts then flag no larger share of them than the
+    closing threshold does, and there is no precision or recall to report."""
     t = cfg.training
     if t.early_calibration == "off":
         return None
@@ -318,11 +367,14 @@ def _calibrate_early(cfg: TrainConfig, model: Any, scorer: Any, eval_sessions: l
     model.config.early_hop = t.early_hop
     model.config.early_thresholds = early.to_config()
     model.config.early_target_fpr = target
+    settings = {"early_hop": t.early_hop, "calibration": t.early_calibration, "target_fpr": target,
+                "thresholds": early.to_config(), "windows_scored_early": sum(len(p) for p in prefixes)}
+    if not eval_labelled:
+        return settings
     windows = regular_window_scores(scorer, eval_sessions, t.hop, t.eval_batch_size)
     outcomes = session_outcomes(eval_sessions, prefixes, closing_scores, threshold, early, windows)
     report = early_report(eval_sessions, outcomes, closing_scores, threshold)
-    report.update({"early_hop": t.early_hop, "calibration": t.early_calibration, "target_fpr": target,
-                   "thresholds": early.to_config(), "windows_scored_early": sum(len(p) for p in prefixes)})
+    report.update(settings)
     logger.info("early scoring on eval: %d of %d anomalous sessions alerted before their last line, %d normal "
                 "sessions alerted early only; precision %.4f -> %.4f, recall %.4f -> %.4f",
                 report["alerted_before_last_line"], report["anomalous"], report["normal_alerted_early_only"],

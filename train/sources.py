@@ -16,18 +16,22 @@ logger = logging.getLogger(__name__)
 LINE_LABELLED = ("labelled_csv", "labelled_log")  # formats whose sessions are windows cut from a line stream
 
 
-def load_source(paths: Sequence[str], data: DataSection, max_window: int,
-                role: str = "train") -> tuple[list[Session], SkipReport]:
+def load_source(paths: Sequence[str], data: DataSection, max_window: int, role: str = "train",
+                require_labels: bool = True) -> tuple[list[Session], SkipReport]:
     """Sessions from `paths` in data.format; line-labelled formats are cut into windows of data.window lines
     (default max_window) every data.window_hop lines (default: the window, i.e. no overlap). `role` is "train" or
-    "eval": keyed logs of the eval files are labelled by data.eval_labels_csv when set."""
+    "eval": keyed logs of the eval files are labelled by data.eval_labels_csv when set. Without require_labels
+    (the unsupervised objective) JSONL records without a label and keyed-log sessions without one (or without
+    data.labels_csv) are read as unlabelled sessions."""
     if not paths:
         raise ValueError("no data files given (data.train is empty; pass --data FILE)")
     if data.format == "jsonl":
-        return load_sessions(paths, skip_invalid=data.skip_invalid)
+        return load_sessions(paths, skip_invalid=data.skip_invalid, require_labels=require_labels)
     report = SkipReport()
     if data.format == "keyed_log":
-        sessions = _keyed_sessions(paths, data, role, report)
+        if require_labels:
+            data.require_labels_csv()
+        sessions = _keyed_sessions(paths, data, role, report, require_labels)
     else:
         window, hop = _window_and_hop(data, max_window)
         sessions = []
@@ -40,10 +44,11 @@ def load_source(paths: Sequence[str], data: DataSection, max_window: int,
     return sessions, report
 
 
-def _keyed_sessions(paths: Sequence[str], data: DataSection, role: str, report: SkipReport) -> list[Session]:
+def _keyed_sessions(paths: Sequence[str], data: DataSection, role: str, report: SkipReport,
+                    require_labels: bool) -> list[Session]:
     """keyed_log sessions; when none of their keys is labelled, say which setting labels these files."""
     try:
-        return sessions_from_keyed_log(paths, data.key_regex, data.label_files(role), report)
+        return sessions_from_keyed_log(paths, data.key_regex, data.label_files(role), report, require_labels)
     except UnlabelledSessionsError as err:
         if role == "eval" and not data.eval_labels_csv:
             hint = ("the eval files take data.labels_csv unless data.eval_labels_csv is set: pass their labels "

@@ -137,7 +137,7 @@ def test_label_files_per_role() -> None:
     data = DataSection(format="keyed_log", labels_csv=["t.csv", "x.csv"], eval_labels_csv="d.csv")
     assert (data.label_files("train"), data.label_files("eval")) == (["t.csv", "x.csv"], ["d.csv"])
     with pytest.raises(ValueError, match=r"data.labels_csv is required with data.format=keyed_log \(\[\]\)"):
-        DataSection(format="keyed_log", labels_csv=[])
+        DataSection(format="keyed_log", labels_csv=[]).require_labels_csv()
     with pytest.raises(ValueError, match=r"data.eval_labels_csv must be a file or a list of files \(\[''\]\)"):
         DataSection(format="keyed_log", labels_csv="t.csv", eval_labels_csv=[""])
 
@@ -222,8 +222,8 @@ def test_load_source_for_each_format(tmp_path: Path) -> None:
         load_source([str(csv_path)], DataSection(format="labelled_csv", window=100), max_window=64)
     with pytest.raises(ValueError, match=r"data.window_hop must be <= data.window \(3 > 2\)"):
         load_source([str(csv_path)], DataSection(format="labelled_csv", window=2, window_hop=3), max_window=64)
-    with pytest.raises(ValueError, match="labels_csv is required"):
-        DataSection(format="keyed_log")
+    with pytest.raises(ValueError, match="labels_csv is required"):  # supervised reading needs the labels
+        load_source([str(csv_path)], DataSection(format="keyed_log"), max_window=64)
 
 
 @pytest.mark.data
