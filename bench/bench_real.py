@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from _common import (
-    REPO_ROOT, CountAnomalyBaseline, CountBaseline, LabelledSession, LogMoE, Method, Prepared, add_run_options,
+    REPO_ROOT, CountAnomalyBaseline, CountBaseline, LabelledSession, LogMoE, Method, add_run_options,
     baseline_estimators, default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header, start_run,
     write_hdfs_jsonl, write_json,
 )
