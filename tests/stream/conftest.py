@@ -145,8 +145,9 @@ def names() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A generated world and a model trained on it with the real default encoder, the default config but for a
-    shorter budget (6 epochs of 40 steps, about 20 s on CPU; the world is separable long before that). The tiny random test encoder maps every line to nearly the same vector (cosine ~0.95), so a
-    model on it cannot separate the world and the test could not tell a worker bug from a weak model."""
+    shorter budget (6 epochs of 40 steps, about 20 s on CPU; the world is separable long before that). The tiny
+    random test encoder maps every line to nearly the same vector (cosine ~0.95), so a model on it cannot separate
+    the world and the test could not tell a worker bug from a weak model."""
     from model.config_io import load_config
     from train import TrainConfig, train
     from train.generate import write_world

@@ -40,8 +40,9 @@ def test_every_field_of_an_alert() -> None:
     assert alert["alert_id"] == readme_id("s", 10, 2, 49)  # the last line: partition 2, offset 40 + 3*3
     assert alert["session"] == "s" and alert["score"] == 0.876543 and alert["threshold"] == 0.7
     assert alert["model"] == MODEL
-    assert alert["window"] == {"start": 7, "end": 10, "final": True, "first_ts": 1000.0, "last_ts": 1004.5,
-                               "n_lines": 4, "partition": 2, "first_offset": 40, "last_offset": 49}
+    assert alert["window"] == {"start": 7, "end": 10, "final": True, "early": False, "trigger": None,
+                               "prefix_lines": 10, "first_ts": 1000.0, "last_ts": 1004.5, "n_lines": 4,
+                               "partition": 2, "first_offset": 40, "last_offset": 49}
     assert alert["lines"] == [
         {"n": 7, "line": "line 0", "ts": 1000.0, "offset": 40, "contribution": 0.5, "suspicious": False},
         {"n": 8, "line": "line 1", "ts": 1001.5, "offset": 43, "contribution": -0.25, "suspicious": False},

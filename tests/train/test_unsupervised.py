@@ -285,8 +285,8 @@ def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., Tr
     model = build_model(cfg, 32, "constructed", "")
     data = window_set(windows)
     train_stages(model, table, data, data, replace(cfg.training, class_weighting="none"), tmp_path, {}, None,
-                 lambda epoch, result: {"eval_perturbation_loss": source.eval_loss(model, data)}, source,
-                 source.selection_key)
+                 lambda epoch, result: {"eval_perturbation_loss": source.eval_loss(model, data)},
+                 batches=source, selection_key=source.selection_key)
     assert [t.epoch for t in source.trims] == [3, 4]  # epochs 3 and 4 start after two untrimmed ones
     assert source.trims[-1].trimmed == 10 and source.trims[-1].trimmed_anomalous == 6
     assert not source.kept[known == 1].any()
