@@ -34,7 +34,7 @@ from model.masking import mask
 from model.windowing import regular_window_due
 from train.data import Session
 from train.early import (ScoredPrefix, calibrate_early, closing_fpr, early_report, length_bounds,
-                         regular_window_scores, session_outcomes)
+                         regular_window_scores, score_in_length_order, session_outcomes)
 
 logger = logging.getLogger("bench.early")
 
@@ -73,12 +73,7 @@ def score_every_prefix(scorer: Any, sessions: Sequence[Session], hop: int,
                 windows.append(lines[max(0, end - scorer.max_window):end])
                 owners.append((index, end))
     logger.info("scoring %d prefixes of %d sessions", len(windows), len(sessions))
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    scores = [0.0] * len(windows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for i, score in zip(chunk, scorer.score([windows[i] for i in chunk])):
-            scores[i] = score
+    scores = score_in_length_order(scorer, windows, batch_size)
     out: list[dict[int, float]] = [{} for _ in sessions]
     for (index, end), score in zip(owners, scores):
         out[index][end] = score

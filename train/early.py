@@ -51,6 +51,18 @@ def length_bounds(max_window: int) -> tuple[int, ...]:
     return tuple(bounds)
 
 
+def score_in_length_order(scorer: Any, windows: Sequence[Sequence[str]], batch_size: int) -> list[float]:
+    """`scorer.score` of each window, in input order, `batch_size` windows at a time in order of length (similar
+    lengths pad little), so only one chunk's detailed results are held at once."""
+    scores = [0.0] * len(windows)
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, score in zip(chunk, scorer.score([windows[i] for i in chunk])):
+            scores[i] = score
+    return scores
+
+
 def score_prefixes(scorer: Any, sessions: Sequence[Session], rule: EarlyRule,
                    normal_lines: frozenset[str] | set[str] | None, batch_size: int = 256) -> list[list[ScoredPrefix]]:
     """Every early window of each session (model.early.early_windows), scored with `scorer` (a LogScorer), in
@@ -62,12 +74,7 @@ def score_prefixes(scorer: Any, sessions: Sequence[Session], rule: EarlyRule,
         for window in early_windows(list(session.lines), novel, rule):
             windows.append(window.items)
             owners.append((index, window.end, window.trigger))
-    scores = [0.0] * len(windows)
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for i, score in zip(chunk, scorer.score([windows[i] for i in chunk])):
-            scores[i] = score
+    scores = score_in_length_order(scorer, windows, batch_size)
     out: list[list[ScoredPrefix]] = [[] for _ in sessions]
     for (index, end, trigger), window, score in zip(owners, windows, scores):
         out[index].append(ScoredPrefix(end, len(window), score, trigger))
@@ -181,12 +188,7 @@ def regular_window_scores(scorer: Any, sessions: Sequence[Session], hop: int,
             owners.append((index, min(full, len(lines))))
             windows.append(window)
     out: list[list[tuple[int, float]]] = [[] for _ in sessions]
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    scores = [0.0] * len(windows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for i, score in zip(chunk, scorer.score([windows[i] for i in chunk])):
-            scores[i] = score
+    scores = score_in_length_order(scorer, windows, batch_size)
     for (index, end), score in zip(owners, scores):
         out[index].append((end, score))
     return out

@@ -158,10 +158,10 @@ def wait_scored(paths: list[Path], expected: set[tuple[str, int]], timeout: floa
 
 
 def read_alerts(bootstrap: str, topic: str, expect: set[str] | None = None, quiet_for: float = 3.0,
-                timeout: float = 60.0) -> list[dict[str, Any]]:
+                timeout: float = 60.0, count: int = 0) -> list[dict[str, Any]]:
     """Every alert on the topic: read until the `expect`ed alert ids have all arrived (on a loaded machine the first
-    fetch alone can take seconds) and then no new alert for `quiet_for` seconds (so extra or duplicate alerts are
-    read too), or until `timeout`."""
+    fetch alone can take seconds) and at least `count` alerts, and then no new alert for `quiet_for` seconds (so
+    extra or duplicate alerts are read too), or until `timeout`."""
     got: list[dict[str, Any]] = []
     started = time.monotonic()
     last = [started, 0]  # when the number of alerts read last changed, and that number
@@ -170,7 +170,7 @@ def read_alerts(bootstrap: str, topic: str, expect: set[str] | None = None, quie
         now = time.monotonic()
         if len(got) != last[1]:
             last[:] = [now, len(got)]
-        arrived = expect is None or expect <= {a["alert_id"] for a in got}
+        arrived = len(got) >= count and (expect is None or expect <= {a["alert_id"] for a in got})
         return now - started > timeout or (arrived and now - last[0] >= quiet_for)
 
     for alert in consume_alerts(bootstrap, topic, from_beginning=True, follow=True, stop=done):

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from faults import read_alerts
 from offline import offline_flags, offline_windows
-from stream.tools import consume_alerts
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.encoder]
 
@@ -28,25 +28,6 @@ def replay(bootstrap: str, path: Path, topic: str) -> None:
            "--key-regex", r"request_id=(\w+)", "--no-progress"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.startswith("replayed ")
-
-
-def collect(bootstrap: str, topic: str, expect: int, quiet_for: float = 3.0, timeout: float = 60.0
-            ) -> list[dict[str, Any]]:
-    """Every alert on the topic: until `expect` alerts have arrived and none more for `quiet_for` seconds (extra
-    alerts are read too), or `timeout`."""
-    got: list[dict[str, Any]] = []
-    started = time.monotonic()
-    last = [started, 0]  # when the number of alerts read last changed, and that number
-
-    def done() -> bool:
-        now = time.monotonic()
-        if len(got) != last[1]:
-            last[:] = [now, len(got)]
-        return now - started > timeout or (len(got) >= expect and now - last[0] >= quiet_for)
-
-    for alert in consume_alerts(bootstrap, topic, from_beginning=True, follow=True, stop=done):
-        got.append(alert)
-    return got
 
 
 @pytest.mark.timeout(600)  # with training the shared model: 20 s here, 4+ min under load
@@ -63,7 +44,7 @@ def test_worker_alerts_exactly_the_sessions_offline_scoring_flags(kafka, start_w
     m = worker.wait_drained(lines, 240)
     assert m["sessions_closed_idle"] == len(labels) and m["windows_scored"] >= len(labels)
     flags = offline_flags(model_dir, world)
-    first = collect(kafka.bootstrap, names["topic_alerts"], expect=sum(flags.values()))
+    first = read_alerts(kafka.bootstrap, names["topic_alerts"], count=sum(flags.values()))
     alerted = {a["session"] for a in first}
 
     # The generated world is separable: every anomalous session alerted, no normal one.
@@ -79,7 +60,7 @@ def test_worker_alerts_exactly_the_sessions_offline_scoring_flags(kafka, start_w
     # redelivery of the same records keeps its id).
     replay(kafka.bootstrap, world / "stream.log", names["topic_logs"])
     worker.wait_drained(2 * lines, 240)
-    both = collect(kafka.bootstrap, names["topic_alerts"], expect=2 * len(first))
+    both = read_alerts(kafka.bootstrap, names["topic_alerts"], count=2 * len(first))
     second = [a for a in both if a["alert_id"] not in {f["alert_id"] for f in first}]
     windows = Counter((a["session"], a["window"]["end"]) for a in first)
     assert Counter((a["session"], a["window"]["end"]) for a in second) == windows
