@@ -128,11 +128,12 @@ def test_keyed_logs_with_per_split_labels_train_evaluate_and_score(keyed_split: 
 @pytest.mark.encoder
 def test_the_issue_command_trains(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """The exact command of the issue, run for real (default config and encoder) in a folder holding x.jsonl."""
+    """The command of the issue, run for real (default config and encoder) in a folder holding x.jsonl, with one
+    more positional setting that keeps it short: the default budget of 250 steps per epoch took 4 minutes here."""
     monkeypatch.chdir(tmp_path)
     lines = (world / "train.jsonl").read_text(encoding="utf-8").splitlines()[:60]
     Path("x.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert main(["train", "--data", "x.jsonl", "model.top_p=0.9"]) == 0
+    assert main(["train", "--data", "x.jsonl", "model.top_p=0.9", "training.min_steps_per_epoch=0"]) == 0
     assert "model: runs/train/final_moe_model" in capsys.readouterr().out
     stored = json.loads((tmp_path / "runs" / "train" / "final_moe_model" / "config.json").read_text())
     assert stored["top_p"] == 0.9
