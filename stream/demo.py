@@ -26,6 +26,9 @@ from stream.tools import consume_alerts, format_alert, replay
 
 SESSION_REGEX = r"request_id=(\w+)"
 DEMO_SESSIONS = 400
+# 4 + 2 epochs of 30 steps: the demo world is separable long before; the default budget (at least 250 steps per
+# epoch, sized for real logs) would make a newcomer's first `make demo` train for minutes instead of seconds.
+TRAIN_OVERRIDES: tuple[str, ...] = ("--set", "training.min_steps_per_epoch=30")
 SESSION_IDLE = 5.0
 
 
@@ -61,7 +64,7 @@ def prepare(demo_dir: Path, retrain: bool) -> tuple[Path, Path]:
     if retrain or not (model / "config.json").is_file():
         _run_step("training the demo model on CPU (a few minutes at most)",
                   _logmoe("train", "--data", str(world / "train.jsonl"), "--eval-data", str(world / "dev.jsonl"),
-                          "--output-dir", str(run), "--device", "cpu"),
+                          "--output-dir", str(run), "--device", "cpu", *TRAIN_OVERRIDES),
                   demo_dir / "train.log")
     else:
         print(f"[demo] using the existing model {model} (--retrain to train a new one)", flush=True)
