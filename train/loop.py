@@ -233,8 +233,9 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
         # loop ran no epoch, which is where routing is set, and the model would be saved as built, dense
         model.set_routing(epochs[-1].routing)
         if dp.is_main and cfg.select_best and trainer.best_epoch and trainer.best_epoch != trainer.epochs_done:
-            logger.info("final model: epoch %d of %d (best eval PR-AUC %.4f, loss %.4f)", trainer.best_epoch,
-                        len(epochs), trainer.best_key[0], -trainer.best_key[1])
+            logger.info("final model: epoch %d of %d, the final stage's best by %s (%s)", trainer.best_epoch,
+                        len(epochs), "the objective's selection key" if selection_key else "eval PR-AUC, then loss",
+                        ", ".join(f"{v:.4f}" for v in trainer.best_key))
             model.load_state_dict(load_checkpoint_weights(results_dir, trainer.best_epoch))
     return trainer
 

@@ -290,3 +290,25 @@ def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., Tr
     assert [t.epoch for t in source.trims] == [3, 4]  # epochs 3 and 4 start after two untrimmed ones
     assert source.trims[-1].trimmed == 10 and source.trims[-1].trimmed_anomalous == 6
     assert not source.kept[known == 1].any()
+
+
+@pytest.mark.slow
+def test_an_earlier_best_epoch_by_the_objectives_key_becomes_the_final_model(
+        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The objective's selection key is one number, not (PR-AUC, -loss): choosing an epoch before the last by it must
+    finish the run (it once failed in the log line that names the choice) and keep that epoch's weights."""
+    from safetensors.torch import load_file
+
+    from train.pipeline import train
+
+    keys = iter([[0.1], [0.9], [0.5]])  # epoch 1 (stage 1), epochs 2 and 3 (stage 2): 2 is best
+    monkeypatch.setattr(PerturbationObjective, "selection_key", lambda self, result, record: next(keys))
+    cfg = make_config(tmp_path, "training.objective=unsupervised", "training.target_rate=0.1",
+                      "unsupervised.unseen_lines=16", "training.epochs_stage1=1", "training.epochs_stage2=2")
+    assert train(cfg)["status"] == "complete"
+    results = tmp_path / "moe_results"
+    state = json.loads((results / "checkpoint-003" / "trainer_state.json").read_text())
+    assert (state["best_epoch"], state["best_key"]) == (2, [0.9])
+    final = load_file(str(tmp_path / "final_moe_model" / "model.safetensors"))
+    best = load_file(str(results / "checkpoint-002" / "model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in best)
