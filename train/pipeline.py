@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
+from model.early import EarlyRule
 from model.masking import mask
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
 from train.data import Session, label_counts
-from model.early import EarlyRule
 from train.distributed import (AllRanksError, DataParallel, check_batch_split, check_enough_windows, data_parallel,
                                world_from_env)
 from train.early import (calibrate_early, closing_fpr, early_report, length_bounds, prefix_windows,
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_batch_split(cfg.training.batch_size, world_size)  # before any process waits for others
     if cfg.training.objective == "unsupervised" and world_size > 1:
         raise AllRanksError(f"training.objective=unsupervised trains in one process ({world_size} were started): "
-                         "run it without torchrun or --nproc")
+                            "run it without torchrun or --nproc")
     with data_parallel(cfg.training.device, cfg.training.backend, cfg.training.dist_timeout_s) as dp:
         return _train(cfg, dp)
 

@@ -312,3 +312,26 @@ def test_an_earlier_best_epoch_by_the_objectives_key_becomes_the_final_model(
     final = load_file(str(tmp_path / "final_moe_model" / "model.safetensors"))
     best = load_file(str(results / "checkpoint-002" / "model.safetensors"))
     assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_the_unsupervised_objective_is_refused_in_a_data_parallel_run(
+        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its perturbed batches are not sharded over ranks: under torchrun, and with --nproc, one line says so before
+    any process waits for another."""
+    from model.cli import main
+    from train.distributed import AllRanksError
+    from train.pipeline import train
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AllRanksError, match="training.objective=unsupervised trains in one process"):
+        train(make_config(tmp_path, "training.objective=unsupervised", "training.dist_timeout_s=5"))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name)
+    code = main(["train", "--nproc", "2", "--objective", "unsupervised", "--data", str(world / "train.jsonl"),
+                 "--output-dir", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--nproc 2: training.objective=unsupervised trains in one process" in err
+    assert not (tmp_path / "cli").exists()
