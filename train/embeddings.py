@@ -133,11 +133,17 @@ class WindowSet:
 
     def batch(self, table: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `rows` (B,) as (B, T, D) embeddings and a (B, T) bool mask of real lines, T their longest."""
-        lengths = self.lengths[rows]  # (B,)
-        longest = int(lengths.max())
-        index = self.index[rows, :longest].to(table.device)  # (B, T)
-        mask = torch.arange(longest, device=table.device)[None, :] < lengths.to(table.device)[:, None]  # (B, T)
-        return table[index], mask  # (B, T, D), (B, T)
+        return gather_windows(table, self.index[rows], self.lengths[rows])
+
+
+def gather_windows(table: torch.Tensor, index: torch.Tensor,
+                   lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of table rows `index` (B, L) with `lengths` (B,) as (B, T, D) embeddings and a (B, T) bool mask of
+    real lines, T their longest (<= L), on the table's device."""
+    longest = int(lengths.max())
+    rows = index[:, :longest].to(table.device)  # (B, T)
+    mask = torch.arange(longest, device=table.device)[None, :] < lengths.to(table.device)[:, None]  # (B, T)
+    return table[rows], mask  # (B, T, D), (B, T)
 
 
 def mask_sessions(sessions: Sequence[Session], mask: Callable[[str], str]) -> list[tuple[str, ...]]:

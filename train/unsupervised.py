@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from train.config import UnsupervisedSection
-from train.embeddings import WindowSet
+from train.embeddings import WindowSet, gather_windows
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,8 @@ def window_log_probs(model: torch.nn.Module, table: torch.Tensor, index: torch.T
     model.eval()
     out = torch.zeros(len(lengths), 2)
     for start in range(0, len(lengths), batch_size):
-        longest = int(lengths[start:start + batch_size].max())
-        rows = index[start:start + batch_size, :longest].to(table.device)  # (B, T)
-        mask = torch.arange(longest, device=table.device)[None, :] < lengths[start:start + batch_size,
-                                                                             None].to(table.device)  # (B, T)
-        logits = model(inputs_embeds=table[rows], attention_mask=mask).logits  # (B, 2)
+        embeds, mask = gather_windows(table, index[start:start + batch_size], lengths[start:start + batch_size])
+        logits = model(inputs_embeds=embeds, attention_mask=mask).logits  # (B, 2)
         out[start:start + batch_size] = logits.float().log_softmax(dim=-1).cpu()
     return out
 
@@ -240,10 +237,8 @@ class PerturbationObjective:
         for i in torch.randperm(len(windows), generator=g)[:len(windows) // 2].tolist():
             windows[i], kind = self.perturber.perturb(windows[i], g)
             labels[i] = int(kind is not None)
-        index, lengths = pack(windows)  # (B, T), (B,)
-        device = self.table.device
-        mask = torch.arange(index.shape[1], device=device)[None, :] < lengths.to(device)[:, None]  # (B, T)
-        return self.table[index.to(device)], mask, labels.to(device)
+        embeds, mask = gather_windows(self.table, *pack(windows))  # (B, T, D), (B, T)
+        return embeds, mask, labels.to(self.table.device)
 
     def eval_loss(self, model: torch.nn.Module, eval_set: WindowSet) -> float:
         """Label-free model selection: the mean cross-entropy of the eval windows as real and of one fixed
