@@ -35,6 +35,7 @@ what was masked, so not masked then and not now, or masked in the same pass).
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["PLACEHOLDERS", "mask"]
@@ -122,3 +123,8 @@ def mask(line: str) -> str:
     if not isinstance(line, str):
         raise ValueError(f"mask expects a str, got {type(line).__name__}: {line!r}")
     return _PATTERN.sub(_replace, " ".join(line.split()))
+
+
+# Raw line -> masked line, cached. Sliding windows (hop < window) mask each raw line in several windows, across calls
+# in the stream worker; bounded, so a stream of unique raw lines cannot grow it.
+mask_cached = functools.lru_cache(maxsize=1 << 15)(mask)

@@ -6,7 +6,6 @@ raw lines -> mask -> unique masked lines -> encoder (cached) -> table (U, D) -> 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from model.configuration_logmoe import LogMoEConfig
 from model.device import autocast_dtype, resolve_device
 from model.early import EarlyThresholds
 from model.encoder import LineEncoder
-from model.masking import mask
+from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
 
 __all__ = ["CONFIG_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
@@ -38,9 +37,6 @@ SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in tra
 # JSON list of the masked lines seen in normal training sessions (optional; early scoring's "novel" trigger)
 NORMAL_LINES_FILE = "normal_lines.json"
 
-# Raw line -> masked line. Sliding windows (hop < window) score each raw line in several windows, across calls
-# in the stream worker; bounded, so a stream of unique raw lines cannot grow it.
-_mask_cached = functools.lru_cache(maxsize=1 << 15)(mask)
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,7 @@ class LogScorer:
     def is_novel(self, line: str) -> bool:
         """The raw line's masked form never occurred in a normal training session (False without
         normal_lines.json: a model trained before it was written has no novel trigger)."""
-        return self.normal_lines is not None and _mask_cached(line) not in self.normal_lines
+        return self.normal_lines is not None and mask_cached(line) not in self.normal_lines
 
     @property
     def encoder(self) -> LineEncoder:
@@ -219,7 +215,7 @@ class LogScorer:
         among them (n_i,)."""
         row_of: dict[str, int] = {}  # masked line -> row of the table
         index = [
-            torch.tensor([row_of.setdefault(_mask_cached(line), len(row_of)) for line in window], dtype=torch.long)
+            torch.tensor([row_of.setdefault(mask_cached(line), len(row_of)) for line in window], dtype=torch.long)
             for window in windows
         ]
         return list(row_of), index

@@ -28,6 +28,8 @@ from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor, early_scoring
 from stream.reload import ModelReloader, ScorerSlot
+from stream.route import RouteHandle
+from stream.scoring import close_scorer
 from stream.windows import SessionState, SessionWindows, Window, sessions_to_close
 
 log = logging.getLogger("stream.worker")
@@ -51,6 +53,7 @@ class AgentsHandle:
     slot: ScorerSlot  # the model scoring now
     processor: SessionProcessor  # processor.started_at > 0 once the worker is running (after recovery)
     reloader: ModelReloader | None = None  # None when model_reload_interval is 0 or no loader was given
+    route: RouteHandle | None = None  # the batch route (None: the route is a Faust agent)
     last_tick: float = 0.0  # time.monotonic() of the last metrics timer run: the event loop is alive
 
     def loop_stalled_for(self, now: float, interval: float) -> float:
@@ -62,15 +65,17 @@ class AgentsHandle:
 
 def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int, metrics: Metrics, *,
                     sessions: faust.TopicT, alerts: faust.TopicT, table: faust.Table,
-                    load_model: Callable[[Scorer], Scorer] | None = None) -> AgentsHandle:
+                    load_model: Callable[[Scorer], Scorer] | None = None,
+                    route: RouteHandle | None = None) -> AgentsHandle:
     """Register the score agent and the timers. `load_model(running) -> Scorer` reads the model folder again for hot
-    reload (every cfg.model_reload_interval seconds); without it the model never changes."""
+    reload (every cfg.model_reload_interval seconds); without it the model never changes. `route`: the batch route,
+    whose consumer lag the metrics report for the raw topic."""
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
     processor = SessionProcessor(windows, cfg.session_idle, metrics,
                                  early_scoring(scorer, hop, cfg.early_alerts, cfg.early_hop))
     close_requested: dict[str, float] = {}
     slot = ScorerSlot(scorer)
-    handle = AgentsHandle(slot, processor)
+    handle = AgentsHandle(slot, processor, route=route)
     metrics.model = slot.info
 
     def install(new: Scorer) -> None:
@@ -164,6 +169,8 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     async def log_metrics() -> None:
         metrics.counts["open_sessions"] = len(table)  # a gauge, kept with the counters for one log line
         metrics.consumer_lag = consumer_lag(app, (cfg.topic_logs, cfg.topic_sessions))
+        if route is not None:  # the batch route reads the raw topic with a consumer of its own
+            metrics.consumer_lag[cfg.topic_logs] = route.lag()
         metrics.cache_info = _cache_info(slot.scorer)
         metrics.tick()
         metrics.log()
@@ -172,9 +179,11 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     @app.task
     async def mark_start() -> None:
         processor.started_at = time.time()
+        metrics.counts["open_sessions"] = len(table)  # recovered from the changelog
+        metrics.log()  # the counters as the worker starts, before it reads a line
 
     if load_model is not None and cfg.model_reload_interval > 0:
-        reloader = handle.reloader = ModelReloader(cfg.model, slot, metrics, load_model, install)
+        reloader = handle.reloader = ModelReloader(cfg.model, slot, metrics, load_model, install, close_scorer)
 
         @app.timer(cfg.model_reload_interval)
         async def reload_model() -> None:
@@ -222,6 +231,6 @@ def consumer_lag(app: faust.App, topics: Iterable[str]) -> dict[str, int]:
 
 
 def _cache_info(scorer: Scorer) -> dict[str, Any] | None:
-    encoder = getattr(scorer, "encoder", None)
-    info = getattr(encoder, "cache_info", None)
+    """The encoder cache counters: a ProcessScorer's (its child's), a LogScorer's encoder's; None for others."""
+    info = getattr(scorer, "cache_info", None) or getattr(getattr(scorer, "encoder", None), "cache_info", None)
     return info() if callable(info) else None

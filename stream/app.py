@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -13,36 +12,13 @@ from stream.agents import AgentsHandle, register_agents
 from stream.config import StreamConfig
 from stream.http import StatusServer, StatusService
 from stream.metrics import Metrics
-from stream.processor import Scorer, early_scoring
-from stream.reload import model_signature, private_copy, reusable_encoder
+from stream.processor import Scorer
 from stream.route import register_route
+from stream.scoring import ProcessScorer, load_scorer
 from stream.security import describe, faust_credentials
 from stream.topics import SESSION_TABLE
 
 log = logging.getLogger(__name__)
-
-
-def load_scorer(cfg: StreamConfig, running: Scorer | None = None) -> Scorer:
-    """The trained model named by cfg.model (FileNotFoundError / ValueError naming the folder). On a reload,
-    `running` is the model in use: its encoder, with its warm cache, is reused when the new model names the same
-    one."""
-    from model import LogScorer
-
-    encoder = reusable_encoder(cfg.model, running) if running is not None else None
-    signature = model_signature(cfg.model)  # before copying: a change from here on is a new model
-    with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
-        try:
-            scorer = LogScorer.from_pretrained(folder, device=cfg.device, encoder=encoder, origin=cfg.model)
-        except (FileNotFoundError, ValueError) as exc:  # name the configured folder, not the private copy
-            raise type(exc)(str(exc).replace(str(folder), str(cfg.model))) from exc
-    check_early_alerts(cfg, scorer)
-    if encoder is None:
-        # The first call pays torch's lazy set-up (1.6-3.2 s here): pay it now, not on the first live batch.
-        scorer.score_detailed([["logmoe warm-up"]])
-        scorer.encoder.cache_clear()
-    scorer.model_dir = Path(cfg.model)  # its name and its files, as configured (not the private copy)
-    scorer.source_signature = signature  # type: ignore[attr-defined]  # what hot reload compares the folder with
-    return scorer
 
 
 def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
@@ -57,19 +33,17 @@ def window_hop(cfg: StreamConfig, scorer: Scorer) -> int:
     return hop
 
 
-def check_early_alerts(cfg: StreamConfig, scorer: Scorer) -> None:
-    """ValueError when early_alerts is true and the model cannot score early (no early thresholds): at start, and on
-    a reload, which is then refused."""
-    if cfg.early_alerts and early_scoring(scorer, scorer.window_hop, cfg.early_alerts, cfg.early_hop) is None:
-        raise ValueError(f"early_alerts is true but the model in {cfg.model} has no early thresholds (trained before "
-                         f"early scoring, or with training.early_calibration=off): retrain it, or set "
-                         f"early_alerts=false")
-
-
 def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     """Build the worker's Faust app; `scorer` defaults to the model in cfg.model."""
+    metrics = Metrics()
+
+    def count_restart() -> None:
+        metrics.inc("scoring_restarts")
+
     if scorer is None:
-        scorer = load_scorer(cfg)
+        scorer = load_scorer(cfg, on_restart=count_restart)
+    elif isinstance(scorer, ProcessScorer):
+        scorer.on_restart = count_restart
     app = faust.App(
         cfg.app_id,
         broker=cfg.faust_broker,
@@ -95,10 +69,10 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
     SESSION_STATES = app.Table(SESSION_TABLE, default=None, partitions=cfg.partitions,
                                key_type=str)  # values: plain JSON mappings (SessionState.to_json)
     hop = window_hop(cfg, scorer)
-    metrics = Metrics()
-    register_route(app, cfg, metrics, logs=LOGS, sessions=SESSIONS)
+    route = register_route(app, cfg, metrics, logs=LOGS, sessions=SESSIONS)
     handle = register_agents(app, cfg, scorer, hop, metrics, sessions=SESSIONS, alerts=ALERTS,
-                             table=SESSION_STATES, load_model=lambda running: load_scorer(cfg, running))
+                             table=SESSION_STATES, load_model=lambda running: load_scorer(cfg, running, count_restart),
+                             route=route)
     app.logmoe_metrics = metrics  # type: ignore[attr-defined]  # for tests and embedding code
     app.logmoe_handle = handle  # type: ignore[attr-defined]
     if cfg.metrics_port:
@@ -117,6 +91,8 @@ def health(app: faust.App, handle: AgentsHandle, metrics_interval: float) -> tup
     """Healthy when the worker finished starting (table recovery done), every agent runs, a model is loaded and
     the event loop is not stuck (the metrics timer is overdue by less than max(2 intervals, 30 s))."""
     agents = {str(name).rsplit(".", 1)[-1]: agent.state for name, agent in app.agents.items()}
+    if handle.route is not None:
+        agents["route"] = handle.route.state
     ready = handle.processor.started_at > 0
     scorer = handle.slot.scorer
     stalled = handle.loop_stalled_for(time.monotonic(), metrics_interval)

@@ -21,6 +21,8 @@ from pathlib import Path
 ENV_PREFIX = "LOGMOE_"
 _STORES = ("memory://", "rocksdb://")
 _GUARANTEES = ("at_least_once",)
+_SCORING = ("process", "thread")
+_ROUTES = ("batch", "agent")
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -35,6 +37,15 @@ class StreamConfig:
     """Directory of the trained model (``logmoe train`` writes ``<out>/final_moe_model``)."""
     device: str = "auto"
     """Scoring device: auto (CUDA if present), cpu, cuda, cuda:N."""
+    scoring: str = "process"
+    """Where the model runs: process (a scoring process of its own, fed micro-batches, restarted if it dies: the
+    event loop shares no interpreter with masking, the encoder and the MoE) or thread (in the worker's process)."""
+    route: str = "batch"
+    """How raw lines are read: batch (a consumer of the worker's own fetches up to route_batch_max lines at a time,
+    committed once handed on: Faust's per-event path never sees a raw line) or agent (a Faust agent, one event per
+    line)."""
+    route_batch_max: int = 2048
+    """Most raw lines the batch route fetches, groups by session and hands on at a time."""
     topic_logs: str = "logs"
     """Input topic: one log line per message (plain text or a JSON envelope {"line", "ts", "source"})."""
     topic_alerts: str = "alerts"
@@ -138,6 +149,10 @@ class StreamConfig:
         if self.processing_guarantee not in _GUARANTEES:
             raise ValueError(f"processing_guarantee must be one of {_GUARANTEES}, got {self.processing_guarantee!r}"
                              " (the embedded broker has no transactions)")
+        if self.route not in _ROUTES:
+            raise ValueError(f"route must be one of {_ROUTES}, got {self.route!r}")
+        if self.scoring not in _SCORING:
+            raise ValueError(f"scoring must be one of {_SCORING}, got {self.scoring!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.hop < 0:
@@ -145,7 +160,7 @@ class StreamConfig:
         if self.early_hop < 0:
             raise ValueError(f"early_hop must be >= 0 (0 = the model's), got {self.early_hop}")
         positive = ("partitions", "replication_factor", "max_open_sessions", "max_session_lines",
-                    "max_line_bytes", "batch_max", "alert_top_lines")
+                    "max_line_bytes", "batch_max", "route_batch_max", "alert_top_lines")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -97,14 +97,19 @@ def private_copy(model_dir: str | Path) -> Iterator[Path]:
     """A copy of the model folder's files in a fresh temporary folder of the same name (so the model's name,
     the folder name, is kept), removed on exit. A model loaded from it keeps its memory-mapped weights valid
     after the removal (Linux keeps an unlinked file's pages), and nobody else ever writes that file."""
-    source = check_model_folder(model_dir)  # a missing or unloadable folder is not copied at all
     with tempfile.TemporaryDirectory(prefix="logmoe-model-") as tmp:
-        copy = Path(tmp) / source.resolve().name
-        copy.mkdir()
-        for item in source.iterdir():
-            if item.is_file():
-                shutil.copyfile(item, copy / item.name)
-        yield copy
+        yield copy_model_folder(model_dir, Path(tmp))
+
+
+def copy_model_folder(model_dir: str | Path, parent: Path) -> Path:
+    """Copy the model folder's files into `parent`/<the folder's name> with plain reads; the copy."""
+    source = check_model_folder(model_dir)  # a missing or unloadable folder is not copied at all
+    copy = parent / source.resolve().name
+    copy.mkdir()
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copyfile(item, copy / item.name)
+    return copy
 
 
 def model_info(scorer: Scorer) -> dict[str, str]:
@@ -154,13 +159,14 @@ class ModelReloader:
     (rebuild what depends on the model; may raise ValueError) and swap, all under the slot's lock."""
 
     def __init__(self, path: str | Path, slot: ScorerSlot, metrics: Metrics, load: Callable[[Scorer], Scorer],
-                 install: Callable[[Scorer], None]) -> None:
+                 install: Callable[[Scorer], None], retire: Callable[[Scorer], None] = lambda scorer: None) -> None:
         # The folder as it was when the running model was read from it (load_scorer records it), else as now.
         self.watcher = ModelWatcher(path, getattr(slot.scorer, "source_signature", None))
         self.slot = slot
         self.metrics = metrics
         self.load = load
         self.install = install
+        self.retire = retire  # releases a model no longer used: the one swapped out, or a refused candidate
         if not self.watcher.armed:
             log.warning("model reload off: %s holds no model (no %s)", path, " / ".join(REQUIRED_FILES))
 
@@ -170,10 +176,12 @@ class ModelReloader:
         if sig is None:
             return False
         old = self.slot.scorer
+        candidate: Scorer | None = None
         try:
             candidate = await asyncio.to_thread(self.load, old)
             if not self.watcher.unchanged(sig):
                 log.info("model folder %s changed while loading; trying again when it settles", self.watcher.path)
+                await asyncio.to_thread(self.retire, candidate)
                 return False
             info = await asyncio.to_thread(model_info, candidate)
             async with self.slot.lock:  # between two batches of the score agent
@@ -181,12 +189,15 @@ class ModelReloader:
                 self.install(candidate)
                 self.slot.scorer, self.slot.info = candidate, info
         except Exception as exc:  # any failure (unreadable, wrong shapes, a probe that raises): keep the old model
+            if candidate is not None:
+                await asyncio.to_thread(self.retire, candidate)
             self.watcher.refuse(sig)
             self.metrics.inc("model_reloads_refused")
             log.error("refused the new model in %s, still scoring with %s (fingerprint %s): %s: %s",
                       self.watcher.path, old.name, str(old.fingerprint)[:12], type(exc).__name__, exc)
             return False
         self.watcher.accept(sig)
+        await asyncio.to_thread(self.retire, old)
         self.metrics.inc("model_reloads_ok")
         self.metrics.model = info
         log.info("switched to the new model in %s: fingerprint %s, weights %s, window %d, threshold %.4f "

@@ -9,16 +9,21 @@ cost, not the model, bounds the worker). The event is serialised here, once, wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.records import BadInput, SessionKeyer, parse_message
+from stream.security import kafka_python_kwargs
 from stream.windows import Entry
 
 log = logging.getLogger("stream.worker")
@@ -26,12 +31,24 @@ log = logging.getLogger("stream.worker")
 
 def group_lines(events: Iterable[EventT], keyer: SessionKeyer, max_line_bytes: int,
                 metrics: Metrics) -> dict[str, list[Entry]]:
-    """Parse a batch of raw-line events; their entries by session, each session's in input order."""
+    """Parse a batch of raw-line Faust events; their entries by session, each session's in input order."""
+    return group_messages(((e.message, e.value, e.message.timestamp) for e in events), keyer, max_line_bytes, metrics)
+
+
+def group_records(records: Iterable[ConsumerRecord], keyer: SessionKeyer, max_line_bytes: int,
+                  metrics: Metrics) -> dict[str, list[Entry]]:
+    """group_lines for records an aiokafka consumer fetched (their timestamps are in milliseconds)."""
+    return group_messages(((r, r.value, r.timestamp / 1000.0) for r in records), keyer, max_line_bytes, metrics)
+
+
+def group_messages(messages: Iterable[tuple[Any, bytes, float]], keyer: SessionKeyer, max_line_bytes: int,
+                   metrics: Metrics) -> dict[str, list[Entry]]:
+    """(message, value, Kafka timestamp in seconds) triples -> entries by session, each session's in input order;
+    a message has topic, partition, offset and key. Bad input is counted by reason and skipped."""
     groups: dict[str, list[Entry]] = {}
-    for event in events:
-        message = event.message
+    for message, value, timestamp in messages:
         try:
-            parsed = parse_message(event.value, max_line_bytes)
+            parsed = parse_message(value, max_line_bytes)
         except BadInput as exc:
             metrics.inc(f"bad_{exc.reason}")
             log.warning("skipped %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
@@ -39,7 +56,7 @@ def group_lines(events: Iterable[EventT], keyer: SessionKeyer, max_line_bytes: i
         if parsed.replaced_bytes:
             metrics.inc("lines_utf8_replaced")
         session = keyer.key_for(parsed.line, message.key, parsed.source)
-        ts = parsed.ts if parsed.ts is not None else message.timestamp
+        ts = parsed.ts if parsed.ts is not None else timestamp
         groups.setdefault(session, []).append(Entry(parsed.line, ts, message.partition, message.offset))
     return groups
 
@@ -70,17 +87,151 @@ def lines_event(session: str, entries: list[Entry]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+async def publish(sessions: faust.TopicT, groups: dict[str, list[Entry]], metrics: Metrics) -> list[Any]:
+    """Send each session's lines as "lines" events (chunked under MAX_EVENT_BYTES), keyed by session; the
+    delivery futures."""
+    sent = []
+    for session, entries in groups.items():
+        for chunk in chunk_entries(entries):
+            # Already JSON: sent as is; the score agent reads it through the topic's json serializer.
+            sent.append(await sessions.send(key=session.encode("utf-8"), value=lines_event(session, chunk),
+                                            value_serializer="raw"))
+        metrics.inc("lines_in", len(entries))
+    return sent
+
+
 def register_route(app: faust.App, cfg: StreamConfig, metrics: Metrics, *, logs: faust.TopicT,
-                   sessions: faust.TopicT) -> None:
+                   sessions: faust.TopicT) -> RouteHandle | None:
+    """The route as cfg.route says: "batch", a task reading the raw topic in fetched batches with a consumer of its
+    own (group `<app_id>-route`, the handle it returns says its lag), or "agent", a Faust agent (None)."""
     keyer = SessionKeyer(cfg.session_key, cfg.catch_all_key)
+    if cfg.route == "batch":
+        handle = RouteHandle(cfg)
+
+        @app.task
+        async def route_batches() -> None:
+            await handle.run(keyer, sessions, metrics)
+
+        return handle
 
     @app.agent(logs, name="route")
     async def route(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
-            groups = group_lines(events, keyer, cfg.max_line_bytes, metrics)
-            for session, entries in groups.items():
-                for chunk in chunk_entries(entries):
-                    # Already JSON: sent as is; the score agent reads it through the topic's json serializer.
-                    await sessions.send(key=session.encode("utf-8"), value=lines_event(session, chunk),
-                                        value_serializer="raw")
-                metrics.inc("lines_in", len(entries))
+            await publish(sessions, group_lines(events, keyer, cfg.max_line_bytes, metrics), metrics)
+
+    return None
+
+
+class RouteHandle:
+    """The batch route: an aiokafka consumer in group `<app_id>-route` fetches up to `route_batch_max` raw lines at a
+    time, they are grouped by session and sent on the sessions topic, and the batch's offsets are committed once
+    every send is acknowledged (a crash before that re-reads the batch; the score agent drops lines a session
+    already holds). Faust's per-event path never sees a raw line.
+
+    A route group with no committed offset for a partition starts where the worker's own group (the Faust agent's
+    route, `route: agent`) committed it, else at the earliest record: switching the route over neither re-reads
+    nor skips the topic."""
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self.group = f"{cfg.app_id}-route"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.committed: dict[TopicPartition, int] = {}
+
+    def lag(self) -> int:
+        """Raw-topic records behind the high watermark on this worker's partitions (as of the last fetch), counted
+        from the last commit."""
+        consumer = self.consumer
+        if consumer is None:
+            return 0
+        total = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                total += max(0, high - self.committed.get(tp, 0))
+        return total
+
+    @property
+    def state(self) -> str:
+        """"running" while its consumer is started (what the health check wants of every agent), else "stopped"."""
+        return "running" if self.consumer is not None else "stopped"
+
+    async def run(self, keyer: SessionKeyer, sessions: faust.TopicT, metrics: Metrics) -> None:
+        """Route until cancelled; an unexpected error is logged, counted (route_restarts) and the route started
+        again a second later from the last committed offsets."""
+        while True:
+            try:
+                await self._route(keyer, sessions, metrics)
+            except Exception as exc:  # noqa: BLE001  # the worker must not stop reading over one bad fetch
+                metrics.inc("route_restarts")
+                log.error("route stopped by %s: %s; starting it again from the last committed offsets",
+                          type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def _route(self, keyer: SessionKeyer, sessions: faust.TopicT, metrics: Metrics) -> None:
+        cfg = self.cfg
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers, group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=int(cfg.broker_session_timeout * 1000),
+            heartbeat_interval_ms=int(cfg.broker_heartbeat_interval * 1000), max_poll_records=cfg.route_batch_max,
+            **kafka_python_kwargs(cfg))
+        consumer.subscribe([cfg.topic_logs], listener=_StartWhereTheAgentStopped(self, consumer))
+        await consumer.start()
+        self.consumer = consumer
+        try:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within * 1000),
+                                                 max_records=cfg.route_batch_max)
+                if not fetched:
+                    continue
+                records = [r for batch in fetched.values() for r in batch]
+                groups = group_records(records, keyer, cfg.max_line_bytes, metrics)
+                await asyncio.gather(*await publish(sessions, groups, metrics))  # acknowledged
+                offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items()}
+                try:
+                    await consumer.commit(offsets)
+                except KafkaError as exc:  # revoked meanwhile: the next owner reads the batch again
+                    log.warning("route: commit of %d records failed (%s); they will be read again", len(records),
+                                exc)
+                    continue
+                self.committed.update(offsets)
+        finally:
+            await consumer.stop()
+            self.consumer = None
+
+
+class _StartWhereTheAgentStopped(ConsumerRebalanceListener):
+    """Seeks a newly assigned partition with no offset committed by the route group to the offset the worker's
+    Faust group committed for it (the agent route's), if any."""
+
+    def __init__(self, route: RouteHandle, consumer: AIOKafkaConsumer) -> None:
+        self.route = route
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.route.committed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        fresh = []
+        for tp in assigned:
+            mine = await self.consumer.committed(tp)
+            if mine is None:
+                fresh.append(tp)
+            else:
+                self.route.committed[tp] = mine
+        if not fresh:
+            return
+        agent = AIOKafkaConsumer(bootstrap_servers=self.route.cfg.bootstrap_servers, group_id=self.route.cfg.app_id,
+                                 enable_auto_commit=False, **kafka_python_kwargs(self.route.cfg))
+        await agent.start()
+        try:
+            for tp in fresh:
+                offset = await agent.committed(tp)
+                if offset is not None:
+                    self.consumer.seek(tp, offset)
+                    self.route.committed[tp] = offset
+                    log.info("route: %s[%d] starts at offset %d, where the agent route stopped", tp.topic,
+                             tp.partition, offset)
+        finally:
+            await agent.stop()

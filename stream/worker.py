@@ -22,7 +22,7 @@ def run_worker(cfg: StreamConfig, scorer: Scorer | None = None) -> int:
     """Blocks until the worker stops; returns its exit code (0 after SIGTERM/SIGINT)."""
     if scorer is None:
         check_model_folder(cfg.model)  # missing, pickled, truncated, wrong type or version: fail before torch
-        from stream.app import load_scorer
+        from stream.scoring import load_scorer
 
         scorer = load_scorer(cfg)
     import faust

@@ -239,10 +239,13 @@ _ASSIGNED = re.compile(r"^\|\s*(\S+)\s*\|\s*\{([^}]*)\}\s*\|", re.M)
 
 
 def assignments(log_text: str, topic: str) -> list[set[int]]:
-    """The partitions of `topic` in each "newly assigned partitions" table of a Faust worker log, in order."""
+    """The partitions of `topic` in each "newly assigned partitions" table of the Faust group in a worker log, in
+    order (the batch route's group, `<app_id>-route`, reads another topic and is left out)."""
     out = []
     for block in log_text.split("Setting newly assigned partitions")[1:]:
-        block = block.split("for group", 1)[0]
+        block, _, group = block.partition("for group")
+        if group.split(None, 1)[0].endswith("-route"):
+            continue
         parts: set[int] = set()
         for name, spec in _ASSIGNED.findall(block):
             if name != topic:

@@ -152,7 +152,7 @@ def test_the_worker_scores_early_exactly_the_windows_of_the_offline_rule(seed: i
 
 
 def test_early_scoring_is_switched_by_early_alerts_and_the_models_thresholds() -> None:
-    from stream.app import check_early_alerts
+    from stream.scoring import check_early_alerts
     from stream.config import StreamConfig
 
     with_early, without = EarlyFake([[8, 0.8]], early_hop=4), EarlyFake(None)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stream.agents import fit_to_window
-from stream.app import load_scorer
+from stream.scoring import load_scorer
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch
@@ -194,7 +194,7 @@ def test_the_swap_waits_for_the_batch_in_progress(tmp_path: Path) -> None:
 def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_encoder_dir: Path,
                                                                         tmp_path: Path) -> None:
     folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
-    cfg = StreamConfig(model=str(folder), device="cpu")
+    cfg = StreamConfig(model=str(folder), device="cpu", scoring="thread")  # the encoder lives in this process
     running = load_scorer(cfg)
     running.score([["INFO one line"]])  # warm the cache
     write_model(folder, tiny_encoder_dir, fingerprint="b" * 64, max_window=4, seed=1)  # rewritten in place
@@ -214,7 +214,7 @@ def test_the_load_is_logged_with_the_configured_folder_not_the_private_copy(
         tiny_encoder_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
     with caplog.at_level(logging.INFO):
-        load_scorer(StreamConfig(model=str(folder), device="cpu"))
+        load_scorer(StreamConfig(model=str(folder), device="cpu", scoring="thread"))  # logged in this process
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded LogMoE model")]
     assert loaded == [f"loaded LogMoE model {folder} (threshold 0.000, encoder {tiny_encoder_dir})"]
     assert not [r for r in caplog.records if "logmoe-model-" in r.getMessage()]  # the temporary copy's name
@@ -232,15 +232,18 @@ def test_fit_to_window_trims_windows_and_states_after_a_smaller_model() -> None:
     fit_to_window(empty, 4)  # closed sessions (None) are left alone
 
 
-def test_a_broken_model_error_names_the_configured_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scoring", ["process", "thread"])
+def test_a_broken_model_error_names_the_configured_folder(tmp_path: Path, scoring: str) -> None:
     folder = model_files(tmp_path / "final_moe_model")
     with pytest.raises(ValueError, match=str(folder)):
-        load_scorer(StreamConfig(model=str(folder), device="cpu"))
+        load_scorer(StreamConfig(model=str(folder), device="cpu", scoring=scoring))
     with pytest.raises(FileNotFoundError, match="absent"):
-        load_scorer(StreamConfig(model=str(tmp_path / "absent"), device="cpu"))
+        load_scorer(StreamConfig(model=str(tmp_path / "absent"), device="cpu", scoring=scoring))
 
 
-def test_a_model_of_a_newer_format_is_refused_on_reload(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scoring", ["process", "thread"])
+def test_a_model_of_a_newer_format_is_refused_on_reload(tiny_encoder_dir: Path, tmp_path: Path,
+                                                        scoring: str) -> None:
     import json
 
     folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
@@ -248,4 +251,4 @@ def test_a_model_of_a_newer_format_is_refused_on_reload(tiny_encoder_dir: Path, 
     config["logmoe_format"] = 99
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=str(folder)):
-        load_scorer(StreamConfig(model=str(folder), device="cpu"))
+        load_scorer(StreamConfig(model=str(folder), device="cpu", scoring=scoring))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.app import load_scorer, window_hop
+from stream.app import window_hop
+from stream.scoring import load_scorer
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import SessionEvent, SessionProcessor
