@@ -129,8 +129,8 @@ class RouteHandle:
     already holds). Faust's per-event path never sees a raw line.
 
     A route group with no committed offset for a partition starts where the worker's own group (the Faust agent's
-    route, `route: agent`) committed it, else at the earliest record: switching the route over neither re-reads
-    nor skips the topic."""
+    route, `route: agent`) committed it (seed_route_offsets), else at the earliest record: switching the route over
+    neither re-reads nor skips the topic."""
 
     def __init__(self, cfg: StreamConfig) -> None:
         self.cfg = cfg
@@ -175,7 +175,8 @@ class RouteHandle:
             auto_offset_reset="earliest", session_timeout_ms=int(cfg.broker_session_timeout * 1000),
             heartbeat_interval_ms=int(cfg.broker_heartbeat_interval * 1000), max_poll_records=cfg.route_batch_max,
             **kafka_python_kwargs(cfg))
-        consumer.subscribe([cfg.topic_logs], listener=_StartWhereTheAgentStopped(self, consumer))
+        await seed_route_offsets(cfg, self.group)
+        consumer.subscribe([cfg.topic_logs], listener=_TrackCommits(self, consumer))
         await consumer.start()
         self.consumer = consumer
         try:
@@ -200,9 +201,8 @@ class RouteHandle:
             self.consumer = None
 
 
-class _StartWhereTheAgentStopped(ConsumerRebalanceListener):
-    """Seeks a newly assigned partition with no offset committed by the route group to the offset the worker's
-    Faust group committed for it (the agent route's), if any."""
+class _TrackCommits(ConsumerRebalanceListener):
+    """Keeps RouteHandle.committed (for the lag) to the partitions the route owns."""
 
     def __init__(self, route: RouteHandle, consumer: AIOKafkaConsumer) -> None:
         self.route = route
@@ -213,25 +213,47 @@ class _StartWhereTheAgentStopped(ConsumerRebalanceListener):
             self.route.committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        fresh = []
         for tp in assigned:
-            mine = await self.consumer.committed(tp)
-            if mine is None:
-                fresh.append(tp)
-            else:
-                self.route.committed[tp] = mine
-        if not fresh:
-            return
-        agent = AIOKafkaConsumer(bootstrap_servers=self.route.cfg.bootstrap_servers, group_id=self.route.cfg.app_id,
-                                 enable_auto_commit=False, **kafka_python_kwargs(self.route.cfg))
-        await agent.start()
-        try:
-            for tp in fresh:
-                offset = await agent.committed(tp)
-                if offset is not None:
-                    self.consumer.seek(tp, offset)
-                    self.route.committed[tp] = offset
-                    log.info("route: %s[%d] starts at offset %d, where the agent route stopped", tp.topic,
-                             tp.partition, offset)
-        finally:
-            await agent.stop()
+            offset = await self.consumer.committed(tp)
+            if offset is not None:
+                self.route.committed[tp] = offset
+
+
+async def seed_route_offsets(cfg: StreamConfig, group: str) -> dict[int, int]:
+    """Before the route's consumer joins `group`: for each partition of the raw topic that `group` never committed
+    but the worker's Faust group (cfg.app_id, the agent route's) did, commit the Faust group's offset to `group`, so
+    the route starts where the agent stopped instead of at the earliest record. The partitions seeded and their
+    offsets. A commit the broker refuses (the group already has live members, which committed their own) is left
+    to them."""
+    security = kafka_python_kwargs(cfg)
+    route = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=group, enable_auto_commit=False,
+                             **security)
+    agent = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.app_id, enable_auto_commit=False,
+                             **security)
+    await route.start()
+    await agent.start()
+    seeded: dict[int, int] = {}
+    try:
+        await route.topics()  # fetches the metadata
+        partitions = route.partitions_for_topic(cfg.topic_logs) or set()
+        tps = [TopicPartition(cfg.topic_logs, p) for p in sorted(partitions)]
+        route.assign(tps)
+        for tp in tps:
+            if await route.committed(tp) is not None:
+                continue
+            offset = await agent.committed(tp)
+            if offset is not None:
+                seeded[tp.partition] = offset
+        if seeded:
+            try:
+                await route.commit({TopicPartition(cfg.topic_logs, p): o for p, o in seeded.items()})
+            except KafkaError as exc:
+                log.info("route: %s has members that commit for themselves (%s); not seeded", group, exc)
+                return {}
+            for partition, offset in seeded.items():
+                log.info("route: %s[%d] starts at offset %d, where the agent route stopped", cfg.topic_logs,
+                         partition, offset)
+    finally:
+        await route.stop()
+        await agent.stop()
+    return seeded

@@ -22,9 +22,17 @@ def run_worker(cfg: StreamConfig, scorer: Scorer | None = None) -> int:
     """Blocks until the worker stops; returns its exit code (0 after SIGTERM/SIGINT)."""
     if scorer is None:
         check_model_folder(cfg.model)  # missing, pickled, truncated, wrong type or version: fail before torch
-        from stream.scoring import load_scorer
+        from stream.scoring import close_scorer, load_scorer
 
         scorer = load_scorer(cfg)
+        try:
+            return _run(cfg, scorer)
+        finally:
+            close_scorer(scorer)  # its scoring process, on every way out (a broker that never answered too)
+    return _run(cfg, scorer)
+
+
+def _run(cfg: StreamConfig, scorer: Scorer) -> int:
     import faust
 
     from stream.app import create_app
