@@ -80,12 +80,13 @@ def rss_mb(pid: int) -> float:
 
 # --------------------------------------------------------------------------------------------- kafka
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]], rate: float) -> int:
-    """Send (key, value) records paced to `rate` lines/s with aiokafka (a kafka-python producer sending one record
-    per batch costs more CPU than a 2-core machine can spare at 4,000 lines/s beside the worker). Each record's
-    Kafka timestamp is its send time: what line -> alert latencies are measured from. Records are batched for 5 ms
-    (linger): only end offsets are wrong on the embedded broker for multi-record batches, and nothing here or in the
-    worker's reading of the raw topic relies on them (BROKER.md)."""
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+            rate: float | None = None) -> int:
+    """Send (key, value) records with aiokafka, paced to `rate` lines/s, or as fast as it can (None: a pre-filled
+    topic). A kafka-python producer sending one record per batch costs more CPU than a 2-core machine can spare at
+    4,000 lines/s beside the worker. Each record's Kafka timestamp is its send time: what line -> alert latencies
+    are measured from. Records are batched for 5 ms (linger): only end offsets are wrong on the embedded broker for
+    multi-record batches, and nothing here or in the worker's reading of the raw topic relies on them (BROKER.md)."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
@@ -96,32 +97,10 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
         try:
             started, futures = time.monotonic(), []
             for i, (key, value) in enumerate(records):
-                delay = started + i / rate - time.monotonic()
+                delay = started + i / rate - time.monotonic() if rate else 0.0
                 if delay > 0:
                     await asyncio.sleep(delay)
                 futures.append(await producer.send(topic, value=value, key=key))
-            await producer.flush()
-            for fut in futures:
-                await fut
-            return len(futures)
-        finally:
-            await producer.stop()
-
-    return asyncio.run(send_all())
-
-
-def prefill(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    """Send (key, value) records as fast as aiokafka can (normal batching: consumers read every record of a
-    multi-record batch; only end offsets are wrong on the embedded broker, and nothing here reads them)."""
-    import asyncio
-
-    from aiokafka import AIOKafkaProducer
-
-    async def send_all() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, value=value, key=key) for key, value in records]
             await producer.flush()
             for fut in futures:
                 await fut
@@ -404,7 +383,7 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, ["logs"], args.partitions)
         t0 = time.monotonic()
-        prefill(broker.bootstrap, "logs", keyed(lines, re.compile(KEY_REGEX.encode())))
+        produce(broker.bootstrap, "logs", keyed(lines, re.compile(KEY_REGEX.encode())))
         logger.info("pre-filled logs with %d lines in %.1f s", n, time.monotonic() - t0)
         for r in range(args.repeats):
             order = variants if r % 2 == 0 else variants[::-1]
@@ -644,7 +623,7 @@ def section_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             time.sleep(2.0)  # partitions assigned: no line waits for the group join
             # 1. The sustainable rate of this workload: a pre-filled burst, read and scored as fast as possible
             #    (it also warms the worker up: encoder kernels, caches).
-            n_cal = prefill(broker.bootstrap, "logs", calib)
+            n_cal = produce(broker.bootstrap, "logs", calib)
             due = expected_windows(Counter(k for k, _ in calib).values(), window, hop)
             t_cal = proc.wait_for(lambda m: lines_taken(m) >= n_cal and int(m.get("windows_scored", 0)) >= due,
                                   args.run_timeout)
@@ -748,7 +727,7 @@ def section_paced(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, ["logs"], args.partitions)
-        n_pass = prefill(broker.bootstrap, "logs", paced_records(lines[:args.lines], args))
+        n_pass = produce(broker.bootstrap, "logs", paced_records(lines[:args.lines], args))
         passthrough = run_passthrough(broker.bootstrap, work, f"perf-paced-passthrough-{os.getpid()}", n_pass, args)
         logger.info("paced: pass-through backlog rate %.0f lines/s", passthrough["lines_per_s"])
         held: dict[str, float] = {}
@@ -895,7 +874,7 @@ def section_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for level in levels:
                 recs = ((f"s{i:07d}".encode(), base[i % len(base)]) for i in range(offered, level))
                 t0 = time.monotonic()
-                prefill(broker.bootstrap, "logs", recs)
+                produce(broker.bootstrap, "logs", recs)
                 offered = level
                 expect = min(level, args.bound)
 
