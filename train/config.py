@@ -21,7 +21,8 @@ THRESHOLD_OBJECTIVES = ("f1", "fpr", "rate")
 EARLY_CALIBRATIONS = ("per_length", "single", "off")
 BACKENDS = ("auto", "gloo", "nccl")
 OBJECTIVES = ("supervised", "unsupervised")
-PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen")
+TRIM_BY = ("model", "rarity")
+PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen", "burst", "substitute")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -312,7 +313,12 @@ class UnsupervisedSection:
     """Share of the real training windows left out of each epoch from trim_after_epochs on: those the current model
     scores most anomalous, so the few percent of anomalies in unlabelled data are not learned as normal; 0: none."""
     trim_after_epochs: int = 1
-    """Epochs trained on every window before trimming starts (the model must first tell windows apart)."""
+    """Epochs trained on every window before trimming starts (the model must first tell windows apart); trim_by
+    model only."""
+    trim_by: str = "model"
+    """Which windows trimming leaves out. model: each epoch from trim_after_epochs on, those the current model scores
+    most anomalous. rarity: once, before training, those whose rarest line occurs in the fewest training windows,
+    so a failure's lines that unlabelled data holds only in its few anomalous windows are never taught as normal."""
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.perturbations if kind not in PERTURBATIONS]
@@ -325,6 +331,8 @@ class UnsupervisedSection:
             raise ValueError(f"unsupervised.unseen_lines must be >= 0 ({self.unseen_lines})")
         if not 0.0 <= self.trim_fraction < 0.5:
             raise ValueError(f"unsupervised.trim_fraction must be in [0, 0.5) ({self.trim_fraction})")
+        if self.trim_by not in TRIM_BY:
+            raise ValueError(f"unsupervised.trim_by must be one of {', '.join(TRIM_BY)} ({self.trim_by!r})")
         if self.trim_after_epochs < 0:
             raise ValueError(f"unsupervised.trim_after_epochs must be >= 0 ({self.trim_after_epochs})")
 

@@ -15,7 +15,7 @@ from train.data import load_jsonl
 from train.embeddings import WindowSet
 from train.metrics import rate_threshold
 from train.sources import load_source
-from train.unsupervised import PerturbationObjective, Perturber, pack, trim_mask, unseen_statements
+from train.unsupervised import PerturbationObjective, Perturber, pack, rarity_trim_mask, trim_mask, unseen_statements
 
 VOCAB = torch.arange(0, 20)  # rows of training lines
 UNSEEN = torch.arange(100, 110)  # rows of never-seen statements
@@ -56,6 +56,36 @@ def test_each_perturbation_changes_the_window_as_named(seed: int) -> None:
         changed = [i for i in range(len(WINDOW)) if out[i] != WINDOW[i]]
         assert kind == name and len(out) == len(WINDOW) and 1 <= len(changed) <= most
         assert all(int(out[i]) in pool.tolist() for i in changed)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_a_burst_overwrites_one_run_of_lines_with_one_training_line(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    out, kind = perturber("burst").perturb(WINDOW, g)
+    changed = [i for i in range(len(WINDOW)) if out[i] != WINDOW[i]]
+    assert kind == "burst" and len(out) == len(WINDOW) and changed
+    start, stop = changed[0], changed[-1] + 1
+    row = out[start]
+    assert row in VOCAB.tolist() and out[start:stop] == [row] * (stop - start)  # one line over one run
+    assert out[:start] + out[stop:] == WINDOW[:start] + WINDOW[stop:]
+
+
+def test_bursts_reach_the_whole_window() -> None:
+    g = torch.Generator().manual_seed(0)
+    sizes = {sum(a != b for a, b in zip(perturber("burst").perturb(WINDOW, g)[0], WINDOW)) for _ in range(300)}
+    assert len(WINDOW) in sizes and 1 in sizes  # beyond max_changed: a burst may fill the window
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_a_substitution_swaps_every_occurrence_of_one_line(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    window = [8, 8, 9, 8, 9, 9, 8]  # rows outside VOCAB, so every swapped-in row is told apart
+    out, kind = perturber("substitute").perturb(window, g)
+    assert kind == "substitute" and len(out) == len(window)
+    (old,) = {a for a, b in zip(window, out) if a != b}
+    (new,) = {b for a, b in zip(window, out) if a != b}
+    assert new in VOCAB.tolist()
+    assert out == [new if row == old else row for row in window]  # all of them: the window's mix of lines is kept
 
 
 def test_duplicating_a_full_window_keeps_max_window_lines() -> None:
@@ -111,6 +141,31 @@ def test_batches_are_half_perturbed_and_labelled_by_what_changed() -> None:
 def test_trim_mask_leaves_out_the_highest_scores() -> None:
     assert trim_mask(torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3]), 0.4).tolist() == [True, False, True, False, True]
     assert trim_mask(torch.tensor([0.5, 0.6]), 0.0).all()
+
+
+def test_rarity_trimming_leaves_out_the_windows_of_the_rarest_lines() -> None:
+    common = [[0, 0, 1, 0], [1, 1, 1], [0, 1], [2, 2, 0]] * 5  # line 2 in 5 of 20 windows, 0 and 1 in more
+    windows = common[:7] + [[0, 7, 7, 1]] + common[7:14] + [[9], [0, 8]] + common[14:]  # 7, 8, 9: in one each
+    windows.append([6] * 12)  # a burst: 12 lines, yet in one window only, so rarer than line 2
+    index, lengths = pack(windows)
+    kept = rarity_trim_mask(index, lengths, 4 / len(windows))
+    assert [i for i, k in enumerate(kept.tolist()) if not k] == [7, 15, 16, len(windows) - 1]
+    with_two = [i for i, w in enumerate(windows) if 2 in w]  # then the 5 windows of line 2, the next rarest
+    kept = rarity_trim_mask(index, lengths, 9 / len(windows))
+    assert sorted(i for i, k in enumerate(kept.tolist()) if not k) == sorted([7, 15, 16, 23] + with_two)
+    # ties on the rarest line go to the rarer lines beside it: [9] and [6] (mean log 0) before [0, 8], [0, 7, 7, 1]
+    kept = rarity_trim_mask(index, lengths, 2 / len(windows))
+    assert [i for i, k in enumerate(kept.tolist()) if not k] == [15, 23]
+    assert rarity_trim_mask(index, lengths, 0.0).all()
+
+
+def test_rarity_trimming_happens_once_before_training() -> None:
+    windows = [[0, 1]] * 19 + [[0, 5]]  # line 5 is in one window only
+    source = objective(windows, torch.eye(8), ["substitute"], trim_fraction=0.05, trim_by="rarity")
+    assert source.kept.tolist() == [True] * 19 + [False] and [t.epoch for t in source.trims] == [0]
+    epoch = type("Epoch", (), {"index_in_stage": 3, "stage": 1})()
+    source.start_epoch(torch.nn.Linear(1, 1), epoch)  # the model is never asked: no epoch trims again
+    assert source.kept.tolist() == [True] * 19 + [False] and len(source.trims) == 1
 
 
 def test_trimmed_rows_are_replaced_by_kept_ones() -> None:
