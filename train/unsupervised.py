@@ -2,13 +2,16 @@
 
 Every training batch is half real windows (label 0) and half perturbed copies of real windows (label 1): lines
 shuffled, a block of lines moved, lines dropped or duplicated, lines replaced by other training lines, or by
-statements never seen in training. The model's 2-class head then gives P(perturbed), which LogScorer, `evaluate`
-and the worker read as the anomaly score, unchanged. Perturbations act on index windows (rows of the run's embedding
-table); the never-seen statements are extra rows appended to that table.
+statements never seen in training, a run of lines overwritten by one training line (a burst), or every occurrence of
+one line swapped for another. The model's 2-class head then gives P(perturbed), which LogScorer, `evaluate` and the
+worker read as the anomaly score, unchanged. Perturbations act on index windows (rows of the run's embedding table);
+the never-seen statements are extra rows appended to that table.
 
-Contamination: unlabelled data holds a few percent of anomalies, which the real half would teach as normal. From
-epoch `trim_after_epochs` on, each epoch starts by scoring every real training window with the current model and
-leaving out the `trim_fraction` that look most perturbed (their draws in the batches go to other real windows).
+Contamination: unlabelled data holds a few percent of anomalies, which the real half would teach as normal. The
+`trim_fraction` of the real windows is left out (their draws in the batches go to other real windows): with
+trim_by=model, from epoch `trim_after_epochs` on, those the current model scores most perturbed; with trim_by=rarity,
+once before training, those whose rarest line is in the fewest windows. A failure's lines tend to sit in a few
+windows only, so the rarity trim leaves them out of the real half altogether and they can only read as perturbed.
 
 Shapes: W windows, L the longest, B a batch, T its longest window, D the embedding width.
 """

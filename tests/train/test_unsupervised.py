@@ -113,7 +113,7 @@ def window_set(windows: list[list[int]]) -> WindowSet:
 
 
 def objective(windows: list[list[int]], table: torch.Tensor, kinds: list[str], stage1_epochs: int = 1,
-              **cfg: float) -> PerturbationObjective:
+              **cfg: float | str) -> PerturbationObjective:
     """The objective over these index windows; table rows the windows do not use are the never-seen ones."""
     data = window_set(windows)
     vocab = torch.unique(torch.tensor([row for w in windows for row in w]))
@@ -126,7 +126,7 @@ def objective(windows: list[list[int]], table: torch.Tensor, kinds: list[str], s
 def test_batches_are_half_perturbed_and_labelled_by_what_changed() -> None:
     windows = [[i % 4, (i + 1) % 4, (i + 2) % 4] for i in range(40)]
     table = torch.randn(8, 5)  # rows 0-3 training lines, 4-7 never seen
-    source = objective(windows, table, ["shuffle", "drop", "duplicate", "replace", "unseen"])
+    source = objective(windows, table, ["shuffle", "drop", "duplicate", "replace", "unseen"], trim_fraction=0.0)
     rows = torch.arange(32)
     embeds, mask, labels = source.batch(rows, step=3)
     assert embeds.shape == (32, int(mask.sum(dim=1).max()), 5) and labels.sum() == 16
@@ -315,7 +315,7 @@ def test_cli_trains_unsupervised_from_label_free_files(unlabelled_run: tuple[Tra
 
 
 @pytest.mark.slow
-def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+def test_model_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     """Real windows are one of three orders of lines 0-4; six planted anomalies hold the rare line 5. Trimming the
     5% most anomalous real windows (10 of 206) must leave out all six; the labels serve the check only."""
     from dataclasses import replace
@@ -333,9 +333,9 @@ def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., Tr
     known[10::33] = 1
     cfg = make_config(tmp_path, "training.objective=unsupervised", "training.epochs_stage1=3",
                       "training.epochs_stage2=1", "training.min_steps_per_epoch=40", "unsupervised.trim_fraction=0.05",
-                      "unsupervised.trim_after_epochs=2")
+                      "unsupervised.trim_after_epochs=2", "unsupervised.trim_by=model")
     source = objective(windows, table, list(cfg.unsupervised.perturbations), stage1_epochs=3, trim_fraction=0.05,
-                       trim_after_epochs=2)
+                       trim_after_epochs=2, trim_by="model")
     source.known_labels = known
     model = build_model(cfg, 32, "constructed", "")
     data = window_set(windows)
