@@ -295,7 +295,7 @@ class TrainingSection:
 @dataclass
 class UnsupervisedSection:
     """The unsupervised objective (training.objective=unsupervised, train/unsupervised.py): real windows (0) against
-    perturbed copies (1), with the windows that look most perturbed trimmed from the real ones."""
+    perturbed copies (1), with the windows most likely to be anomalies trimmed from the real ones."""
 
     perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS))
     """What a perturbed copy may have undergone, one drawn per copy: shuffle (lines in random order), move (a block

@@ -309,7 +309,8 @@ class PerturbationObjective:
         return [-float(record["eval_perturbation_loss"])]
 
     def report(self) -> dict[str, Any]:
-        return {"trims": [vars(t) for t in self.trims], "unseen_rows": len(self.perturber.unseen),
+        return {"trim_by": self.cfg.trim_by, "trims": [vars(t) for t in self.trims],
+                "unseen_rows": len(self.perturber.unseen),
                 "vocab_rows": len(self.perturber.vocab), "perturbations": list(self.perturber.kinds)}
 
 

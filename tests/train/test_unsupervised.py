@@ -166,6 +166,7 @@ def test_rarity_trimming_happens_once_before_training() -> None:
     epoch = type("Epoch", (), {"index_in_stage": 3, "stage": 1})()
     source.start_epoch(torch.nn.Linear(1, 1), epoch)  # the model is never asked: no epoch trims again
     assert source.kept.tolist() == [True] * 19 + [False] and len(source.trims) == 1
+    assert source.report()["trim_by"] == "rarity" and source.report()["trims"][0]["trimmed"] == 1
 
 
 def test_trimmed_rows_are_replaced_by_kept_ones() -> None:
