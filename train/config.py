@@ -21,7 +21,8 @@ THRESHOLD_OBJECTIVES = ("f1", "fpr", "rate")
 EARLY_CALIBRATIONS = ("per_length", "single", "off")
 BACKENDS = ("auto", "gloo", "nccl")
 OBJECTIVES = ("supervised", "unsupervised")
-PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen")
+TRIM_BY = ("model", "rarity")
+PERTURBATIONS = ("shuffle", "move", "drop", "duplicate", "replace", "unseen", "burst", "substitute")
 # The data keys that say how files are read (not which files, nor how they are split): what evaluation takes.
 EVAL_DATA_KEYS = ("format", "key_regex", "labels_csv", "eval_labels_csv", "label_column", "text_columns",
                   "label_regex", "normal_labels", "window", "window_hop")
@@ -294,13 +295,17 @@ class TrainingSection:
 @dataclass
 class UnsupervisedSection:
     """The unsupervised objective (training.objective=unsupervised, train/unsupervised.py): real windows (0) against
-    perturbed copies (1), with the windows that look most perturbed trimmed from the real ones."""
+    perturbed copies (1), with the windows most likely to be anomalies trimmed from the real ones."""
 
     perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS))
     """What a perturbed copy may have undergone, one drawn per copy: shuffle (lines in random order), move (a block
     of lines moved elsewhere), drop (lines removed), duplicate (lines repeated), replace (lines swapped for other
-    training lines, drawn uniformly over the distinct lines, so a rare line reads as a sign of perturbation) and
-    unseen (lines swapped for statements never seen in training)."""
+    training lines, drawn uniformly over the distinct lines, so a rare line reads as a sign of perturbation),
+    unseen (lines swapped for statements never seen in training), burst (a run of lines, up to the whole window,
+    overwritten by one training line drawn the same way) and substitute (every occurrence of one of the window's
+    lines swapped for one such line). The last two change what a window says without adding distinct lines to it,
+    so the model cannot learn "many distinct lines = perturbed" (on BGL, where a window of the logs mostly repeats
+    one line, the other kinds taught exactly that, and September's more varied normal windows were flagged)."""
     max_changed: float = 0.25
     """Largest share of a window's lines one perturbation changes (at least one line)."""
     unseen_lines: int = 512
@@ -309,10 +314,15 @@ class UnsupervisedSection:
     foreign_lines: list[str] = field(default_factory=list)
     """Raw log files of other systems whose (masked) lines join the never-seen statements; only ever negatives."""
     trim_fraction: float = 0.05
-    """Share of the real training windows left out of each epoch from trim_after_epochs on: those the current model
-    scores most anomalous, so the few percent of anomalies in unlabelled data are not learned as normal; 0: none."""
+    """Share of the real training windows left out (trim_by says which and when), so the few percent of anomalies
+    in unlabelled data are not learned as normal; 0: none."""
     trim_after_epochs: int = 1
-    """Epochs trained on every window before trimming starts (the model must first tell windows apart)."""
+    """Epochs trained on every window before trimming starts (the model must first tell windows apart); trim_by
+    model only."""
+    trim_by: str = "rarity"
+    """Which windows trimming leaves out. model: each epoch from trim_after_epochs on, those the current model scores
+    most anomalous. rarity: once, before training, those whose rarest line occurs in the fewest training windows,
+    so a failure's lines that unlabelled data holds only in its few anomalous windows are never taught as normal."""
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.perturbations if kind not in PERTURBATIONS]
@@ -325,6 +335,8 @@ class UnsupervisedSection:
             raise ValueError(f"unsupervised.unseen_lines must be >= 0 ({self.unseen_lines})")
         if not 0.0 <= self.trim_fraction < 0.5:
             raise ValueError(f"unsupervised.trim_fraction must be in [0, 0.5) ({self.trim_fraction})")
+        if self.trim_by not in TRIM_BY:
+            raise ValueError(f"unsupervised.trim_by must be one of {', '.join(TRIM_BY)} ({self.trim_by!r})")
         if self.trim_after_epochs < 0:
             raise ValueError(f"unsupervised.trim_after_epochs must be >= 0 ({self.trim_after_epochs})")
 

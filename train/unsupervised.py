@@ -2,13 +2,16 @@
 
 Every training batch is half real windows (label 0) and half perturbed copies of real windows (label 1): lines
 shuffled, a block of lines moved, lines dropped or duplicated, lines replaced by other training lines, or by
-statements never seen in training. The model's 2-class head then gives P(perturbed), which LogScorer, `evaluate`
-and the worker read as the anomaly score, unchanged. Perturbations act on index windows (rows of the run's embedding
-table); the never-seen statements are extra rows appended to that table.
+statements never seen in training, a run of lines overwritten by one training line (a burst), or every occurrence of
+one line swapped for another. The model's 2-class head then gives P(perturbed), which LogScorer, `evaluate` and the
+worker read as the anomaly score, unchanged. Perturbations act on index windows (rows of the run's embedding table);
+the never-seen statements are extra rows appended to that table.
 
-Contamination: unlabelled data holds a few percent of anomalies, which the real half would teach as normal. From
-epoch `trim_after_epochs` on, each epoch starts by scoring every real training window with the current model and
-leaving out the `trim_fraction` that look most perturbed (their draws in the batches go to other real windows).
+Contamination: unlabelled data holds a few percent of anomalies, which the real half would teach as normal. The
+`trim_fraction` of the real windows is left out (their draws in the batches go to other real windows): with
+trim_by=model, from epoch `trim_after_epochs` on, those the current model scores most perturbed; with trim_by=rarity,
+once before training, those whose rarest line is in the fewest windows. A failure's lines tend to sit in a few
+windows only, so the rarity trim leaves them out of the real half altogether and they can only read as perturbed.
 
 Shapes: W windows, L the longest, B a batch, T its longest window, D the embedding width.
 """
@@ -86,6 +89,25 @@ class Perturber:
     def _unseen(self, w: list[int], g: torch.Generator) -> list[int] | None:
         return self._swap_in(w, self.unseen, g)
 
+    def _burst(self, w: list[int], g: torch.Generator) -> list[int] | None:
+        """A run of lines, up to the whole window, overwritten by one training line drawn uniformly over the
+        distinct ones: a window that repeats a rare line reads as perturbed, a common line's bursts as real."""
+        if len(self.vocab) == 0:
+            return None
+        row = int(self.vocab[_randint(len(self.vocab), g)])
+        size = 1 + _randint(len(w), g)
+        start = _randint(len(w) - size + 1, g)
+        return w[:start] + [row] * size + w[start + size:]
+
+    def _substitute(self, w: list[int], g: torch.Generator) -> list[int] | None:
+        """Every occurrence of one of the window's lines swapped for one training line drawn uniformly over the
+        distinct ones: what the window says changes, how many distinct lines it holds and where they sit do not."""
+        if len(self.vocab) == 0:
+            return None
+        old = w[_randint(len(w), g)]
+        new = int(self.vocab[_randint(len(self.vocab), g)])
+        return [new if row == old else row for row in w]
+
     def _swap_in(self, w: list[int], pool: torch.Tensor, g: torch.Generator) -> list[int] | None:
         if len(pool) == 0:
             return None
@@ -132,6 +154,30 @@ def trim_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     count = int(fraction * len(scores))
     if count:
         kept[torch.topk(scores, count).indices] = False
+    return kept
+
+
+def rarity_trim_mask(index: torch.Tensor, lengths: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(W,) bool, False for the int(fraction * W) windows whose rarest line occurs in the fewest windows (ties: the
+    lower mean log window count of their distinct lines first), True for the rest. index (W, L), lengths (W,)."""
+    W = len(lengths)
+    kept = torch.ones(W, dtype=torch.bool)
+    count = int(fraction * W)
+    if count == 0:
+        return kept
+    real = torch.arange(index.shape[1])[None, :] < lengths[:, None]  # (W, L)
+    rows = int(index.max()) + 1
+    owner = torch.arange(W)[:, None].expand_as(index)[real]  # (N,) the window of each real line
+    pairs = torch.unique(owner * rows + index[real])  # (P,) each (window, distinct line) once
+    pair_window, pair_row = pairs // rows, pairs % rows  # (P,), (P,)
+    windows_with = torch.bincount(pair_row, minlength=rows).double()  # (rows,) windows holding each line
+    rarest = torch.full((W,), float("inf"), dtype=torch.double).scatter_reduce(
+        0, pair_window, windows_with[pair_row], reduce="amin")  # (W,)
+    distinct = torch.bincount(pair_window, minlength=W).double()  # (W,)
+    mean_log = torch.zeros(W, dtype=torch.double).index_add_(0, pair_window, windows_with[pair_row].log()) / distinct
+    order = torch.sort(mean_log, stable=True).indices  # (W,) then a stable sort by the rarest line
+    order = order[torch.sort(rarest[order], stable=True).indices]
+    kept[order[:count]] = False
     return kept
 
 
@@ -204,24 +250,30 @@ class PerturbationObjective:
 
     def __post_init__(self) -> None:
         self.kept = torch.ones(len(self.train_set), dtype=torch.bool)
+        if self.cfg.trim_by == "rarity" and self.cfg.trim_fraction > 0:
+            self.kept = rarity_trim_mask(self.train_set.index, self.train_set.lengths, self.cfg.trim_fraction)
+            self._record_trim(0)
+
+    def _record_trim(self, epoch: int) -> None:
+        record = TrimRecord(epoch, int((~self.kept).sum()), len(self.kept))
+        if self.known_labels is not None:
+            record.trimmed_anomalous = int(self.known_labels[~self.kept].sum())
+            record.anomalous = int(self.known_labels.sum())
+        self.trims.append(record)
+        logger.info("%s: trimmed %d of %d real windows%s", f"epoch {epoch}" if epoch else "by rarity, before training",
+                    record.trimmed, record.windows, "" if record.anomalous is None else
+                    f" ({record.trimmed_anomalous} of the {record.anomalous} labelled anomalous; labels unused)")
 
     def start_epoch(self, model: torch.nn.Module, epoch: Any) -> None:
         """Trim the real windows the current model finds most anomalous (from epoch trim_after_epochs on). Depends
         on the weights only, so a resumed run trims as the uninterrupted one did."""
         done = epoch.index_in_stage + (self.stage1_epochs if epoch.stage == 2 else 0)  # epochs trained before
-        if self.cfg.trim_fraction == 0 or done < self.cfg.trim_after_epochs:
+        if self.cfg.trim_by != "model" or self.cfg.trim_fraction == 0 or done < self.cfg.trim_after_epochs:
             return
         log_probs = window_log_probs(model, self.table, self.train_set.index, self.train_set.lengths,
                                      self.eval_batch_size)  # (W, 2)
         self.kept = trim_mask(log_probs[:, 1], self.cfg.trim_fraction)
-        record = TrimRecord(done + 1, int((~self.kept).sum()), len(self.kept))
-        if self.known_labels is not None:
-            record.trimmed_anomalous = int(self.known_labels[~self.kept].sum())
-            record.anomalous = int(self.known_labels.sum())
-        self.trims.append(record)
-        logger.info("epoch %d: trimmed %d of %d real windows%s", record.epoch, record.trimmed, record.windows,
-                    "" if record.anomalous is None else
-                    f" ({record.trimmed_anomalous} of the {record.anomalous} labelled anomalous; labels unused)")
+        self._record_trim(done + 1)
 
     def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Windows `rows` (B,), half of them perturbed -> embeddings (B, T, D), mask (B, T), labels (B,) 1 =
@@ -257,7 +309,8 @@ class PerturbationObjective:
         return [-float(record["eval_perturbation_loss"])]
 
     def report(self) -> dict[str, Any]:
-        return {"trims": [vars(t) for t in self.trims], "unseen_rows": len(self.perturber.unseen),
+        return {"trim_by": self.cfg.trim_by, "trims": [vars(t) for t in self.trims],
+                "unseen_rows": len(self.perturber.unseen),
                 "vocab_rows": len(self.perturber.vocab), "perturbations": list(self.perturber.kinds)}
 
 

@@ -38,6 +38,7 @@ def test_overrides_reach_nested_sections() -> None:
     ("training.target_rate=0", "training.target_rate must be in (0, 1) (0.0)"),
     ("unsupervised.perturbations=[swap]", "unsupervised.perturbations must be a non-empty list of shuffle, move"),
     ("unsupervised.trim_fraction=0.5", "unsupervised.trim_fraction must be in [0, 0.5) (0.5)"),
+    ("unsupervised.trim_by=loss", "unsupervised.trim_by must be one of model, rarity ('loss')"),
     ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
     ("training.backend=mpi", "training.backend must be one of auto, gloo, nccl ('mpi')"),

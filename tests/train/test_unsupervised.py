@@ -15,7 +15,7 @@ from train.data import load_jsonl
 from train.embeddings import WindowSet
 from train.metrics import rate_threshold
 from train.sources import load_source
-from train.unsupervised import PerturbationObjective, Perturber, pack, trim_mask, unseen_statements
+from train.unsupervised import PerturbationObjective, Perturber, pack, rarity_trim_mask, trim_mask, unseen_statements
 
 VOCAB = torch.arange(0, 20)  # rows of training lines
 UNSEEN = torch.arange(100, 110)  # rows of never-seen statements
@@ -58,6 +58,36 @@ def test_each_perturbation_changes_the_window_as_named(seed: int) -> None:
         assert all(int(out[i]) in pool.tolist() for i in changed)
 
 
+@pytest.mark.parametrize("seed", range(25))
+def test_a_burst_overwrites_one_run_of_lines_with_one_training_line(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    out, kind = perturber("burst").perturb(WINDOW, g)
+    changed = [i for i in range(len(WINDOW)) if out[i] != WINDOW[i]]
+    assert kind == "burst" and len(out) == len(WINDOW) and changed
+    start, stop = changed[0], changed[-1] + 1
+    row = out[start]
+    assert row in VOCAB.tolist() and out[start:stop] == [row] * (stop - start)  # one line over one run
+    assert out[:start] + out[stop:] == WINDOW[:start] + WINDOW[stop:]
+
+
+def test_bursts_reach_the_whole_window() -> None:
+    g = torch.Generator().manual_seed(0)
+    sizes = {sum(a != b for a, b in zip(perturber("burst").perturb(WINDOW, g)[0], WINDOW)) for _ in range(300)}
+    assert len(WINDOW) in sizes and 1 in sizes  # beyond max_changed: a burst may fill the window
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_a_substitution_swaps_every_occurrence_of_one_line(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    window = [8, 8, 9, 8, 9, 9, 8]  # rows outside VOCAB, so every swapped-in row is told apart
+    out, kind = perturber("substitute").perturb(window, g)
+    assert kind == "substitute" and len(out) == len(window)
+    (old,) = {a for a, b in zip(window, out) if a != b}
+    (new,) = {b for a, b in zip(window, out) if a != b}
+    assert new in VOCAB.tolist()
+    assert out == [new if row == old else row for row in window]  # all of them: the window's mix of lines is kept
+
+
 def test_duplicating_a_full_window_keeps_max_window_lines() -> None:
     g = torch.Generator().manual_seed(0)
     full = list(range(10))
@@ -83,7 +113,7 @@ def window_set(windows: list[list[int]]) -> WindowSet:
 
 
 def objective(windows: list[list[int]], table: torch.Tensor, kinds: list[str], stage1_epochs: int = 1,
-              **cfg: float) -> PerturbationObjective:
+              **cfg: float | str) -> PerturbationObjective:
     """The objective over these index windows; table rows the windows do not use are the never-seen ones."""
     data = window_set(windows)
     vocab = torch.unique(torch.tensor([row for w in windows for row in w]))
@@ -96,7 +126,7 @@ def objective(windows: list[list[int]], table: torch.Tensor, kinds: list[str], s
 def test_batches_are_half_perturbed_and_labelled_by_what_changed() -> None:
     windows = [[i % 4, (i + 1) % 4, (i + 2) % 4] for i in range(40)]
     table = torch.randn(8, 5)  # rows 0-3 training lines, 4-7 never seen
-    source = objective(windows, table, ["shuffle", "drop", "duplicate", "replace", "unseen"])
+    source = objective(windows, table, ["shuffle", "drop", "duplicate", "replace", "unseen"], trim_fraction=0.0)
     rows = torch.arange(32)
     embeds, mask, labels = source.batch(rows, step=3)
     assert embeds.shape == (32, int(mask.sum(dim=1).max()), 5) and labels.sum() == 16
@@ -111,6 +141,32 @@ def test_batches_are_half_perturbed_and_labelled_by_what_changed() -> None:
 def test_trim_mask_leaves_out_the_highest_scores() -> None:
     assert trim_mask(torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3]), 0.4).tolist() == [True, False, True, False, True]
     assert trim_mask(torch.tensor([0.5, 0.6]), 0.0).all()
+
+
+def test_rarity_trimming_leaves_out_the_windows_of_the_rarest_lines() -> None:
+    common = [[0, 0, 1, 0], [1, 1, 1], [0, 1], [2, 2, 0]] * 5  # line 2 in 5 of 20 windows, 0 and 1 in more
+    windows = common[:7] + [[0, 7, 7, 1]] + common[7:14] + [[9], [0, 8]] + common[14:]  # 7, 8, 9: in one each
+    windows.append([6] * 12)  # a burst: 12 lines, yet in one window only, so rarer than line 2
+    index, lengths = pack(windows)
+    kept = rarity_trim_mask(index, lengths, 4 / len(windows))
+    assert [i for i, k in enumerate(kept.tolist()) if not k] == [7, 15, 16, len(windows) - 1]
+    with_two = [i for i, w in enumerate(windows) if 2 in w]  # then the 5 windows of line 2, the next rarest
+    kept = rarity_trim_mask(index, lengths, 9 / len(windows))
+    assert sorted(i for i, k in enumerate(kept.tolist()) if not k) == sorted([7, 15, 16, 23] + with_two)
+    # ties on the rarest line go to the rarer lines beside it: [9] and [6] (mean log 0) before [0, 8], [0, 7, 7, 1]
+    kept = rarity_trim_mask(index, lengths, 2 / len(windows))
+    assert [i for i, k in enumerate(kept.tolist()) if not k] == [15, 23]
+    assert rarity_trim_mask(index, lengths, 0.0).all()
+
+
+def test_rarity_trimming_happens_once_before_training() -> None:
+    windows = [[0, 1]] * 19 + [[0, 5]]  # line 5 is in one window only
+    source = objective(windows, torch.eye(8), ["substitute"], trim_fraction=0.05, trim_by="rarity")
+    assert source.kept.tolist() == [True] * 19 + [False] and [t.epoch for t in source.trims] == [0]
+    epoch = type("Epoch", (), {"index_in_stage": 3, "stage": 1})()
+    source.start_epoch(torch.nn.Linear(1, 1), epoch)  # the model is never asked: no epoch trims again
+    assert source.kept.tolist() == [True] * 19 + [False] and len(source.trims) == 1
+    assert source.report()["trim_by"] == "rarity" and source.report()["trims"][0]["trimmed"] == 1
 
 
 def test_trimmed_rows_are_replaced_by_kept_ones() -> None:
@@ -260,7 +316,7 @@ def test_cli_trains_unsupervised_from_label_free_files(unlabelled_run: tuple[Tra
 
 
 @pytest.mark.slow
-def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
+def test_model_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     """Real windows are one of three orders of lines 0-4; six planted anomalies hold the rare line 5. Trimming the
     5% most anomalous real windows (10 of 206) must leave out all six; the labels serve the check only."""
     from dataclasses import replace
@@ -278,9 +334,9 @@ def test_trimming_leaves_out_the_planted_anomalies(make_config: Callable[..., Tr
     known[10::33] = 1
     cfg = make_config(tmp_path, "training.objective=unsupervised", "training.epochs_stage1=3",
                       "training.epochs_stage2=1", "training.min_steps_per_epoch=40", "unsupervised.trim_fraction=0.05",
-                      "unsupervised.trim_after_epochs=2")
+                      "unsupervised.trim_after_epochs=2", "unsupervised.trim_by=model")
     source = objective(windows, table, list(cfg.unsupervised.perturbations), stage1_epochs=3, trim_fraction=0.05,
-                       trim_after_epochs=2)
+                       trim_after_epochs=2, trim_by="model")
     source.known_labels = known
     model = build_model(cfg, 32, "constructed", "")
     data = window_set(windows)
