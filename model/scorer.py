@@ -1,7 +1,8 @@
 """Score windows of raw log lines with a trained LogMoE model: the one scoring path for training's evaluation,
 the CLI and the stream worker, so they cannot drift apart.
 
-raw lines -> mask -> unique masked lines -> encoder (cached) -> table (U, D) -> index (B, T) -> model -> P(anomaly)
+raw lines -> mask -> masked windows (a window met before: its cached result) -> unique masked lines -> encoder
+(cached) -> table (U, D) -> index (B, T) -> model -> P(anomaly)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
 # JSON list of the masked lines seen in normal training sessions (optional; early scoring's "novel" trigger)
 NORMAL_LINES_FILE = "normal_lines.json"
+WINDOW_CACHE_SIZE = 8192  # masked windows whose results a scorer keeps (a few MB; 2,301 distinct on HDFS dev)
 
 
 
@@ -65,9 +68,12 @@ class LogScorer:
         batch_size: int = 256,
         seen_lines: frozenset[str] | None = None,
         normal_lines: frozenset[str] | None = None,
+        window_cache_size: int = WINDOW_CACHE_SIZE,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(window_cache_size, bool) or not isinstance(window_cache_size, int) or window_cache_size < 0:
+            raise ValueError(f"window_cache_size must be an integer >= 0 (0 = off), got {window_cache_size!r}")
         if encoder.dim != model.config.input_dim:
             raise ValueError(
                 f"encoder {encoder.reference!r} gives {encoder.dim}-dim embeddings but the model in {model_dir} "
@@ -81,6 +87,12 @@ class LogScorer:
         self.seen_lines = seen_lines
         self.normal_lines = normal_lines
         self._lock = threading.Lock()  # callers may score from worker threads; the encoder cache is not shared-safe
+        # Masked window -> its result, least recently used dropped first. The model is a pure function of the masked
+        # lines, so a window met again (the same statements: a stream's sessions repeat their lifecycles, and early
+        # scoring scores each open session's prefix again every few lines) skips the encoder and the MoE.
+        self.window_cache_size = window_cache_size
+        self._windows: OrderedDict[tuple[str, ...], WindowScore] = OrderedDict()
+        self._window_hits = 0
 
     @classmethod
     def from_pretrained(
@@ -90,10 +102,12 @@ class LogScorer:
         encoder: LineEncoder | None = None,
         batch_size: int = 256,
         origin: str | Path | None = None,
+        window_cache_size: int = WINDOW_CACHE_SIZE,
     ) -> LogScorer:
         """Load config.json + model.safetensors (+ seen_lines.json, normal_lines.json) from ``model_dir``; build the encoder the
         config names unless one is given. ``origin``: the folder the log names when ``model_dir`` is a copy of it
-        (the worker loads a private copy)."""
+        (the worker loads a private copy). ``window_cache_size``: masked windows whose results are kept, so a
+        window met again skips the encoder and the model (0 = off)."""
         path = check_model_folder(model_dir)  # missing, pickled, truncated, not LogMoE, newer format: one error
         config = _load_config(path)
         torch_device = resolve_device(device)
@@ -112,7 +126,7 @@ class LogScorer:
         normal = _load_lines(path / NORMAL_LINES_FILE)
         logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", origin or path, config.threshold,
                     config.encoder_name_or_path)
-        return cls(model, encoder, path, torch_device, batch_size, seen, normal)
+        return cls(model, encoder, path, torch_device, batch_size, seen, normal, window_cache_size)
 
     @property
     def config(self) -> LogMoEConfig:
@@ -172,18 +186,38 @@ class LogScorer:
         with self._lock:
             return self._score_detailed(windows)
 
+    def window_cache_info(self) -> dict[str, int]:
+        """hits: windows answered from the window cache; size: masked windows it holds; max_size (0 = off)."""
+        return {"hits": self._window_hits, "size": len(self._windows), "max_size": self.window_cache_size}
+
     def _score_detailed(self, windows: Sequence[Sequence[str]]) -> list[WindowScore]:
-        masked_rows, index = self._index(windows)  # U distinct masked lines, per window (n_i,) rows
-        table = self._encoder.encode(masked_rows)  # (U, D)
-        table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = padding
-        unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
-        results: list[WindowScore | None] = [None] * len(windows)
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen)):
-                results[i] = result
-        return results  # type: ignore[return-value]  # every slot filled above
+        keys = [tuple(mask_cached(line) for line in window) for window in windows]  # the masked windows
+        results: dict[tuple[str, ...], WindowScore] = {}
+        for key in keys:
+            if key in self._windows:
+                self._windows.move_to_end(key)
+                results[key] = self._windows[key]
+                self._window_hits += 1
+        todo = list(dict.fromkeys(key for key in keys if key not in results))  # each distinct window once
+        if todo:
+            masked_rows, index = self._index(todo)  # U distinct masked lines, per window (n_i,) rows
+            table = self._encoder.encode(masked_rows)  # (U, D)
+            table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = pad
+            unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
+            order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen)):
+                    results[todo[i]] = result
+                    self._remember(todo[i], result)
+        return [results[key] for key in keys]
+
+    def _remember(self, key: tuple[str, ...], result: WindowScore) -> None:
+        if self.window_cache_size == 0:
+            return
+        self._windows[key] = result
+        if len(self._windows) > self.window_cache_size:
+            self._windows.popitem(last=False)
 
     @staticmethod
     def save_seen_lines(model_dir: str | Path, masked_lines: Iterable[str]) -> None:
@@ -211,11 +245,11 @@ class LogScorer:
 
     @staticmethod
     def _index(windows: Sequence[Sequence[str]]) -> tuple[list[str], list[Tensor]]:
-        """Mask the lines; return the distinct masked lines (U) and, per window, the row of each of its lines
-        among them (n_i,)."""
+        """Masked windows -> the distinct masked lines (U) and, per window, the row of each of its lines among them
+        (n_i,)."""
         row_of: dict[str, int] = {}  # masked line -> row of the table
         index = [
-            torch.tensor([row_of.setdefault(mask_cached(line), len(row_of)) for line in window], dtype=torch.long)
+            torch.tensor([row_of.setdefault(line, len(row_of)) for line in window], dtype=torch.long)
             for window in windows
         ]
         return list(row_of), index

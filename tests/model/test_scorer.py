@@ -189,3 +189,51 @@ def test_concurrent_calls_from_threads_agree_with_serial(model_dir: Path) -> Non
     with ThreadPoolExecutor(max_workers=4) as pool:
         concurrent = list(pool.map(lambda w: fresh.score([w])[0], windows))
     assert concurrent == pytest.approx(fresh.score(windows), abs=1e-5)
+
+
+def _count_forwards(scorer: LogScorer) -> list[int]:
+    """Counts the model's forward calls (one per batch of windows that reached the model)."""
+    calls: list[int] = []
+    forward = scorer.model.forward
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    scorer.model.forward = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_window_met_again_skips_the_model_and_scores_the_same(model_dir: Path) -> None:
+    fresh = LogScorer.from_pretrained(model_dir, device="cpu")
+    calls = _count_forwards(fresh)
+    first = fresh.score_detailed([SESSION, SESSION[:3], SESSION[:3]])  # the same window twice: computed once
+    assert len(calls) == 1 and fresh.window_cache_info() == {"hits": 0, "size": 2, "max_size": 8192}
+    other_block = [line.replace("9251277714010060167", "1111") for line in SESSION[:3]]  # masks the same
+    again = fresh.score_detailed([other_block, SESSION])
+    assert len(calls) == 1 and fresh.window_cache_info()["hits"] == 2
+    assert again == [first[1], first[0]]
+    uncached = LogScorer.from_pretrained(model_dir, device="cpu", encoder=fresh.encoder, window_cache_size=0)
+    assert [w.score for w in uncached.score_detailed([SESSION, SESSION[:3]])] == pytest.approx(
+        [first[0].score, first[1].score], abs=1e-6)
+
+
+def test_the_window_cache_keeps_the_most_recently_used_and_can_be_off(model_dir: Path) -> None:
+    small = LogScorer.from_pretrained(model_dir, device="cpu", window_cache_size=2)
+    calls = _count_forwards(small)
+    small.score([SESSION[:1]])
+    small.score([SESSION[:2]])
+    small.score([SESSION[:1]])  # a hit: now the most recently used
+    small.score([SESSION[:3]])  # drops SESSION[:2], the least recently used
+    assert len(calls) == 3 and small.window_cache_info()["size"] == 2
+    small.score([SESSION[:1], SESSION[:3]])
+    assert len(calls) == 3
+    small.score([SESSION[:2]])
+    assert len(calls) == 4
+    off = LogScorer.from_pretrained(model_dir, device="cpu", window_cache_size=0)
+    off_calls = _count_forwards(off)
+    off.score([SESSION[:2]])
+    off.score([SESSION[:2]])
+    assert len(off_calls) == 2 and off.window_cache_info()["size"] == 0
+    with pytest.raises(ValueError, match="window_cache_size must be an integer >= 0"):
+        LogScorer.from_pretrained(model_dir, device="cpu", window_cache_size=-1)
