@@ -94,7 +94,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("ID", rf"(?=[A-Za-z]*+\d)(?:{_BGL_LOCATION}|(?!{_KEEP_WORDS}{_R}){_CODE})" + _R),
 )
 
-# Speed (the worker masks every line it scores, on the scoring thread, holding the GIL): each rule fails as
+# Speed (the worker masks every line it scores, in its scoring process or thread): each rule fails as
 # early as it can on the plain words that make up most of a line, without changing what it matches. The
 # leading lookaheads of IP, TS and ID only restate what every branch of the rule needs (IP starts with a hex
 # digit or ':', TS with a digit or a capitalised month/day name, ID has a digit after its leading letters), and

@@ -1,9 +1,9 @@
 """The worker's score agent and timers: score (sessions -> alerts), close idle sessions, log metrics.
 
-Data flow: the route agent (stream/route.py) re-publishes each raw line on the internal `sessions` topic keyed
-by its session, so all of a session's lines reach one worker in order. The score
-agent takes micro-batches from it, updates the session table, scores due windows in a worker thread and
-publishes alerts. A timer scans the open sessions and asks for idle ones to be closed by publishing a
+Data flow: the route (stream/route.py) re-publishes raw lines on the internal `sessions` topic keyed by their
+session, so all of a session's lines reach one worker in order. The score agent takes micro-batches from it,
+updates the session table, has the due windows scored (stream/scoring.py: by the scoring process, waited for in a
+thread) and publishes alerts. A timer scans the open sessions and asks for idle ones to be closed by publishing a
 close event on the same topic, so closing follows the same ordered, changelogged path as lines.
 """
 

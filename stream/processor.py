@@ -1,7 +1,7 @@
 """One micro-batch of session events -> new session states, windows to score, alerts. No Kafka here.
 
 The agent in stream/agents.py is a thin adapter: it reads a batch from the sessions topic, calls
-`apply`, scores the windows in a worker thread, calls `alerts_for`, publishes, then writes the states.
+`apply`, has the windows scored (off the event loop), calls `alerts_for`, publishes, then writes the states.
 States are written only after the alerts are sent, and events already applied to a state are skipped
 by offset, so a worker that dies mid-batch re-does the batch without losing or doubling a window.
 """
