@@ -43,9 +43,9 @@ import argparse
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -53,6 +53,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 
 log = logging.getLogger("plot_benchmarks")
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 0.8  # issue 5: worker >= 0.8 of the pass-through
@@ -117,33 +118,19 @@ def load_points(path: Path) -> tuple[list[ThroughputRun], list[LatencyPoint], li
     if not path.is_file():
         raise FileNotFoundError(f"no points file at {path} (expected bench/results/perf_points.json)")
     data = json.loads(path.read_text(encoding="utf-8"))
-    num = (int, float)
     throughput = [_throughput(e, f"throughput[{i}]") for i, e in enumerate(data.get("throughput", []))]
-    latency = [
-        LatencyPoint(
-            _field(e, "series", str, w),
-            _field(e, "date", str, w),
-            _field(e, "source", str, w),
-            _field(e, "rate", num, w),
-            _field(e, "p50", num, w),
-            _field(e, "p99", num, w),
-        )
-        for i, e in enumerate(data.get("latency", []))
-        for w in [f"latency[{i}]"]
-    ]
-    paced = [
-        PacedPoint(
-            _field(e, "series", str, w),
-            _field(e, "date", str, w),
-            _field(e, "source", str, w),
-            _field(e, "rate", num, w),
-            _field(e, "caught_up_s", num, w),
-            _field(e, "kept_up", bool, w),
-        )
-        for i, e in enumerate(data.get("paced", []))
-        for w in [f"paced[{i}]"]
-    ]
-    return throughput, latency, paced
+    return throughput, _points(data, "latency", LatencyPoint), _points(data, "paced", PacedPoint)
+
+
+_NUM = (int, float)
+_KINDS: dict[str, type | tuple[type, ...]] = {"series": str, "date": str, "source": str, "rate": _NUM, "p50": _NUM,
+                                              "p99": _NUM, "caught_up_s": _NUM, "kept_up": bool}
+
+
+def _points(data: dict[str, Any], section: str, cls: type[T]) -> list[T]:
+    """The entries of `section` as `cls`, one checked key per dataclass field, in field order."""
+    return [cls(*(_field(e, f.name, _KINDS[f.name], f"{section}[{i}]") for f in fields(cls)))  # type: ignore[arg-type]
+            for i, e in enumerate(data.get(section, []))]
 
 
 def plot_worker_vs_passthrough(runs: list[ThroughputRun], out: Path) -> None:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "LogMoEForSequenceClassification": "model.modeling_logmoe",
     "LogMoEOutput": "model.modeling_logmoe",
     "LogScorer": "model.scorer",
-    "WindowScore": "model.scorer",
+    "WindowScore": "model.window_score",
     "Windower": "model.windowing",
     "WindowState": "model.windowing",
     "session_windows": "model.windowing",
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from model.masking import mask
     from model.modeling_logmoe import LogMoEForSequenceClassification, LogMoEOutput
     from model.moe import top_p_select
-    from model.scorer import LogScorer, WindowScore
+    from model.scorer import LogScorer
+    from model.window_score import WindowScore
     from model.windowing import Windower, WindowState, session_windows
 
 

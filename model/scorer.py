@@ -15,7 +15,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from model.early import EarlyThresholds
 from model.encoder import LineEncoder
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.window_score import WindowScore
 
 __all__ = ["CONFIG_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
 
@@ -38,22 +38,9 @@ logger = logging.getLogger(__name__)
 SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
 # JSON list of the masked lines seen in normal training sessions (optional; early scoring's "novel" trigger)
 NORMAL_LINES_FILE = "normal_lines.json"
-WINDOW_CACHE_SIZE = 8192  # masked windows whose results a scorer keeps (a few MB; 2,301 distinct on HDFS dev)
+# Masked windows whose results a scorer keeps: ~24 MB when full of 64-line windows (tracemalloc); HDFS dev has 2,301.
+WINDOW_CACHE_SIZE = 8192
 
-
-
-@dataclass(frozen=True)
-class WindowScore:
-    """score: P(anomaly) of the window. line_scores: each real line's exact additive share of the anomaly logit
-    margin (positive pushes towards anomalous), one per line; with the model's base (bias and line-count term) they
-    add up to the margin. experts_per_token: mean experts that ran per line of
-    this window, averaged over the layers. unseen_fraction: share of the window's masked lines not
-    seen in training (None when the model folder has no seen_lines.json)."""
-
-    score: float
-    line_scores: list[float]
-    experts_per_token: float
-    unseen_fraction: float | None
 
 
 class LogScorer:

@@ -23,13 +23,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from model.early import EarlyThresholds
 from model.masking import mask_cached
+from model.window_score import WindowScore
 from stream.config import StreamConfig
 from stream.processor import Scorer, early_scoring
 from stream.reload import Signature, copy_model_folder, model_signature, private_copy, reusable_encoder
@@ -91,17 +91,6 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None,
     return scorer  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One window's result from the scoring process (the fields of model.WindowScore, sent as a plain tuple: a
-    WindowScore would make the worker import torch to unpickle it, ~4 s on the event loop's first batch here)."""
-
-    score: float
-    line_scores: list[float]
-    experts_per_token: float
-    unseen_fraction: float | None
-
-
 class ScoringProcessError(RuntimeError):
     """The scoring process failed to start, or a batch took down every child it was sent to."""
 
@@ -150,7 +139,7 @@ class ProcessScorer:
         """P(anomaly) for each window of raw lines, in input order."""
         return [w.score for w in self.score_detailed(windows)]
 
-    def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[Scored]:
+    def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[WindowScore]:
         """Score windows of raw lines in the child; ValueError / RuntimeError as the model raises them there,
         ScoringProcessError when the batch took down RETRIES + 1 children."""
         if not windows:
@@ -175,7 +164,7 @@ class ProcessScorer:
                 kind, body, cache = reply
                 self._cache = cache
                 if kind == "ok":
-                    return [Scored(*row) for row in body]
+                    return body  # type: ignore[no-any-return]  # model.window_score: unpickled without torch
                 raise _error(body)
         raise ScoringProcessError(f"a batch of {len(payload)} windows took down {RETRIES + 1} scoring processes in "
                                   f"a row; skipped")
@@ -274,9 +263,7 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str) -> None:
             return
         _, windows = message
         try:
-            rows = [(w.score, w.line_scores, w.experts_per_token, w.unseen_fraction)
-                    for w in scorer.score_detailed(windows)]
-            reply: tuple[str, Any] = ("ok", rows)
+            reply: tuple[str, Any] = ("ok", scorer.score_detailed(windows))
         except Exception as exc:  # the batch fails, the process goes on
             reply = ("error", (type(exc).__name__, str(exc)))
         conn.send((*reply, scorer.encoder.cache_info()))
