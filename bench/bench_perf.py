@@ -473,7 +473,8 @@ def seed_way(model: Any, encoder: Any, windows: Sequence[Sequence[str]], budget_
     with torch.inference_mode():
         for window in windows:
             rows = torch.cat([encoder.encode([line]) for line in window])  # (T, D), one encoder call per line
-            model(inputs_embeds=rows.unsqueeze(0), attention_mask=torch.ones(1, len(window), dtype=torch.bool))
+            model(inputs_embeds=rows.unsqueeze(0), attention_mask=torch.ones(1, len(window), dtype=torch.bool),
+                  line_counts=torch.zeros(1, len(window), dtype=torch.long))  # the seed had no rarity input
             done += 1
             lines += len(window)
             if time.perf_counter() - started > budget_s:

@@ -16,7 +16,8 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "logmoe"
 # Version of the saved folder's layout and config meaning. Raise it when a change makes old folders score
 # differently; a folder written by a newer version is refused rather than silently misread.
-FORMAT_VERSION = 1
+# 2: line rarity (config rarity_buckets, line_counts.json), which a version 1 reader would ignore.
+FORMAT_VERSION = 2
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 

@@ -58,6 +58,7 @@ class LogMoEConfig(PretrainedConfig):
         attention_dropout: float = 0.1,
         routing: str = "top_p",  # "dense" (stage 1) or "top_p" (stage 2), see ROUTING_MODES
         window_pooling: str = "mean",  # line states -> window vector, see WINDOW_POOLING_MODES
+        rarity_buckets: int = 0,  # > 0: each line's state also reads how rare it was in training (model.rarity)
         renormalize: bool = True,  # renormalise the kept experts' weights to sum to 1
         router_aux_loss_coef: float = 0.01,  # weight of the load-balancing loss (top_p routing only)
         router_entropy_loss_coef: float = 0.0,  # weight of the router-entropy loss (top_p routing only)
@@ -86,6 +87,7 @@ class LogMoEConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.routing = routing
         self.window_pooling = window_pooling
+        self.rarity_buckets = rarity_buckets
         self.renormalize = renormalize
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_entropy_loss_coef = router_entropy_loss_coef
@@ -115,6 +117,7 @@ class LogMoEConfig(PretrainedConfig):
         _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_float("threshold", self.threshold, 0.0, 1.0)
         _check_int("early_hop", self.early_hop, 0)
+        _check_int("rarity_buckets", self.rarity_buckets, 0)
         if self.early_thresholds is not None:
             EarlyThresholds.from_config(self.early_thresholds)  # ValueError naming the bad value
         if self.early_target_fpr is not None:

@@ -1,4 +1,5 @@
-"""LogMoE window classifier: line embeddings -> pre-norm (self-attention + Top-P MoE) blocks -> masked pooling (the
+"""LogMoE window classifier: line embeddings (+ with rarity_buckets > 0, a learned vector for how many training
+sessions held each line: model.rarity) -> pre-norm (self-attention + Top-P MoE) blocks -> masked pooling (the
 mean of the line states; with window_pooling "mean_sum" also their sum and the log of the line count, so the head
 sees how many of each line a window holds, not only their mix) -> linear 2-class head. The pooled vector is linear
 in the line states, so each line's share of the logit margin is exact.
@@ -22,6 +23,7 @@ from transformers.utils import ModelOutput
 from model.checkpoint import check_model_folder
 from model.configuration_logmoe import ROUTING_MODES, LogMoEConfig
 from model.moe import RoutingStats, TopPMoE, load_balancing_loss, router_entropy_loss
+from model.rarity import rarity_bucket
 
 try:  # transformers >= 5: init helpers that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -98,7 +100,11 @@ class LogMoEPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, LayerNorm
-        if isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding) and module is getattr(self, "rarity", None):
+            # Zero: a rarity bucket that no training line fell in (e.g. never-seen lines where every training
+            # line recurs) keeps adding nothing, rather than a random vector, at scoring time.
+            init.zeros_(module.weight)
+        elif isinstance(module, nn.Embedding):
             # The positions are added to layer-normed line embeddings (unit scale); at the usual 0.02 they are
             # drowned out and order is learned too slowly: on the synthetic world, 30 of 37 out-of-order dev
             # sessions went undetected (F1 0.88) where std 1.0 caught all of them (F1 1.000).
@@ -116,6 +122,7 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
         self.input_proj = nn.Linear(config.input_dim, config.hidden_size)
         self.input_norm = nn.LayerNorm(config.hidden_size)
         self.position = nn.Embedding(config.max_window, config.hidden_size)
+        self.rarity = nn.Embedding(config.rarity_buckets, config.hidden_size) if config.rarity_buckets else None
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.blocks = nn.ModuleList(LogMoEBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
@@ -157,14 +164,25 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
         if empty:
             raise ValueError(f"rows {empty} of attention_mask have no real line; every window needs at least one")
 
+    @staticmethod
+    def _check_counts(line_counts: Tensor | None, mask: Tensor) -> Tensor:
+        if line_counts is None:
+            raise ValueError("this model reads line rarity (rarity_buckets > 0): pass line_counts (B, T), the "
+                             "training sessions that held each line")
+        if line_counts.shape != mask.shape:
+            raise ValueError(f"line_counts must have shape {tuple(mask.shape)}, got {tuple(line_counts.shape)}")
+        return line_counts
+
     def forward(
         self,
         inputs_embeds: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
+        line_counts: Tensor | None = None,
     ) -> LogMoEOutput:
         """inputs_embeds (B, T, D) line embeddings, attention_mask (B, T) 1 = real line (None = all real),
-        labels (B,) in {0, 1}."""
+        labels (B,) in {0, 1}, line_counts (B, T) how many training sessions other than the window's own held each
+        line (model.rarity; required when config.rarity_buckets > 0, ignored otherwise)."""
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
         self._check_inputs(inputs_embeds, attention_mask)
@@ -172,6 +190,8 @@ class LogMoEForSequenceClassification(LogMoEPreTrainedModel):
         # positions count real lines only, so where the padding sits cannot change the result
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         x = self.input_norm(self.input_proj(inputs_embeds)) + self.position(positions)  # (B, T, H)
+        if self.rarity is not None:
+            x = x + self.rarity(rarity_bucket(self._check_counts(line_counts, mask), self.config.rarity_buckets))
         x = self.dropout(x)
         layer_stats = []
         for block in self.blocks:

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -29,9 +30,11 @@ from model.early import EarlyThresholds
 from model.encoder import LineEncoder
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.rarity import LINE_COUNTS_FILE, load_line_counts, row_counts
 from model.window_score import WindowScore
 
-__all__ = ["CONFIG_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer", "WindowScore"]
+__all__ = ["CONFIG_FILE", "LINE_COUNTS_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer",
+           "WindowScore"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class LogScorer:
         seen_lines: frozenset[str] | None = None,
         normal_lines: frozenset[str] | None = None,
         window_cache_size: int = WINDOW_CACHE_SIZE,
+        line_counts: dict[str, int] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -66,8 +70,12 @@ class LogScorer:
                 f"encoder {encoder.reference!r} gives {encoder.dim}-dim embeddings but the model in {model_dir} "
                 f"expects input_dim={model.config.input_dim}; use the encoder the model was trained with"
             )
+        if model.config.rarity_buckets and line_counts is None:
+            raise ValueError(f"the model in {model_dir} reads line rarity (rarity_buckets="
+                             f"{model.config.rarity_buckets}) but its folder has no {LINE_COUNTS_FILE}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.line_counts = line_counts  # masked line -> training sessions that held it (model.rarity)
         self._encoder = encoder
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
@@ -111,9 +119,10 @@ class LogScorer:
             )
         seen = _load_lines(path / SEEN_LINES_FILE)
         normal = _load_lines(path / NORMAL_LINES_FILE)
+        counts = load_line_counts(path)
         logger.info("loaded LogMoE model %s (threshold %.3f, encoder %s)", origin or path, config.threshold,
                     config.encoder_name_or_path)
-        return cls(model, encoder, path, torch_device, batch_size, seen, normal, window_cache_size)
+        return cls(model, encoder, path, torch_device, batch_size, seen, normal, window_cache_size, counts)
 
     @property
     def config(self) -> LogMoEConfig:
@@ -191,10 +200,11 @@ class LogScorer:
             table = self._encoder.encode(masked_rows)  # (U, D)
             table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = pad
             unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
+            counts = None if self.line_counts is None else F.pad(row_counts(masked_rows, self.line_counts), (0, 1))
             order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen)):
+                for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen, counts)):
                     results[todo[i]] = result
                     self._remember(todo[i], result)
         return [results[key] for key in keys]
@@ -242,16 +252,20 @@ class LogScorer:
         return list(row_of), index
 
     @torch.inference_mode()
-    def _score_batch(self, table: Tensor, index: list[Tensor], unseen: Tensor | None) -> list[WindowScore]:
-        """table (U + 1, D) with a zero padding row last; index: b windows' rows (n_i,); unseen (U,) bool."""
+    def _score_batch(self, table: Tensor, index: list[Tensor], unseen: Tensor | None,
+                     counts: Tensor | None) -> list[WindowScore]:
+        """table (U + 1, D) with a zero padding row last; index: b windows' rows (n_i,); unseen (U,) bool; counts
+        (U + 1,) training sessions per row, or None."""
         pad = table.shape[0] - 1
-        ids = pad_sequence(index, batch_first=True, padding_value=pad).to(self.device)  # (b, T)
+        ids = pad_sequence(index, batch_first=True, padding_value=pad)  # (b, T)
+        line_counts = None if counts is None else counts[ids].to(self.device)  # (b, T)
+        ids = ids.to(self.device)
         attention_mask = ids != pad  # (b, T)
         inputs = table[ids]  # (b, T, D)
         dtype = autocast_dtype(self.device)
         amp = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with amp:
-            out = self.model(inputs_embeds=inputs, attention_mask=attention_mask)
+            out = self.model(inputs_embeds=inputs, attention_mask=attention_mask, line_counts=line_counts)
         probs = out.logits.float().softmax(dim=-1)[:, 1].cpu()  # (b,)
         line_scores = out.line_scores.float().cpu()  # (b, T)
         experts = out.window_experts.float().cpu()  # (b,)

@@ -31,7 +31,7 @@ from stream.processor import Scorer
 log = logging.getLogger("stream.worker")
 
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-OPTIONAL_FILES = ("seen_lines.json", "normal_lines.json")
+OPTIONAL_FILES = ("seen_lines.json", "normal_lines.json", "line_counts.json")
 PROBE = [["logmoe model reload check: one line"]]  # scored once by a new model before it goes live
 _ENCODER_KEYS = ("encoder_name_or_path", "pooling", "line_max_length")
 

@@ -50,6 +50,10 @@ class ModelSection:
     """How the line states become the window vector the head reads: mean (the mix of lines) or mean_sum (the mean,
     the sum over max_window and the log line count: how many of each line too). Real HDFS anomalies are blocks with
     too few or too many of a normal line (replicas received, acknowledgements), which a mean cannot see."""
+    rarity_buckets: int = 12
+    """> 0: each line's state also reads how many training sessions held it, in that many power-of-two buckets (0,
+    1, 2-3, ..., 1024+ at 12; model.rarity): failures rarely or never labelled speak in lines training hardly holds,
+    and that evidence then reaches the score. 0: the model reads the lines' embeddings only."""
     hidden_dropout: float = 0.1
     """Dropout on the residual branches."""
     attention_dropout: float = 0.1

@@ -123,6 +123,8 @@ class WindowSet:
     session_index: torch.Tensor  # (W,) int64, the session each window belongs to
     session_labels: torch.Tensor  # (S,) int64
     session_ids: list[str]  # (S,)
+    # (U,) int64 per table row: the training sessions the model is told held that line (model.rarity), None = unused
+    row_counts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -131,19 +133,25 @@ class WindowSet:
     def num_sessions(self) -> int:
         return len(self.session_ids)
 
-    def batch(self, table: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows `rows` (B,) as (B, T, D) embeddings and a (B, T) bool mask of real lines, T their longest."""
-        return gather_windows(table, self.index[rows], self.lengths[rows])
+    def batch(self, table: torch.Tensor, rows: torch.Tensor) -> Batch:
+        """Windows `rows` (B,) as (B, T, D) embeddings, a (B, T) bool mask of real lines, T their longest, and the
+        (B, T) line counts (None without row_counts)."""
+        return gather_windows(table, self.index[rows], self.lengths[rows], self.row_counts)
 
 
-def gather_windows(table: torch.Tensor, index: torch.Tensor,
-                   lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows of table rows `index` (B, L) with `lengths` (B,) as (B, T, D) embeddings and a (B, T) bool mask of
-    real lines, T their longest (<= L), on the table's device."""
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # embeddings (B, T, D), mask (B, T), counts (B, T)
+
+
+def gather_windows(table: torch.Tensor, index: torch.Tensor, lengths: torch.Tensor,
+                   row_counts: torch.Tensor | None = None) -> Batch:
+    """Windows of table rows `index` (B, L) with `lengths` (B,) as (B, T, D) embeddings, a (B, T) bool mask of
+    real lines, T their longest (<= L), and each line's count from `row_counts` (U,) (None without), on the
+    table's device."""
     longest = int(lengths.max())
     rows = index[:, :longest].to(table.device)  # (B, T)
     mask = torch.arange(longest, device=table.device)[None, :] < lengths.to(table.device)[:, None]  # (B, T)
-    return table[rows], mask  # (B, T, D), (B, T)
+    counts = None if row_counts is None else row_counts.to(table.device)[rows]  # (B, T)
+    return table[rows], mask, counts
 
 
 def mask_sessions(sessions: Sequence[Session], mask: Callable[[str], str]) -> list[tuple[str, ...]]:
@@ -153,7 +161,7 @@ def mask_sessions(sessions: Sequence[Session], mask: Callable[[str], str]) -> li
 
 
 def build_window_set(sessions: Sequence[Session], masked: Sequence[tuple[str, ...]], row_of: dict[str, int],
-                     max_window: int, hop: int) -> WindowSet:
+                     max_window: int, hop: int, row_counts: torch.Tensor | None = None) -> WindowSet:
     """Cut each session into windows with the worker's rule (model.windowing.session_windows)."""
     windows: list[list[int]] = []
     labels: list[int] = []
@@ -163,11 +171,11 @@ def build_window_set(sessions: Sequence[Session], masked: Sequence[tuple[str, ..
             windows.append(window)
             labels.append(session.label)
             owners.append(number)
-    return pack_windows(windows, labels, owners, sessions)
+    return pack_windows(windows, labels, owners, sessions, row_counts)
 
 
 def pack_windows(windows: Sequence[Sequence[int]], labels: Sequence[int], owners: Sequence[int],
-                 sessions: Sequence[Session]) -> WindowSet:
+                 sessions: Sequence[Session], row_counts: torch.Tensor | None = None) -> WindowSet:
     """Windows of table rows, each with its label and the index of its session in `sessions`, as a WindowSet."""
     longest = max((len(w) for w in windows), default=1)
     index = torch.zeros(len(windows), longest, dtype=torch.long)  # (W, L)
@@ -180,16 +188,20 @@ def pack_windows(windows: Sequence[Sequence[int]], labels: Sequence[int], owners
         session_index=torch.tensor(list(owners), dtype=torch.long),
         session_labels=torch.tensor([s.label for s in sessions], dtype=torch.long),
         session_ids=[s.session_id for s in sessions],
+        row_counts=row_counts,
     )
 
 
 def concat_window_sets(a: WindowSet, b: WindowSet) -> WindowSet:
-    """The windows of `a`, then those of `b` (both over the same sessions)."""
+    """The windows of `a`, then those of `b` (both over the same sessions and row counts)."""
     if a.session_ids != b.session_ids:
         raise ValueError("window sets over different sessions cannot be joined")
+    if (a.row_counts is None) != (b.row_counts is None) or (
+            a.row_counts is not None and not torch.equal(a.row_counts, b.row_counts)):
+        raise ValueError("window sets with different row counts cannot be joined")
     longest = max(a.index.shape[1], b.index.shape[1])
     index = torch.cat([F.pad(a.index, (0, longest - a.index.shape[1])),
                        F.pad(b.index, (0, longest - b.index.shape[1]))])  # (Wa + Wb, longest)
     return WindowSet(index=index, lengths=torch.cat([a.lengths, b.lengths]),
                      labels=torch.cat([a.labels, b.labels]), session_index=torch.cat([a.session_index, b.session_index]),
-                     session_labels=a.session_labels, session_ids=a.session_ids)
+                     session_labels=a.session_labels, session_ids=a.session_ids, row_counts=a.row_counts)

@@ -121,8 +121,8 @@ def score_windows(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, 
     loss_sum, expert_sum, token_sum = 0.0, 0.0, 0
     for start in range(0, len(data), batch_size):
         rows = order[start:start + batch_size]
-        embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T)
-        out = model(inputs_embeds=embeds, attention_mask=mask)
+        embeds, mask, counts = data.batch(table, rows)  # (B, T, D), (B, T), (B, T) or None
+        out = model(inputs_embeds=embeds, attention_mask=mask, line_counts=counts)
         logits = out.logits.float().cpu()  # (B, 2)
         probs[rows] = logits.softmax(dim=-1)[:, 1]
         loss_sum += F.cross_entropy(logits, data.labels[rows], reduction="sum").item()
@@ -175,8 +175,10 @@ class BatchSource(Protocol):
 
     def start_epoch(self, model: torch.nn.Module, epoch: Epoch) -> None: ...
 
-    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Windows `rows` (B,) at global step `step` -> embeddings (B, T, D), mask (B, T), labels (B,)."""
+    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                            torch.Tensor]:
+        """Windows `rows` (B,) at global step `step` -> embeddings (B, T, D), mask (B, T), line counts (B, T) or
+        None, labels (B,)."""
         ...
 
 
@@ -260,13 +262,13 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         batch = order[step_in_epoch * cfg.batch_size:(step_in_epoch + 1) * cfg.batch_size]
         rows = dp.local_rows(batch)  # this process's share of the batch: all of it in a single process
         if batches is None:
-            embeds, mask = data.batch(table, rows)  # (B, T, D), (B, T); B = batch_size / processes
+            embeds, mask, counts = data.batch(table, rows)  # (B, T, D), (B, T), (B, T); B = batch_size / processes
             labels = data.labels[rows].to(table.device)  # (B,)
             batch_labels = data.labels[batch]  # (batch_size,)
         else:  # one process only (the pipeline refuses the unsupervised objective under torchrun)
-            embeds, mask, labels = batches.batch(rows, trainer.global_step)
+            embeds, mask, counts, labels = batches.batch(rows, trainer.global_step)
             batch_labels = labels.cpu()
-        out = model(inputs_embeds=embeds, attention_mask=mask)
+        out = model(inputs_embeds=embeds, attention_mask=mask, line_counts=counts)
         loss = dp.cross_entropy(out.logits.float(), labels, weights, batch_labels) + out.aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,7 @@ Outputs under cfg.output_dir (the seed's layout plus metrics and plots):
   moe_logs/          train_log.jsonl (one record per logging step and per epoch's eval) + TensorBoard events
   moe_results/       checkpoint-NNN/ after every epoch (what --resume continues from)
   final_moe_model/   config.json (threshold, encoder reference, data fingerprint, window_hop), model.safetensors,
-                     seen_lines.json
+                     seen_lines.json, normal_lines.json, line_counts.json (with model.rarity_buckets > 0)
   metrics.json       final eval metrics (computed with LogScorer, as `logmoe evaluate` does), data counts, timings
   plots/             loss_curves.png, pr_curve.png, confusion_matrix.png
 
@@ -30,6 +30,7 @@ import torch
 
 from model.early import EarlyRule
 from model.masking import mask
+from model.rarity import row_counts, save_line_counts, session_counts
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
 from train.data import Session, label_counts
@@ -40,7 +41,7 @@ from train.early import (calibrate_early, closing_fpr, early_report, length_boun
 from train.embeddings import (EmbeddingCache, build_window_set, concat_window_sets, encoder_cache_key,
                               pack_windows)
 from train.evaluation import score_sessions, session_metrics
-from train.loop import EvalResult, Epoch, schedule, score_windows, train_stages
+from train.loop import Epoch, EvalResult, schedule, score_windows, train_stages
 from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
 from train.sharded_prep import embed_lines_across, mask_sessions_across
@@ -133,6 +134,19 @@ def build_model(cfg: TrainConfig, input_dim: int, encoder_reference: str, finger
     return LogMoEForSequenceClassification(config)
 
 
+def rarity_rows(cfg: TrainConfig, rows: Sequence[str],
+                line_counts: dict[str, int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (U,) line counts the model reads for the table's rows in training windows and in eval windows (None,
+    None for a model without rarity_buckets). Supervised, a training window counts the other sessions only, so a
+    line unique to its session reads as never seen, as a new line will; unsupervised, the perturbations' made-up
+    lines stand for the never-seen ones and the real windows keep their counts (until the rarity trim recounts
+    over the kept windows: train.unsupervised.kept_session_counts)."""
+    if not cfg.model.rarity_buckets:
+        return None, None
+    train_counts = row_counts(rows, line_counts, leave_one_out=cfg.training.objective == "supervised")
+    return train_counts, row_counts(rows, line_counts)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, calibrate and save a model; returns (and writes to metrics.json) the final metrics. A run stopped by
     training.stop_after_epochs returns {"status": "interrupted", ...} and saves no final model. Started by torchrun,
@@ -182,13 +196,17 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     timings["embed_s"] = time.perf_counter() - clock
     row_of = {line: row for row, line in enumerate(distinct)}
     normal_lines = frozenset(line for s, lines in zip(train_sessions, train_masked) if not s.label for line in lines)
-    train_set = build_window_set(train_sessions, train_masked, row_of, cfg.model.max_window, cfg.training.hop)
+    line_counts = session_counts(train_masked)  # masked line -> training sessions holding it (model.rarity)
+    train_counts, eval_counts = rarity_rows(cfg, distinct, line_counts)
+    train_set = build_window_set(train_sessions, train_masked, row_of, cfg.model.max_window, cfg.training.hop,
+                                 train_counts)
     if cfg.training.train_on_prefixes:
         rule = EarlyRule(cfg.model.max_window, cfg.training.hop, cfg.training.early_hop)
         prefixes = prefix_windows(train_sessions, train_masked, row_of, normal_lines, rule, cfg.training.seed)
         logger.info("training on %d prefixes as well (%d anomalous)", len(prefixes[0]), sum(prefixes[1]))
-        train_set = concat_window_sets(train_set, pack_windows(*prefixes, train_sessions))
-    eval_set = build_window_set(eval_sessions, eval_masked, row_of, cfg.model.max_window, cfg.training.hop)
+        train_set = concat_window_sets(train_set, pack_windows(*prefixes, train_sessions, train_counts))
+    eval_set = build_window_set(eval_sessions, eval_masked, row_of, cfg.model.max_window, cfg.training.hop,
+                                eval_counts)
     logger.info("%d distinct masked lines; %d train windows, %d eval windows", len(distinct), len(train_set),
                 len(eval_set))
     check_enough_windows(len(train_set), dp.world_size)
@@ -204,13 +222,21 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     objective = None
     training = cfg.training
     if cfg.training.objective == "unsupervised":
-        from train.unsupervised import build_objective, window_labels
+        from train.unsupervised import (
+            build_objective,
+            kept_session_counts,
+            window_labels,
+        )
 
         objective = build_objective(cfg.unsupervised, train_set, table, list(dict.fromkeys(
             line for lines in train_masked for line in lines)), encoder, cache, mask, cfg.training.seed,
             cfg.model.max_window, cfg.training.eval_batch_size, cfg.training.epochs_stage1,
             window_labels(train_set, known_labels))
         objective.table = table = objective.table.to(device)  # with the never-seen statements appended
+        if cfg.model.rarity_buckets and cfg.unsupervised.trim_by == "rarity" and cfg.unsupervised.trim_fraction:
+            # what the trimmed windows alone hold is not evidence of normal: it counts as never seen
+            line_counts = kept_session_counts(train_set, objective.kept, distinct)
+            train_set.row_counts = eval_set.row_counts = row_counts(distinct, line_counts)
         training = replace(cfg.training, class_weighting="none")  # batches are half real, half perturbed
 
     def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
@@ -233,7 +259,7 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
-    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, device,
+    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, line_counts, device,
                                data_info["eval_labelled"])
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
@@ -305,11 +331,11 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
 
 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
-              train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], device: torch.device,
-              eval_labelled: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+              train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], line_counts: dict[str, int],
+              device: torch.device, eval_labelled: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
     (threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
-    seen_lines.json, normal_lines.json and the eval plots; returns the eval metrics at the stored threshold (without
+    seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots; returns the eval metrics at the stored threshold (without
     labels: no precision, recall, F1) and what early scoring does on eval (None when early_calibration is off)."""
     from model.scorer import LogScorer
 
@@ -322,6 +348,8 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     model.save_pretrained(staging)
     LogScorer.save_seen_lines(staging, dict.fromkeys(line for lines in train_masked for line in lines))
     LogScorer.save_normal_lines(staging, normal_lines)
+    if model.config.rarity_buckets:
+        save_line_counts(staging, line_counts)
     scorer = LogScorer.from_pretrained(staging, device=str(device), encoder=encoder,
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)

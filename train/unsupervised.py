@@ -137,13 +137,15 @@ def window_rows(data: WindowSet, row: int) -> list[int]:
 
 @torch.no_grad()
 def window_log_probs(model: torch.nn.Module, table: torch.Tensor, index: torch.Tensor, lengths: torch.Tensor,
-                     batch_size: int) -> torch.Tensor:
-    """(W, 2) eval-mode log-probabilities (real, perturbed) of index windows (W, L) with lengths (W,)."""
+                     batch_size: int, row_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """(W, 2) eval-mode log-probabilities (real, perturbed) of index windows (W, L) with lengths (W,); row_counts
+    (U,): the line counts the model reads (model.rarity)."""
     model.eval()
     out = torch.zeros(len(lengths), 2)
     for start in range(0, len(lengths), batch_size):
-        embeds, mask = gather_windows(table, index[start:start + batch_size], lengths[start:start + batch_size])
-        logits = model(inputs_embeds=embeds, attention_mask=mask).logits  # (B, 2)
+        embeds, mask, counts = gather_windows(table, index[start:start + batch_size],
+                                              lengths[start:start + batch_size], row_counts)
+        logits = model(inputs_embeds=embeds, attention_mask=mask, line_counts=counts).logits  # (B, 2)
         out[start:start + batch_size] = logits.float().log_softmax(dim=-1).cpu()
     return out
 
@@ -179,6 +181,18 @@ def rarity_trim_mask(index: torch.Tensor, lengths: torch.Tensor, fraction: float
     order = order[torch.sort(rarest[order], stable=True).indices]
     kept[order[:count]] = False
     return kept
+
+
+def kept_session_counts(train_set: WindowSet, kept: torch.Tensor, rows: Sequence[str]) -> dict[str, int]:
+    """Masked line -> how many sessions hold it in a kept (untrimmed) window; `rows` names the table rows. A line
+    only trimmed windows hold (a failure's, in unlabelled data) is then counted as never seen, at training and
+    at scoring time alike. kept (W,) bool."""
+    U = len(rows)
+    real = (torch.arange(train_set.index.shape[1])[None, :] < train_set.lengths[:, None]) & kept[:, None]  # (W, L)
+    owner = train_set.session_index[:, None].expand_as(train_set.index)[real]  # (N,) each real line's session
+    pairs = torch.unique(owner * U + train_set.index[real])  # (P,) each (session, line) once
+    per_row = torch.bincount(pairs % U, minlength=U)  # (U,)
+    return {rows[row]: count for row, count in enumerate(per_row.tolist()) if count}
 
 
 def unseen_statements(lines: Sequence[str], count: int, seed: int) -> list[str]:
@@ -271,13 +285,15 @@ class PerturbationObjective:
         if self.cfg.trim_by != "model" or self.cfg.trim_fraction == 0 or done < self.cfg.trim_after_epochs:
             return
         log_probs = window_log_probs(model, self.table, self.train_set.index, self.train_set.lengths,
-                                     self.eval_batch_size)  # (W, 2)
+                                     self.eval_batch_size, self._counts(self.train_set))  # (W, 2)
         self.kept = trim_mask(log_probs[:, 1], self.cfg.trim_fraction)
         self._record_trim(done + 1)
 
-    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Windows `rows` (B,), half of them perturbed -> embeddings (B, T, D), mask (B, T), labels (B,) 1 =
-        perturbed. Trimmed rows are swapped for random kept ones. Depends only on (seed, step, rows, kept)."""
+    def batch(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                            torch.Tensor]:
+        """Windows `rows` (B,), half of them perturbed -> embeddings (B, T, D), mask (B, T), line counts (B, T) or
+        None, labels (B,) 1 = perturbed. Trimmed rows are swapped for random kept ones. Depends only on (seed,
+        step, rows, kept)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = rows.clone()
         trimmed = (~self.kept[rows]).nonzero().flatten()
@@ -289,8 +305,14 @@ class PerturbationObjective:
         for i in torch.randperm(len(windows), generator=g)[:len(windows) // 2].tolist():
             windows[i], kind = self.perturber.perturb(windows[i], g)
             labels[i] = int(kind is not None)
-        embeds, mask = gather_windows(self.table, *pack(windows))  # (B, T, D), (B, T)
-        return embeds, mask, labels.to(self.table.device)
+        embeds, mask, counts = gather_windows(self.table, *pack(windows), self._counts(self.train_set))
+        return embeds, mask, counts, labels.to(self.table.device)  # (B, T, D), (B, T), (B, T), (B,)
+
+    def _counts(self, data: WindowSet) -> torch.Tensor | None:
+        """data's row counts (U,) with 0 for the never-seen statements' rows -> (U + Z,); None without."""
+        if data.row_counts is None:
+            return None
+        return torch.cat([data.row_counts, data.row_counts.new_zeros(self.table.shape[0] - len(data.row_counts))])
 
     def eval_loss(self, model: torch.nn.Module, eval_set: WindowSet) -> float:
         """Label-free model selection: the mean cross-entropy of the eval windows as real and of one fixed
@@ -300,8 +322,9 @@ class PerturbationObjective:
             copies = [self.perturber.perturb(window_rows(eval_set, row), g)[0] for row in range(len(eval_set))]
             self._eval_pairs = (eval_set.index, eval_set.lengths, *pack(copies))
         real_index, real_lengths, copy_index, copy_lengths = self._eval_pairs
-        real = window_log_probs(model, self.table, real_index, real_lengths, self.eval_batch_size)[:, 0]
-        copies = window_log_probs(model, self.table, copy_index, copy_lengths, self.eval_batch_size)[:, 1]
+        counts = self._counts(eval_set)
+        real = window_log_probs(model, self.table, real_index, real_lengths, self.eval_batch_size, counts)[:, 0]
+        copies = window_log_probs(model, self.table, copy_index, copy_lengths, self.eval_batch_size, counts)[:, 1]
         return float(-(real.mean() + copies.mean()) / 2)
 
     def selection_key(self, result: Any, record: dict[str, Any]) -> list[float]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.checkpoint import FORMAT_VERSION
 from model.configuration_logmoe import LogMoEConfig
 from model.modeling_logmoe import LogMoEForSequenceClassification, LogMoEOutput
 
@@ -326,6 +327,61 @@ def test_pickled_weights_beside_safetensors_are_never_loaded(tmp_path: Path) -> 
 
 def test_saved_config_records_its_format(tmp_path: Path) -> None:
     tiny_config().save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["logmoe_format"] == 1
-    with pytest.raises(ValueError, match="logmoe_format 2"):
-        tiny_config(logmoe_format=2)
+    assert json.loads((tmp_path / "config.json").read_text())["logmoe_format"] == FORMAT_VERSION
+    with pytest.raises(ValueError, match=f"logmoe_format {FORMAT_VERSION + 1}"):
+        tiny_config(logmoe_format=FORMAT_VERSION + 1)
+
+
+# ---- line rarity ----------------------------------------------------------------------------------------------
+
+def rarity_model() -> LogMoEForSequenceClassification:
+    torch.manual_seed(0)
+    model = LogMoEForSequenceClassification(tiny_config(rarity_buckets=4, window_pooling="mean_sum")).eval()
+    with torch.no_grad():
+        model.rarity.weight[0].normal_()  # as if training had taught the never-seen bucket something
+    return model
+
+
+def test_line_rarity_reaches_the_score_and_each_lines_share() -> None:
+    model = rarity_model()
+    x = window(4)
+    seen, fresh = torch.tensor([[9, 9, 9, 9]]), torch.tensor([[9, 9, 0, 9]])  # line 2 never held by training
+    with torch.no_grad():
+        a, b = model(x, line_counts=seen), model(x, line_counts=fresh)
+    assert not torch.allclose(a.logits, b.logits)
+    assert not torch.allclose(a.line_scores[0, 2], b.line_scores[0, 2])
+    margin = b.logits[:, 1] - b.logits[:, 0]
+    assert torch.allclose(b.line_scores.sum(dim=1) + b.base, margin, atol=1e-5)  # shares stay exact
+    with torch.no_grad():  # counts in the same bucket (2-3) are the same input
+        assert torch.equal(model(x, line_counts=torch.tensor([[9, 9, 2, 9]])).logits,
+                           model(x, line_counts=torch.tensor([[9, 9, 3, 9]])).logits)
+
+
+def test_rarity_buckets_start_at_zero_and_padding_counts_do_not_matter() -> None:
+    torch.manual_seed(0)
+    fresh = LogMoEForSequenceClassification(tiny_config(rarity_buckets=4)).eval()
+    assert torch.count_nonzero(fresh.rarity.weight) == 0  # a bucket training never fills adds nothing
+    model = rarity_model()
+    x, mask = pad(window(3), 6)
+    counts = torch.tensor([[0, 5, 1, 0, 0, 0]])
+    other_padding = torch.tensor([[0, 5, 1, 7, 100, 3]])
+    with torch.no_grad():
+        assert torch.allclose(model(x, mask, line_counts=counts).logits,
+                              model(x, mask, line_counts=other_padding).logits, atol=1e-6)
+
+
+def test_a_rarity_model_needs_line_counts_of_the_windows_shape() -> None:
+    model = rarity_model()
+    with pytest.raises(ValueError, match="pass line_counts"):
+        model(window(3))
+    with pytest.raises(ValueError, match=r"line_counts must have shape \(1, 3\)"):
+        model(window(3), line_counts=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="rarity_buckets must be an integer >= 0"):
+        tiny_config(rarity_buckets=-1)
+
+
+def test_a_model_without_rarity_ignores_line_counts() -> None:
+    model = tiny_model()
+    x = window(3)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x, line_counts=torch.zeros(1, 3, dtype=torch.long)).logits)

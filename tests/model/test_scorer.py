@@ -12,6 +12,7 @@ from model.configuration_logmoe import LogMoEConfig
 from model.encoder import LineEncoder
 from model.masking import mask
 from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.rarity import save_line_counts
 from model.scorer import LogScorer, WindowScore
 
 SESSION = [
@@ -112,6 +113,31 @@ def test_unseen_fraction_from_seen_lines(scorer: LogScorer, model_dir: Path, tmp
     with_seen = LogScorer.from_pretrained(seen_dir, device="cpu", encoder=scorer.encoder)
     results = with_seen.score_detailed([SESSION[:3], SESSION[2:6], SESSION[4:]])
     assert [r.unseen_fraction for r in results] == pytest.approx([0.0, 0.75, 1.0])
+
+
+def test_line_counts_reach_a_model_that_reads_rarity(tiny_encoder_dir: Path, scorer: LogScorer, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = LogMoEConfig(
+        input_dim=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=4,
+        expert_intermediate_size=32, max_window=MAX_WINDOW, encoder_name_or_path=str(tiny_encoder_dir),
+        rarity_buckets=4)
+    model = LogMoEForSequenceClassification(config)
+    with torch.no_grad():
+        model.rarity.weight.normal_()  # every bucket means something
+    folder = tmp_path / "rarity"
+    model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="reads line rarity .* has no line_counts.json"):
+        LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
+    held = {mask(line): 9 for line in SESSION}
+
+    def score_with(counts: dict[str, int]) -> list[float]:
+        save_line_counts(folder, counts)
+        return LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder).score([SESSION[:4], SESSION])
+
+    base = score_with(held)
+    assert score_with({**held, mask(SESSION[5]): 15}) == pytest.approx(base)  # the same bucket (8-15)
+    rare_last = score_with({k: v for k, v in held.items() if k != mask(SESSION[5])})  # line 5 never held
+    assert rare_last[0] == pytest.approx(base[0]) and rare_last[1] != pytest.approx(base[1], abs=1e-6)
 
 
 def test_early_scoring_settings_and_novel_lines_come_from_the_model_folder(scorer: LogScorer, tmp_path: Path) -> None:

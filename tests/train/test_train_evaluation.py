@@ -62,7 +62,8 @@ def test_offline_session_score_is_the_max_over_its_windows(batch_size: int) -> N
 class ErrorRowModel(torch.nn.Module):
     """A stand-in classifier over embedding rows: the anomaly logit is 2 per ERROR line (embedding [1]) minus 3."""
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                line_counts: torch.Tensor | None = None) -> SimpleNamespace:
         errors = (inputs_embeds[..., 0] * attention_mask).sum(dim=-1)  # (B,)
         logits = torch.stack([torch.zeros_like(errors), 2.0 * errors - 3.0], dim=-1)  # (B, 2)
         return SimpleNamespace(logits=logits, experts_per_token=torch.tensor(1.0))

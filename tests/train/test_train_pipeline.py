@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from model.cli import main
+from model.masking import mask
 from train.config import EvalConfig, TrainConfig
 from train.data import load_jsonl
 from train.evaluation import evaluate, load_scorer, score_sessions
 from train.metrics import calibrate_threshold
-from train.pipeline import data_fingerprint, publish_dir, train
+from train.pipeline import data_fingerprint, publish_dir, rarity_rows, train
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,10 @@ def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, 
     assert stored["data_fingerprint"] == fingerprint == result["data_fingerprint"]
     assert stored["window_hop"] == cfg.training.hop
     assert json.loads((model_dir / "seen_lines.json").read_text())
+    assert stored["rarity_buckets"] == cfg.model.rarity_buckets > 0  # the default reads line rarity
+    masked = [{mask(line) for line in s.lines} for s in load_jsonl(cfg.data.train[0])]
+    counts = json.loads((model_dir / "line_counts.json").read_text())
+    assert counts == {line: sum(line in m for m in masked) for line in set().union(*masked)}
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
     assert (out / ".embed_cache").is_dir()
     assert sorted(p.name for p in out.iterdir() if "final_moe_model" in p.name) == ["final_moe_model"]
@@ -264,3 +269,12 @@ def test_small_data_gets_min_steps_per_epoch(make_config: Callable[..., TrainCon
     state = json.loads((tmp_path / "moe_results" / "checkpoint-001" / "trainer_state.json").read_text())
     windows = len(load_jsonl(world / "train.jsonl"))  # every generated session fits one window
     assert -(-windows // cfg.training.batch_size) < 25 == state["global_step"]
+
+
+@pytest.mark.parametrize(("objective", "training_counts"), [("supervised", [2, 0, 0]), ("unsupervised", [3, 1, 0])])
+def test_training_windows_count_the_other_sessions_only_when_supervised(
+        make_config: Callable[..., TrainConfig], tmp_path: Path, objective: str, training_counts: list[int]) -> None:
+    cfg = make_config(tmp_path, f"training.objective={objective}")
+    train_rows, eval_rows = rarity_rows(cfg, ["a", "b", "new"], {"a": 3, "b": 1})
+    assert train_rows.tolist() == training_counts and eval_rows.tolist() == [3, 1, 0]
+    assert rarity_rows(make_config(tmp_path, "model.rarity_buckets=0"), ["a"], {"a": 3}) == (None, None)
