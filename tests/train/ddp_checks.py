@@ -150,7 +150,8 @@ def pipeline_refusals(dp: DataParallel, out: Path, world: Path, encoder: Path, r
     cfg = load_config(TrainConfig, None, [f'data.train=["{one_session}"]', f'data.eval=["{world / "dev.jsonl"}"]',
                                           f"encoder.name_or_path={encoder}", f"output_dir={out / 'run'}",
                                           "training.device=cpu", "training.min_steps_per_epoch=0",
-                                          "training.epochs_stage1=1", "training.epochs_stage2=1"])  # short if it runs
+                                          "training.epochs_stage1=1", "training.epochs_stage2=1",
+                                          "training.train_on_prefixes=false"])  # one window; short if it runs
     results["too_few_windows"] = error_of(lambda: _train(cfg, dp))
 
 

@@ -33,8 +33,10 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 240  # per launch; a hung rank fails the test instead of hanging it
+# No dropout; no prefix windows either: with them stage 1 still matches within 1e-5, but the per-rank router losses
+# of stage 2 drift the weights 1.08e-2 apart (1.1e-3 without), past the tolerance below.
 SAME_MATH = ("model.hidden_dropout=0.0", "model.attention_dropout=0.0", "training.keep_checkpoints=10",
-             "training.epochs_stage1=2", "training.epochs_stage2=2")
+             "training.epochs_stage1=2", "training.epochs_stage2=2", "training.train_on_prefixes=false")
 
 
 def cli_settings(settings: list[str] | tuple[str, ...]) -> list[str]:

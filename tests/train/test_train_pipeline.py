@@ -122,9 +122,9 @@ def test_training_on_prefixes_adds_one_prefix_window_per_session_it_can_label(
     from model.masking import mask
     from train.early import prefix_windows
 
-    plain = make_config(tmp_path / "plain", "training.epochs_stage1=1", "training.epochs_stage2=1")
-    cfg = make_config(tmp_path / "prefixes", "training.epochs_stage1=1", "training.epochs_stage2=1",
-                      "training.train_on_prefixes=true")
+    plain = make_config(tmp_path / "plain", "training.epochs_stage1=1", "training.epochs_stage2=1",
+                        "training.train_on_prefixes=false")
+    cfg = make_config(tmp_path / "prefixes", "training.epochs_stage1=1", "training.epochs_stage2=1")  # the default
     result = train(cfg)
     sessions = load_jsonl(cfg.data.train[0])
     masked = [tuple(mask(line) for line in s.lines) for s in sessions]
