@@ -12,15 +12,14 @@ last bucket holds every larger count.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from model.json_files import read_json, write_json_atomic
 
 LINE_COUNTS_FILE = "line_counts.json"  # {masked line: training sessions that held it}
 
@@ -50,26 +49,15 @@ def row_counts(rows: Sequence[str], counts: Mapping[str, int], leave_one_out: bo
 
 def save_line_counts(model_dir: str | Path, counts: Mapping[str, int]) -> None:
     """Write `counts` to model_dir/line_counts.json (sorted keys, atomically)."""
-    path = Path(model_dir) / LINE_COUNTS_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(sorted(counts.items())), f, ensure_ascii=False, indent=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(Path(model_dir) / LINE_COUNTS_FILE, dict(sorted(counts.items())))
 
 
 def load_line_counts(model_dir: str | Path) -> dict[str, int] | None:
     """model_dir/line_counts.json as a dict; None when the folder has none; ValueError naming a bad file."""
     path = Path(model_dir) / LINE_COUNTS_FILE
-    if not path.is_file():
+    counts = read_json(path)
+    if counts is None:
         return None
-    try:
-        counts = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc}") from exc
     if not isinstance(counts, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
         raise ValueError(f"{str(path)!r} must hold a JSON object of masked line -> session count (an integer >= 0)")

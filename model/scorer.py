@@ -7,10 +7,7 @@ raw lines -> mask -> masked windows (a window met before: its cached result) -> 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -28,6 +25,7 @@ from model.configuration_logmoe import LogMoEConfig
 from model.device import autocast_dtype, resolve_device
 from model.early import EarlyThresholds
 from model.encoder import LineEncoder
+from model.json_files import read_json, write_json_atomic
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
 from model.rarity import LINE_COUNTS_FILE, load_line_counts, row_counts
@@ -295,27 +293,16 @@ def _load_config(path: Path) -> LogMoEConfig:
 
 
 def _save_lines(path: Path, masked_lines: Iterable[str]) -> None:
-    """The distinct lines as a sorted JSON list, written atomically (a temporary file renamed over `path`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The distinct lines as a sorted JSON list, written atomically."""
     lines = sorted(set(masked_lines))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(lines, f, ensure_ascii=False, indent=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, lines)
     logger.info("wrote %d lines to %s", len(lines), path)
 
 
 def _load_lines(path: Path) -> frozenset[str] | None:
-    if not path.is_file():
+    lines = read_json(path)
+    if lines is None:
         return None
-    try:
-        lines = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc}") from exc
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         raise ValueError(f"{str(path)!r} must hold a JSON list of masked lines")
     return frozenset(lines)
