@@ -294,10 +294,14 @@ def read_tail(path: Path, size: int = 256 * 1024) -> str:
 
 
 def last_metrics(log_path: Path) -> dict[str, Any]:
-    """The worker's latest `metrics {json}` counters (empty before the first one)."""
+    """The worker's latest complete `metrics {json}` counters (empty before the first one); a line the worker is
+    still writing is skipped."""
     for line in reversed(read_tail(log_path).splitlines()):
         if " metrics {" in line:
-            return json.loads(line.split(" metrics ", 1)[1])
+            try:
+                return json.loads(line.split(" metrics ", 1)[1])
+            except json.JSONDecodeError:
+                continue
     return {}
 
 
