@@ -222,11 +222,7 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     objective = None
     training = cfg.training
     if cfg.training.objective == "unsupervised":
-        from train.unsupervised import (
-            build_objective,
-            kept_session_counts,
-            window_labels,
-        )
+        from train.unsupervised import build_objective, kept_session_counts, window_labels
 
         objective = build_objective(cfg.unsupervised, train_set, table, list(dict.fromkeys(
             line for lines in train_masked for line in lines)), encoder, cache, mask, cfg.training.seed,
@@ -335,8 +331,9 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
               device: torch.device, eval_labelled: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
     (threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
-    seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots; returns the eval metrics at the stored threshold (without
-    labels: no precision, recall, F1) and what early scoring does on eval (None when early_calibration is off)."""
+    seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
+    returns the eval metrics at the stored threshold (without labels: no precision, recall, F1) and what early
+    scoring does on eval (None when early_calibration is off)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker

@@ -15,8 +15,8 @@ from train.data import Session, load_jsonl
 from train.embeddings import WindowSet
 from train.metrics import rate_threshold
 from train.sources import load_source
-from train.unsupervised import (PerturbationObjective, Perturber, kept_session_counts, pack, rarity_trim_mask, trim_mask,
-                                unseen_statements)
+from train.unsupervised import (PerturbationObjective, Perturber, kept_session_counts, pack, rarity_trim_mask,
+                                trim_mask, unseen_statements)
 
 VOCAB = torch.arange(0, 20)  # rows of training lines
 UNSEEN = torch.arange(100, 110)  # rows of never-seen statements
@@ -137,7 +137,8 @@ def test_batches_are_half_perturbed_and_labelled_by_what_changed() -> None:
         seen = [int(torch.nonzero((table == embeds[b, t]).all(dim=1))[0]) for t in range(int(lengths[b]))]
         assert (seen != windows[b]) == bool(labels[b])  # 1 exactly for the copies that differ from the real window
     again = source.batch(rows, step=3)
-    assert all(torch.equal(a, b) for a, b in zip((embeds, mask, labels), (again[0], again[1], again[3])))  # (seed, step) fixes a batch
+    # (seed, step) fixes a batch
+    assert all(torch.equal(a, b) for a, b in zip((embeds, mask, labels), (again[0], again[1], again[3])))
 
 
 def test_trim_mask_leaves_out_the_highest_scores() -> None:
@@ -290,8 +291,8 @@ def test_unlabelled_train_then_evaluate_round_trip(unlabelled_run: tuple[TrainCo
     flagged = sum(s >= stored["threshold"] for s in scores.window_scores)
     ranked = sorted(scores.window_scores, reverse=True)
     k = int(0.1 * len(ranked))  # scores tied across the cut are all left unflagged (train.metrics.rate_threshold)
-    assert flagged == (k if ranked[k - 1] != ranked[k] else sum(s > ranked[k] for s in ranked)) and result["eval"]["alert_rate"] == pytest.approx(
-        flagged / len(scores.window_scores))
+    assert flagged == (k if ranked[k - 1] != ranked[k] else sum(s > ranked[k] for s in ranked))
+    assert result["eval"]["alert_rate"] == pytest.approx(flagged / len(scores.window_scores))
     # the same model on the labelled dev file: evaluate scores at the stored threshold, flagging the same windows
     metrics = evaluate(EvalConfig(model=str(model_dir), data=[str(world / "dev.jsonl")], device="cpu"))
     assert metrics["threshold"] == stored["threshold"] and metrics["alert_rate"] == result["eval"]["alert_rate"]
