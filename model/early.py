@@ -2,9 +2,12 @@
 by. One rule for training's calibration, offline evaluation and the worker, as model.windowing is for the windows
 scored with the closing threshold.
 
-As lines arrive, a session's current window (its last <= max_window lines, so the whole prefix while the session
-is shorter than that) is scored early every `early_hop` lines, and at once when a line arrives whose masked form
-never occurred in a normal training session ("novel"), unless a regular window is scored at that line anyway. An
+While a session is shorter than max_window lines (before its first regular window), its prefix is scored early
+every `early_hop` lines. At any length, its current window (its last <= max_window lines) is scored at once when a
+line arrives whose masked form never occurred in a normal training session ("novel"), unless a regular window is
+scored at that line anyway. Past the first window, regular windows score the session every `hop` lines, so early
+scoring every `early_hop` lines there would only repeat them, each over a full window: with hop 16 and early_hop
+3, 5.3x the model's work on long sessions, for an alert at most hop - early_hop lines sooner. An
 early window alerts when its score reaches the early threshold for its length (stricter than the closing one). A
 session alerts early at most once per max_window lines (once, for a session that fits one window), and is not
 scored early while an earlier alert's cooldown holds, since it could not alert.
@@ -42,12 +45,13 @@ class EarlyRule:
 
     def trigger(self, count: int, novel: bool) -> str | None:
         """Why the session's window ending at its `count`-th line is scored early (HOP or NOVEL), or None when it is
-        not: neither trigger, or a regular window ends at that line and is scored with the closing threshold."""
+        not: neither trigger, or a regular window ends at that line and is scored with the closing threshold. HOP
+        only before the first regular window (count < window); NOVEL at any count."""
         if regular_window_due(count, self.window, self.hop):
             return None
         if novel:
             return NOVEL
-        return HOP if count % self.early_hop == 0 else None
+        return HOP if count < self.window and count % self.early_hop == 0 else None
 
     def may_alert(self, count: int, early_alerted_at: int) -> bool:
         """A session may alert early again at its `count`-th line: never before, or max_window lines ago."""

@@ -82,7 +82,8 @@ class StreamConfig:
     null (the default): on when the model has early thresholds (models trained before them have none); false: only
     closing windows are scored; true: refuses a model without early thresholds."""
     early_hop: int = 0
-    """An open session's current window is scored early every `early_hop` new lines; 0 = the model's early_hop, the
+    """An open session shorter than the model's max_window is scored early every `early_hop` new lines (longer ones
+    get regular windows every hop lines); 0 = the model's early_hop, the
     one its early thresholds were calibrated with (a smaller one scores more prefixes: more work, more false
     alarms than calibrated)."""
     max_open_sessions: int = 100_000

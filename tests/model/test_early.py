@@ -7,20 +7,27 @@ from model.decision import FLAG_NOTHING
 from model.early import HOP, NOVEL, EarlyRule, EarlyThresholds, early_windows, first_early_alert, novel_flags
 
 
-def test_an_open_session_is_scored_every_early_hop_lines_and_at_once_on_a_novel_line() -> None:
+def test_an_open_session_is_scored_every_early_hop_lines_in_its_first_window_and_at_once_on_a_novel_line() -> None:
     rule = EarlyRule(window=8, hop=4, early_hop=3)
     novel = [False] * 20
-    novel[4] = True  # the 5th line never occurred in a normal session
+    novel[4] = novel[13] = True  # the 5th and 14th lines never occurred in a normal session
     windows = early_windows(list(range(20)), novel, rule)
-    assert [(w.end, w.trigger) for w in windows] == [(3, HOP), (5, NOVEL), (6, HOP), (9, HOP), (15, HOP),
-                                                     (18, HOP)]
-    # no early window where a regular window (ends 8, 12, 16, 20) is scored anyway with the closing threshold
-    assert all(w.end not in (8, 12, 16, 20) for w in windows)
+    # early_hop steps (3, 6) until the first regular window (8); then regular windows every hop lines (12, 16, 20)
+    # and a novel line still at once, at any length
+    assert [(w.end, w.trigger) for w in windows] == [(3, HOP), (5, NOVEL), (6, HOP), (14, NOVEL)]
+    assert windows[-1].items == list(range(6, 14))  # the last max_window lines
+
+
+def test_no_early_window_where_a_regular_window_is_scored_anyway() -> None:
+    rule = EarlyRule(window=8, hop=4, early_hop=1)
+    windows = early_windows(list(range(20)), [True] * 20, rule)  # every line novel
+    assert {w.end for w in windows} == set(range(1, 21)) - {8, 12, 16, 20}
 
 
 def test_an_early_window_is_the_sessions_last_lines_up_to_max_window() -> None:
     rule = EarlyRule(window=4, hop=4, early_hop=1)
-    windows = {w.end: w.items for w in early_windows(list("abcdefg"), [False] * 7, rule)}
+    novel = [False] * 6 + [True]
+    windows = {w.end: w.items for w in early_windows(list("abcdefg"), novel, rule)}
     assert windows[2] == ["a", "b"]  # the whole prefix while the session is shorter than the window
     assert windows[7] == ["d", "e", "f", "g"]  # then the last max_window lines
     assert 4 not in windows  # the first full window is a regular one

@@ -104,7 +104,8 @@ def test_a_session_alerts_early_once_even_when_several_prefixes_reach_the_thresh
     # later lines make no early window until max_window lines after the early alert
     later = proc.apply(_events("a", ["ERROR d"] * 4, first=3), lambda key: table.get(key), now=2.0)
     assert later.windows == []
-    again = proc.apply(_events("a", ["ERROR e"] * 3, first=7), lambda key: table.get(key), now=3.0)
+    # (past its first window, a session is scored early only on a novel line)
+    again = proc.apply(_events("a", ["NEW ERROR e"] * 3, first=7), lambda key: table.get(key), now=3.0)
     assert [(w.end, w.early) for w in again.windows] == [(8, False), (9, True), (10, True)]  # 9: max_window after 1
 
 
@@ -113,7 +114,7 @@ def test_no_early_window_while_a_previous_alert_holds_the_cooldown() -> None:
     proc, table = _processor(scorer, cooldown=6), {}
     alerts = _run(proc, scorer, _events("a", ["ok", "ok", "ok", "ERROR x"]), table)  # a regular window at 4
     assert [(a["window"]["end"], a["window"]["early"]) for a in alerts] == [(4, False)]
-    batch = proc.apply(_events("a", ["ok"] * 6, first=4), lambda key: table.get(key), now=2.0)
+    batch = proc.apply(_events("a", ["NEW ok"] * 6, first=4), lambda key: table.get(key), now=2.0)
     assert [(w.end, w.early) for w in batch.windows] == [(8, False), (10, True)]  # 5-7 and 9: in the cooldown
 
 
