@@ -319,9 +319,11 @@ class UnsupervisedSection:
     or one word swapped, encoded by the run's encoder."""
     foreign_lines: list[str] = field(default_factory=list)
     """Raw log files of other systems whose (masked) lines join the never-seen statements; only ever negatives."""
-    trim_fraction: float = 0.05
+    trim_fraction: float = 0.10
     """Share of the real training windows left out (trim_by says which and when), so the few percent of anomalies
-    in unlabelled data are not learned as normal; 0: none."""
+    in unlabelled data are not learned as normal; 0: none. Measured with trim_by rarity (BGL train holds 10%
+    anomalous windows, hdfs_real 4%): 0.10 lifted BGL dev max F1 in each of 3 seeds (mean 0.708 -> 0.757) and left
+    hdfs_real at 0.9895 in each; in seed 42, 0.02 (0.720) and 0.20 (0.604) did worse than 0.10 (0.798)."""
     trim_after_epochs: int = 1
     """Epochs trained on every window before trimming starts (the model must first tell windows apart); trim_by
     model only."""
