@@ -96,6 +96,14 @@ def test_a_line_never_seen_in_a_normal_session_is_scored_at_once() -> None:
     assert [(w.end, w.trigger, len(w.entries)) for w in batch.windows] == [(3, "novel", 3)]
 
 
+def test_past_its_first_window_a_long_session_is_scored_early_only_on_a_novel_line() -> None:
+    scorer = EarlyFake([[8, 0.8]], early_hop=1, max_window=4)  # regular windows every 4 lines (hop = window)
+    texts = ["ok"] * 10 + ["NEW"] + ["ok"] * 5
+    batch = _processor(scorer).apply(_events("a", texts), lambda key: None, now=1.0)
+    assert [(w.end, w.trigger) for w in batch.windows] == [
+        (1, "hop"), (2, "hop"), (3, "hop"), (4, None), (8, None), (11, "novel"), (12, None), (16, None)]
+
+
 def test_a_session_alerts_early_once_even_when_several_prefixes_reach_the_threshold() -> None:
     scorer = EarlyFake([[8, 0.8]], early_hop=1)
     proc, table = _processor(scorer, cooldown=0), {}
