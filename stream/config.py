@@ -83,9 +83,8 @@ class StreamConfig:
     closing windows are scored; true: refuses a model without early thresholds."""
     early_hop: int = 0
     """An open session shorter than the model's max_window is scored early every `early_hop` new lines (longer ones
-    get regular windows every hop lines); 0 = the model's early_hop, the
-    one its early thresholds were calibrated with (a smaller one scores more prefixes: more work, more false
-    alarms than calibrated)."""
+    get regular windows every hop lines); 0 = the model's early_hop, the one its early thresholds were calibrated
+    with (a smaller one scores more prefixes: more work, more false alarms than calibrated)."""
     max_open_sessions: int = 100_000
     """Open sessions per worker; beyond it the least recently seen are closed early (counted as evicted)."""
     max_session_lines: int = 1_000_000

@@ -231,7 +231,8 @@ class TrainingSection:
     near the share of anomalies you expect, e.g. ~0.03 for HDFS blocks)."""
     early_hop: int = 3
     """The worker scores an open session's prefix every early_hop lines until it is max_window lines long (and at
-    once on a line never seen in a normal training session, model.early); stored in the model, and the early thresholds are calibrated for it."""
+    once on a line never seen in a normal training session, model.early); stored in the model, and the early
+    thresholds are calibrated for it."""
     early_calibration: str = "per_length"
     """How the early thresholds are calibrated on the eval sessions' prefixes: per_length (a threshold per window
     length bucket: 1, 2, 4, ... lines), single (one for every length) or off (no early thresholds: the worker scores
