@@ -9,9 +9,8 @@ scored at that line anyway. Past the first window, regular windows score the ses
 scoring every `early_hop` lines there would only repeat them, each over a full window: with hop 16 and early_hop
 3, 6x the model's work on long sessions (5 early windows per regular one), for an alert at most hop - early_hop
 lines sooner. An early window alerts when its score reaches the early threshold for its length (stricter than the
-closing one). A
-session alerts early at most once per max_window lines (once, for a session that fits one window), and is not
-scored early while an earlier alert's cooldown holds, since it could not alert.
+closing one). A session alerts early at most once per max_window lines (once, for a session that fits one window),
+and is not scored early while an earlier alert's cooldown holds, since it could not alert.
 """
 
 from __future__ import annotations
