@@ -13,6 +13,11 @@ from pathlib import Path
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# Optional files beside the weights, all JSON (what hot reload watches besides the two above):
+SEEN_LINES_FILE = "seen_lines.json"  # the masked lines seen in training
+NORMAL_LINES_FILE = "normal_lines.json"  # the masked lines of normal training sessions (early scoring's "novel")
+LINE_COUNTS_FILE = "line_counts.json"  # {masked line: training sessions that held it} (model.rarity)
+SIDECAR_FILES = (SEEN_LINES_FILE, NORMAL_LINES_FILE, LINE_COUNTS_FILE)
 MODEL_TYPE = "logmoe"
 # Version of the saved folder's layout and config meaning. Raise it when a change makes old folders score
 # differently; a folder written by a newer version is refused rather than silently misread.

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from model.checkpoint import LINE_COUNTS_FILE
 from model.json_files import read_json, write_json_atomic
 
-LINE_COUNTS_FILE = "line_counts.json"  # {masked line: training sessions that held it}
 
 
 def rarity_bucket(counts: Tensor, buckets: int) -> Tensor:

@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_folder
+from model.checkpoint import (CONFIG_FILE, LINE_COUNTS_FILE, NORMAL_LINES_FILE, SEEN_LINES_FILE, WEIGHTS_FILE,
+                              check_model_folder)
 from model.configuration_logmoe import LogMoEConfig
 from model.device import autocast_dtype, resolve_device
 from model.early import EarlyThresholds
@@ -28,7 +29,7 @@ from model.encoder import LineEncoder
 from model.json_files import read_json, write_json_atomic
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
-from model.rarity import LINE_COUNTS_FILE, load_line_counts, row_counts
+from model.rarity import load_line_counts, row_counts
 from model.window_score import WindowScore
 
 __all__ = ["CONFIG_FILE", "LINE_COUNTS_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_FILE", "WEIGHTS_FILE", "LogScorer",
@@ -36,12 +37,8 @@ __all__ = ["CONFIG_FILE", "LINE_COUNTS_FILE", "NORMAL_LINES_FILE", "SEEN_LINES_F
 
 logger = logging.getLogger(__name__)
 
-SEEN_LINES_FILE = "seen_lines.json"  # JSON list of the masked lines seen in training (optional)
-# JSON list of the masked lines seen in normal training sessions (optional; early scoring's "novel" trigger)
-NORMAL_LINES_FILE = "normal_lines.json"
 # Masked windows whose results a scorer keeps: ~24 MB when full of 64-line windows (tracemalloc); HDFS dev has 2,301.
 WINDOW_CACHE_SIZE = 8192
-
 
 
 class LogScorer:

@@ -24,14 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_folder
+from model.checkpoint import CONFIG_FILE, SIDECAR_FILES, WEIGHTS_FILE, check_model_folder
 from stream.metrics import Metrics
 from stream.processor import Scorer
 
 log = logging.getLogger("stream.worker")
 
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-OPTIONAL_FILES = ("seen_lines.json", "normal_lines.json", "line_counts.json")
 PROBE = [["logmoe model reload check: one line"]]  # scored once by a new model before it goes live
 _ENCODER_KEYS = ("encoder_name_or_path", "pooling", "line_max_length")
 
@@ -46,7 +45,7 @@ def model_signature(path: str | Path) -> Signature | None:
     except OSError:
         return None
     files = []
-    for name in (*REQUIRED_FILES, *OPTIONAL_FILES):
+    for name in (*REQUIRED_FILES, *SIDECAR_FILES):
         try:
             st = (folder / name).stat()
         except OSError:
