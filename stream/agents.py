@@ -1,9 +1,10 @@
 """The worker's score agent and timers: score (sessions -> alerts), close idle sessions, log metrics.
 
 Data flow: the route (stream/route.py) re-publishes raw lines on the internal `sessions` topic keyed by their
-session, so all of a session's lines reach one worker in order. The score agent takes micro-batches from it,
-updates the session table, has the due windows scored (stream/scoring.py: by the scoring process, waited for in a
-thread) and publishes alerts. A timer scans the open sessions and asks for idle ones to be closed by publishing a
+session, so all of a session's lines reach one worker in order. The score agent takes micro-batches from it and
+applies them to the sessions' states; each batch's due windows are then scored (stream/scoring.py: by the scoring
+process, waited for in a thread), its alerts published and its states written to the session table, while the
+agent applies the next batch (stream/pipeline.py). A timer scans the open sessions and asks for idle ones to be closed by publishing a
 close event on the same topic, so closing follows the same ordered, changelogged path as lines.
 """
 
@@ -15,7 +16,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,10 @@ from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.types import EventT
 
+from stream.alerts import ScoredWindow
 from stream.config import StreamConfig
 from stream.metrics import Metrics
+from stream.pipeline import Applied, BatchPipeline
 from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor, early_scoring
 from stream.reload import ModelReloader, ScorerSlot
 from stream.route import RouteHandle
@@ -54,6 +57,7 @@ class AgentsHandle:
     processor: SessionProcessor  # processor.started_at > 0 once the worker is running (after recovery)
     reloader: ModelReloader | None = None  # None when model_reload_interval is 0 or no loader was given
     route: RouteHandle | None = None  # the batch route (None: the route is a Faust agent)
+    pipeline: BatchPipeline[Any] | None = None  # the score agent's batches in flight
     last_tick: float = 0.0  # time.monotonic() of the last metrics timer run: the event loop is alive
 
     def loop_stalled_for(self, now: float, interval: float) -> float:
@@ -85,35 +89,70 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         processor.windows = SessionWindows(new.max_window, new_hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
         processor.early = early_scoring(new, new_hop, cfg.early_alerts, cfg.early_hop)
 
-    def load(key: str) -> SessionState | None:
-        data = table.get(key)
-        return SessionState.from_json(data) if data else None
-
-    async def score_windows(scorer: Scorer, batch: Batch, now: float) -> list[dict[str, Any]]:
-        """Score the batch's windows off the event loop (so it keeps heartbeating); the alerts they raise."""
-        if not batch.windows:
+    async def score_batch(applied: Applied) -> Sequence[ScoredWindow] | None:
+        """Score the batch's windows off the event loop (so it keeps heartbeating); None when the model failed them
+        (counted: the sessions go on, their states are still written, only these windows are lost)."""
+        windows = applied.batch.windows
+        if not windows:
             return []
-        texts = [[e.line for e in w.entries] for w in batch.windows]
+        texts = [[e.line for e in w.entries] for w in windows]
         started = time.perf_counter()
         try:
-            scored = await asyncio.to_thread(scorer.score_detailed, texts)
+            scored = await asyncio.to_thread(applied.scorer.score_detailed, texts)
         except (RuntimeError, ValueError) as exc:
-            # The sessions go on (their states are still written); only these windows are lost, and counted.
             metrics.inc("windows_failed", len(texts))
             log.error("scoring %d windows failed, skipped: %s", len(texts), exc)
-            return []
+            return None
         metrics.observe_batch(len(texts), time.perf_counter() - started)
         metrics.inc("windows_scored", len(texts))
-        metrics.cache_info = _cache_info(scorer)
-        return processor.alerts_for(batch, scored, scorer, cfg.alert_top_lines, now, model=slot.info)
+        metrics.cache_info = _cache_info(applied.scorer)
+        return scored
+
+    async def finish(applied: Applied, scored: Sequence[ScoredWindow] | None) -> None:
+        """Publish the batch's alerts, then write its states (after the alerts: a crash in between re-does the
+        batch, whose windows are then scored again)."""
+        batch = applied.batch
+        alerts_out = [] if not scored else processor.alerts_for(batch, scored, applied.scorer, cfg.alert_top_lines,
+                                                                  applied.now, model=slot.info)
+        for alert in alerts_out:
+            await alerts.send(key=alert["session"].encode("utf-8"),
+                              value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
+            metrics.inc("alerts_out")
+            log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
+                     alert["session"], alert["score"], alert["window"]["end"])
+        for key, data in applied.writes().items():
+            with event_context(applied.last_event[key]):
+                if data is None:
+                    if key in table:
+                        del table[key]
+                    close_requested.pop(key, None)
+                else:
+                    table[key] = data
+
+    async def stop_on_failure(exc: BaseException) -> None:
+        metrics.inc("batches_failed")
+        log.error("a batch failed (%s: %s); stopping the worker: its events and every later one are read again "
+                  "on restart", type(exc).__name__, exc)
+        await app.crash(exc)
+
+    pipeline: BatchPipeline[Sequence[ScoredWindow] | None] = BatchPipeline(
+        cfg.batches_in_flight, score_batch, finish, stop_on_failure)
+    handle.pipeline = pipeline
+
+    def load(key: str) -> SessionState | None:
+        held, state = pipeline.held(key)  # a batch in flight holds its newest state (not in the table yet)
+        if held:
+            return state
+        data = table.get(key)
+        return SessionState.from_json(data) if data else None
 
     @app.agent(sessions, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
-            async with slot.lock:  # one model per batch; a reload swaps only between batches
-                await process(slot.scorer, events)
+            async with slot.lock:  # one model per batch; a reload swaps only when no batch is in flight
+                await pipeline.take(events, lambda: apply(slot.scorer, events))  # noqa: B023  # called at once
 
-    async def process(scorer: Scorer, events: Iterable[EventT]) -> None:
+    def apply(scorer: Scorer, events: Sequence[EventT]) -> Applied:
         pairs: list[tuple[int, SessionEvent]] = []
         last_event: dict[str, EventT] = {}
         for event in events:
@@ -128,20 +167,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         now = time.time()
         batch = processor.apply(pairs, load, now)
         fit_to_window(batch, scorer.max_window)
-        for alert in await score_windows(scorer, batch, now):
-            await alerts.send(key=alert["session"].encode("utf-8"),
-                              value=json.dumps(alert, ensure_ascii=False).encode("utf-8"))
-            metrics.inc("alerts_out")
-            log.info("alert %s session=%s score=%.4f window_end=%d", alert["alert_id"],
-                     alert["session"], alert["score"], alert["window"]["end"])
-        for key, state in batch.states.items():
-            with event_context(last_event[key]):
-                if state is None:
-                    if key in table:
-                        del table[key]
-                    close_requested.pop(key, None)
-                else:
-                    table[key] = state.to_json()
+        return Applied(batch, scorer, now, events, last_event)
 
     @app.timer(cfg.close_scan_interval)
     async def close_idle_sessions() -> None:
@@ -183,7 +209,8 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         metrics.log()  # the counters as the worker starts, before it reads a line
 
     if load_model is not None and cfg.model_reload_interval > 0:
-        reloader = handle.reloader = ModelReloader(cfg.model, slot, metrics, load_model, install, close_scorer)
+        reloader = handle.reloader = ModelReloader(cfg.model, slot, metrics, load_model, install, close_scorer,
+                                                   drain=pipeline.drain)
 
         @app.timer(cfg.model_reload_interval)
         async def reload_model() -> None:

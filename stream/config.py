@@ -97,6 +97,9 @@ class StreamConfig:
     """Seconds a micro-batch waits to fill before it is processed anyway. A line passes two batchers (route, then
     score), so this bounds added latency; 0.1 kept p99 under 2 s at 250 lines/s where 0.5 gave 3.9 s, at no cost
     in throughput on a backlog (BENCHMARKS.md, Performance)."""
+    batches_in_flight: int = 2
+    """Micro-batches between being taken and being finished (alerts out, states written, offsets committable):
+    with 2 the next batch is applied and windowed while the previous one is scored; 1 = one batch at a time."""
     close_scan_interval: float = 1.0
     """Seconds between scans of open sessions for idle ones."""
     alert_cooldown_lines: int = 64
@@ -160,7 +163,7 @@ class StreamConfig:
         if self.early_hop < 0:
             raise ValueError(f"early_hop must be >= 0 (0 = the model's), got {self.early_hop}")
         positive = ("partitions", "replication_factor", "max_open_sessions", "max_session_lines",
-                    "max_line_bytes", "batch_max", "route_batch_max", "alert_top_lines")
+                    "max_line_bytes", "batch_max", "route_batch_max", "alert_top_lines", "batches_in_flight")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,9 @@ def reusable_encoder(model_dir: str | Path, running: Scorer) -> Any | None:
 
 
 class ScorerSlot:
-    """The scorer in use. The score agent holds `lock` for a whole batch, the reloader to swap: a batch is
-    scored and alerted by one model, and a swap happens only between batches."""
+    """The scorer in use. The score agent holds `lock` while it takes a batch, the reloader to swap, after the
+    batches in flight are finished: a batch is scored and alerted by one model, and a swap happens only between
+    batches."""
 
     def __init__(self, scorer: Scorer, info: dict[str, str] | None = None) -> None:
         self.scorer = scorer
@@ -154,11 +155,13 @@ class ScorerSlot:
 
 
 class ModelReloader:
-    """Polled by a timer: watch `path`, load (`load(running) -> Scorer`, in a thread), probe, then `install`
-    (rebuild what depends on the model; may raise ValueError) and swap, all under the slot's lock."""
+    """Polled by a timer: watch `path`, load (`load(running) -> Scorer`, in a thread), then under the slot's lock
+    `drain` the batches in flight, probe, `install` (rebuild what depends on the model; may raise ValueError) and
+    swap."""
 
     def __init__(self, path: str | Path, slot: ScorerSlot, metrics: Metrics, load: Callable[[Scorer], Scorer],
-                 install: Callable[[Scorer], None], retire: Callable[[Scorer], None] = lambda scorer: None) -> None:
+                 install: Callable[[Scorer], None], retire: Callable[[Scorer], None] = lambda scorer: None,
+                 drain: Callable[[], Awaitable[None]] | None = None) -> None:
         # The folder as it was when the running model was read from it (load_scorer records it), else as now.
         self.watcher = ModelWatcher(path, getattr(slot.scorer, "source_signature", None))
         self.slot = slot
@@ -166,6 +169,7 @@ class ModelReloader:
         self.load = load
         self.install = install
         self.retire = retire  # releases a model no longer used: the one swapped out, or a refused candidate
+        self.drain = drain  # waits until no batch taken with the running model is still being scored or finished
         if not self.watcher.armed:
             log.warning("model reload off: %s holds no model (no %s)", path, " / ".join(REQUIRED_FILES))
 
@@ -184,6 +188,8 @@ class ModelReloader:
                 return False
             info = await asyncio.to_thread(model_info, candidate)
             async with self.slot.lock:  # between two batches of the score agent
+                if self.drain is not None:
+                    await self.drain()
                 await asyncio.to_thread(candidate.score_detailed, PROBE)
                 self.install(candidate)
                 self.slot.scorer, self.slot.info = candidate, info

@@ -66,6 +66,11 @@ class SessionState:
                    early_alerted_at=int(data.get("early_alerted_at", -1)),
                    input_offsets={int(p): int(o) for p, o in data.get("input_offsets", {}).items()})
 
+    def carry_alerts(self, data: dict[str, Any]) -> None:
+        """Copy this state's alert marks into `data`, its JSON taken before its windows were scored and alerted."""
+        data["alerted_at"] = self.alerted_at
+        data["early_alerted_at"] = self.early_alerted_at
+
     def seen_input(self, entry: Entry) -> bool:
         """True when this input line (by partition and offset) is already in the session."""
         return entry.offset <= self.input_offsets.get(entry.partition, -1)
