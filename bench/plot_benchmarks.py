@@ -134,17 +134,14 @@ def _points(data: dict[str, Any], section: str, cls: type[T]) -> list[T]:
 
 
 def plot_worker_vs_passthrough(runs: list[ThroughputRun], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7.5, 6))
-    markers = {"worker": "o"}
+    fig, ax = plt.subplots(figsize=(11, 6))
+    markers = "oxs^Dv"  # a run's variants in the order it lists them
     top = 0.0
-    for colour, run in zip(plt.cm.tab10.colors, runs):
+    for colour, run in zip(_colours(len(runs)), runs):
         base = run.lines_per_s["passthrough"]
-        for variant, values in run.lines_per_s.items():
-            if variant == "passthrough":
-                continue
-            ax.scatter(
-                base, values, color=colour, marker=markers.get(variant, "x"), s=40, label=f"{run.run}: {variant}"
-            )
+        variants = [(v, values) for v, values in run.lines_per_s.items() if v != "passthrough"]
+        for (variant, values), marker in zip(variants, markers * len(variants)):
+            ax.scatter(base, values, color=colour, marker=marker, s=40, label=f"{run.run}: {variant}")
             top = max(top, *base, *values)
     top *= 1.08
     ax.plot([0, top], [0, top], color="grey", lw=1, label="worker = pass-through")
@@ -156,10 +153,16 @@ def plot_worker_vs_passthrough(runs: list[ThroughputRun], out: Path) -> None:
         ylabel="variant, lines/s (pre-filled topic, until every alert is out)",
         title=f"Worker vs pass-through, one point per round ({_dates(runs)})\n2 shared cores: compare within a round",
     )
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _colours(n: int) -> list[tuple[float, ...]]:
+    """n distinct colours (tab10, tab20 beyond 10; repeated beyond 20), so no series is left out of a plot."""
+    palette = plt.cm.tab10.colors if n <= 10 else plt.cm.tab20.colors
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def _dates(points: list[Any]) -> str:
@@ -177,7 +180,8 @@ def _by_series(points: list[Any]) -> dict[str, list[Any]]:
 
 def plot_rate_vs_latency(latency: list[LatencyPoint], paced: list[PacedPoint], out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for colour, (name, points) in zip(plt.cm.tab10.colors, _by_series(latency).items()):
+    latency_series = _by_series(latency)
+    for colour, (name, points) in zip(_colours(len(latency_series)), latency_series.items()):
         rates = [p.rate for p in points]
         left.plot(rates, [p.p99 for p in points], "o-", color=colour, label=f"{name}: p99")
         left.plot(rates, [p.p50 for p in points], "o:", color=colour, mfc="none", label=f"{name}: p50")
@@ -189,7 +193,8 @@ def plot_rate_vs_latency(latency: list[LatencyPoint], paced: list[PacedPoint], o
         title=f"Latency vs rate (bench_perf.py --section latency)\n{_dates(latency)}",
     )
     left.legend(fontsize=7)
-    for colour, (name, points) in zip(plt.cm.Dark2.colors, _by_series(paced).items()):
+    paced_series = _by_series(paced)
+    for colour, (name, points) in zip(_colours(len(paced_series)), paced_series.items()):
         right.plot([p.rate for p in points], [p.caught_up_s for p in points], "-", color=colour, label=name)
         for p in points:
             right.scatter(p.rate, p.caught_up_s, color=colour, marker="o" if p.kept_up else "x", s=40)
