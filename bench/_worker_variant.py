@@ -1,9 +1,11 @@
-"""`python bench/_worker_variant.py VARIANT worker ARGS…`: `logmoe worker` with another route implementation, so
+"""`python bench/_worker_variant.py VARIANT worker ARGS…`: `logmoe worker` with one part as it was before a change, so
 bench_perf.py can measure the worker before and after a change side by side in one run.
 
 VARIANT:
 - `per-line`: the route as it was before commit "route: one sessions event per session per batch": one
   "line" event per raw line, serialised by Faust's json codec.
+- `novelty-in-worker`: novel lines told apart in the worker's own process, by masking them on the event loop, as
+  before the scoring process answered it (ProcessScorer.prefetch_novelty).
 """
 from __future__ import annotations
 
@@ -48,13 +50,23 @@ def register_route_per_line(app: faust.App, cfg: StreamConfig, metrics: Metrics,
                 await sessions.send(key=session.encode("utf-8"), value=SessionEvent("line", session, entry).to_json())
 
 
-VARIANTS = {"per-line": register_route_per_line}
-
-if __name__ == "__main__":
+def per_line() -> None:
     import stream.app
 
+    stream.app.register_route = register_route_per_line
+
+
+def novelty_in_worker() -> None:
+    from stream.scoring import ProcessScorer
+
+    ProcessScorer.prefetch_novelty = None  # type: ignore[assignment,method-assign]  # the agent then skips it
+
+
+VARIANTS = {"per-line": per_line, "novelty-in-worker": novelty_in_worker}
+
+if __name__ == "__main__":
     variant = sys.argv[1]
     if variant not in VARIANTS:
         sys.exit(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
-    stream.app.register_route = VARIANTS[variant]
+    VARIANTS[variant]()
     sys.exit(main(sys.argv[2:]))

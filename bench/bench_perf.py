@@ -348,7 +348,7 @@ def run_worker(bootstrap: str, work: Path, tag: str, n_lines: int, args: argpars
     extra = [*args.worker_set, *sets]
     cmd = worker_cmd(bootstrap, Path(args.model), tag, session_key=KEY_REGEX, session_idle=args.session_idle,
                      extra=extra)
-    if name != "worker":  # another route implementation, selected by bench/_worker_variant.py
+    if name != "worker":  # a part as it was before a change, selected by bench/_worker_variant.py
         cmd = [sys.executable, str(REPO_ROOT / "bench" / "_worker_variant.py"), name, *cmd[3:]]
     proc = Proc(tag, cmd, work / f"{tag}.log", args.threads)
     prof_proc = None

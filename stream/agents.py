@@ -150,9 +150,12 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
             async with slot.lock:  # one model per batch; a reload swaps only when no batch is in flight
-                await pipeline.take(events, lambda: apply(slot.scorer, events))  # noqa: B023  # called at once
+                pairs, last_event = decode(events)
+                await prefetch_novelty(slot.scorer, pairs)
+                await pipeline.take(events, lambda: apply(slot.scorer, events, pairs, last_event))  # noqa: B023
 
-    def apply(scorer: Scorer, events: Sequence[EventT]) -> Applied:
+    def decode(events: Sequence[EventT]) -> tuple[list[tuple[int, SessionEvent]], dict[str, EventT]]:
+        """(offset, session event) pairs, and each session's last event (where its table write belongs)."""
         pairs: list[tuple[int, SessionEvent]] = []
         last_event: dict[str, EventT] = {}
         for event in events:
@@ -164,6 +167,24 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
                 continue
             pairs.append((event.message.offset, session_event))
             last_event[session_event.session] = event
+        return pairs, last_event
+
+    async def prefetch_novelty(scorer: Scorer, pairs: list[tuple[int, SessionEvent]]) -> None:
+        """Have a scoring process say which of the batch's lines are novel (masking them there, not on the event
+        loop), when early scoring may ask (stream.scoring.ProcessScorer.prefetch_novelty)."""
+        prefetch = getattr(scorer, "prefetch_novelty", None)
+        if prefetch is None or processor.early is None:
+            return
+        lines = [entry.line for _, event in pairs for entry in event.line_entries]
+        if not lines:
+            return
+        try:
+            await asyncio.to_thread(prefetch, lines)
+        except Exception:  # noqa: BLE001  # is_novel masks here what it was not told: slower, not wrong
+            log.exception("asking the scoring process which lines are novel failed; masking them in the worker")
+
+    def apply(scorer: Scorer, events: Sequence[EventT], pairs: list[tuple[int, SessionEvent]],
+              last_event: dict[str, EventT]) -> Applied:
         now = time.time()
         batch = processor.apply(pairs, load, now)
         fit_to_window(batch, scorer.max_window)

@@ -5,9 +5,12 @@
 a pipe, so the event loop shares no interpreter (and no GIL) with them; with `scoring: thread` the model lives in
 the worker's own process and is called from a thread, as before.
 
-A ProcessScorer answers what the event loop asks of a model (threshold, window, early thresholds, whether a line is
-novel) from what its child reported once loaded, and `score_detailed` hands a batch to the child and waits for it
-(from the agent's thread, so the wait holds no lock). A child that dies or stops answering is killed, logged,
+A ProcessScorer answers what the event loop asks of a model (threshold, window, early thresholds) from what its child
+reported once loaded, and `score_detailed` hands a batch to the child and waits for it (from the agent's thread, so
+the wait holds no lock). Whether a line is novel (its masked form never in a normal training session: it makes a
+session's window due for early scoring) is masking too, so the child answers it, on a pipe and a thread of its own
+so that it does not wait behind a batch being scored: `prefetch_novelty` asks for a batch's lines before the batch
+is applied, and the lines it masks are then in the child's cache when their windows are scored. A child that dies or stops answering is killed, logged,
 counted (`scoring_restarts`) and started again from the same private copy of the model folder, and the batch is
 sent again: a crash loses no window. A batch that kills `RETRIES + 1` children in a row fails like a batch the
 model rejects, which the agent counts as windows_failed.
@@ -37,6 +40,7 @@ from stream.reload import Signature, copy_model_folder, model_signature, private
 log = logging.getLogger("stream.worker")
 
 RETRIES = 2  # children a batch may take down before it is given up
+NOVELTY_TIMEOUT = 10.0  # seconds the child may take to answer which lines are novel before they are masked here
 START_TIMEOUT = 600.0  # seconds a child may take to load the model (a cold start reads the encoder too)
 BATCH_TIMEOUT = 300.0  # seconds without an answer to one batch before the child counts as hung
 
@@ -109,6 +113,9 @@ class ProcessScorer:
         self._cache: dict[str, int] | None = None
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._novelty_lock = threading.Lock()  # one question at a time on the novelty pipe
+        self._novelty_conn: Connection | None = None  # None: ask nothing, mask here (until the next child starts)
+        self._novel: dict[str, bool] = {}  # raw line -> novel, for the lines of the batch being applied
         self._tmp = tempfile.mkdtemp(prefix="logmoe-model-")
         try:
             self._folder = copy_model_folder(cfg.model, Path(self._tmp))  # every child loads this same copy
@@ -128,8 +135,39 @@ class ProcessScorer:
         self.device: str = info["device"]
 
     def is_novel(self, line: str) -> bool:
-        """The raw line's masked form never occurred in a normal training session (model.LogScorer.is_novel)."""
+        """The raw line's masked form never occurred in a normal training session (model.LogScorer.is_novel): as the
+        child answered it for the batch being applied (prefetch_novelty), else masked here."""
+        known = self._novel.get(line)
+        if known is not None:
+            return known
         return self._normal_lines is not None and mask_cached(line) not in self._normal_lines
+
+    def prefetch_novelty(self, lines: Sequence[str]) -> None:
+        """Have the child tell which of `lines` are novel, for `is_novel` (call it from a thread before the batch
+        holding them is applied; it replaces the previous batch's answers). A child that cannot answer in
+        NOVELTY_TIMEOUT is not asked again until it is restarted: the lines are masked here instead."""
+        if self._normal_lines is None:
+            return  # nothing is novel: is_novel answers without masking
+        distinct = list(dict.fromkeys(lines))
+        answer: list[bool] | None = None
+        with self._novelty_lock:
+            conn = self._novelty_conn
+            if conn is not None and distinct:
+                try:
+                    conn.send(distinct)
+                    if conn.poll(NOVELTY_TIMEOUT):
+                        answer = conn.recv()
+                    else:
+                        log.warning("the scoring process did not say in %.0f s which of %d lines are novel; masking "
+                                    "them in the worker until it is restarted", NOVELTY_TIMEOUT, len(distinct))
+                except (EOFError, OSError, ValueError):
+                    pass  # the child is gone or going; scoring restarts it
+                if answer is None and self._novelty_conn is conn:
+                    self._novelty_conn = None  # a late answer would be read as the next one's
+        if answer is None or len(answer) != len(distinct):
+            normal = self._normal_lines
+            answer = [mask_cached(line) not in normal for line in distinct]
+        self._novel = dict(zip(distinct, answer, strict=True))
 
     def cache_info(self) -> dict[str, int] | None:
         """The child's encoder cache counters as of its last answer."""
@@ -190,12 +228,15 @@ class ProcessScorer:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["stream.scoring", "model.scorer"])
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=serve, args=(child, self.cfg, str(self._folder)), name="logmoe-scoring",
-                           daemon=True)
+        novelty_parent, novelty_child = ctx.Pipe()
+        proc = ctx.Process(target=serve, args=(child, self.cfg, str(self._folder), novelty_child),
+                           name="logmoe-scoring", daemon=True)
         started = time.monotonic()
         proc.start()
         child.close()
+        novelty_child.close()
         self._proc, self._conn = proc, parent
+        self._novelty_conn = novelty_parent
         try:
             if not parent.poll(START_TIMEOUT):
                 raise TimeoutError(f"did not load the model in {START_TIMEOUT:.0f} s")
@@ -213,6 +254,9 @@ class ProcessScorer:
 
     def _stop_child(self) -> None:
         proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        novelty, self._novelty_conn = self._novelty_conn, None
+        if novelty is not None:
+            novelty.close()  # a prefetch waiting on it gets OSError and masks here
         if conn is not None:
             try:
                 conn.send(None)  # asks it to leave
@@ -237,9 +281,10 @@ def _error(body: tuple[str, str]) -> Exception:
     return cls(message) if cls is not None else RuntimeError(f"{name} in the scoring process: {message}")
 
 
-def serve(conn: Connection, cfg: StreamConfig, folder: str) -> None:
+def serve(conn: Connection, cfg: StreamConfig, folder: str, novelty: Connection | None = None) -> None:
     """The child: load the model from `folder`, say "ready" with what the worker needs to know of it, then score
-    each batch received until the pipe closes or None arrives. Errors of a batch are sent back, not raised."""
+    each batch received until the pipe closes or None arrives. Errors of a batch are sent back, not raised. A thread
+    answers on `novelty` which lines are novel (answer_novelty)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker decides when to stop
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s scoring: %(message)s")
     try:
@@ -254,6 +299,9 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str) -> None:
         "early_thresholds": list(pairs) if pairs else None, "normal_lines": scorer.normal_lines,
         "device": str(scorer.device),
     }, None))
+    if novelty is not None and scorer.normal_lines is not None:
+        threading.Thread(target=answer_novelty, args=(novelty, scorer.normal_lines), name="logmoe-novelty",
+                         daemon=True).start()
     while True:
         try:
             message = conn.recv()
@@ -267,3 +315,14 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str) -> None:
         except Exception as exc:  # the batch fails, the process goes on
             reply = ("error", (type(exc).__name__, str(exc)))
         conn.send((*reply, scorer.encoder.cache_info()))
+
+
+def answer_novelty(conn: Connection, normal_lines: frozenset[str]) -> None:
+    """The child's novelty thread: for each list of raw lines received, whether each one's masked form is not among
+    `normal_lines`; until the pipe closes. The masks stay in mask_cached, where scoring finds them."""
+    while True:
+        try:
+            lines = conn.recv()
+            conn.send([mask_cached(line) not in normal_lines for line in lines])
+        except (EOFError, OSError):
+            return

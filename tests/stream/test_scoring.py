@@ -128,3 +128,33 @@ def test_a_refused_candidate_leaves_no_child(folder: Path, process_scorer: Proce
     assert not asyncio.run(poll_twice())
     assert len(made) == 1 and made[0]._proc is None and not Path(made[0]._tmp).exists()
     assert process_scorer._proc.is_alive()  # the running one goes on
+
+
+def test_novelty_is_answered_by_the_child_and_matches_masking_here(folder: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    from model.scorer import LogScorer
+
+    LogScorer.save_normal_lines(folder, ["INFO a line <NUM>", "WARN another line <NUM>"])
+    scorer = load_scorer(StreamConfig(model=str(folder), device="cpu"))
+    try:
+        lines = ["INFO a line 7", "ERROR never seen 3", "WARN another line 9", "INFO a line 7"]
+        expected = [False, True, False, False]
+        assert [scorer.is_novel(line) for line in lines] == expected  # masked here
+
+        def no_masking_here(line: str) -> str:
+            raise AssertionError(f"masked in the worker: {line!r}")
+
+        monkeypatch.setattr(scoring, "mask_cached", no_masking_here)
+        scorer.prefetch_novelty(lines)
+        assert [scorer.is_novel(line) for line in lines] == expected  # as the child said
+        monkeypatch.undo()
+        os.kill(scorer._proc.pid, signal.SIGKILL)
+        scorer.prefetch_novelty(["ERROR also new 1", "INFO a line 2"])  # the child is gone: masked here
+        assert [scorer.is_novel(line) for line in ("ERROR also new 1", "INFO a line 2")] == [True, False]
+        assert scorer.score_detailed(WINDOWS)  # restarted by scoring, which answers novelty again
+        monkeypatch.setattr(scoring, "mask_cached", no_masking_here)
+        scorer.prefetch_novelty(["INFO a line 5"])
+        assert scorer.is_novel("INFO a line 5") is False
+    finally:
+        monkeypatch.undo()
+        scorer.close()
