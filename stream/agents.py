@@ -4,8 +4,9 @@ Data flow: the route (stream/route.py) re-publishes raw lines on the internal `s
 session, so all of a session's lines reach one worker in order. The score agent takes micro-batches from it and
 applies them to the sessions' states; each batch's due windows are then scored (stream/scoring.py: by the scoring
 process, waited for in a thread), its alerts published and its states written to the session table, while the
-agent applies the next batch (stream/pipeline.py). A timer scans the open sessions and asks for idle ones to be closed by publishing a
-close event on the same topic, so closing follows the same ordered, changelogged path as lines.
+agent applies the next batch (stream/pipeline.py). A timer scans the open sessions and asks for idle ones to be
+closed by publishing a close event on the same topic, so closing follows the same ordered, changelogged path as
+lines.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     @app.agent(sessions, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within):
+            pipeline.hold(events)  # before anything awaits: none of them is committed until its batch is finished
             async with slot.lock:  # one model per batch; a reload swaps only when no batch is in flight
                 pairs, last_event = decode(events)
                 await prefetch_novelty(slot.scorer, pairs)

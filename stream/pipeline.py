@@ -1,7 +1,7 @@
 """The score agent's batches in flight: batch N+1 is applied and windowed while batch N is scored.
 
-`BatchPipeline.take` holds a batch's events, applies the batch to the session states on the event loop (the agent's
-SessionProcessor.apply), then runs the rest in a task of its own: score its windows (off the event loop), `finish`
+`BatchPipeline.hold` keeps a batch's events from being committed, `take` applies the batch to the session states on
+the event loop (the agent's SessionProcessor.apply), then runs the rest in a task of its own: score its windows (off the event loop), `finish`
 it (alerts published, states written to the changelogged table), acknowledge its events. With `limit` batches in
 flight (StreamConfig.batches_in_flight, default 2) the agent applies the next batch while the previous one is being
 scored, so the event loop and the scoring process stop waiting on each other; with 1 a batch is done before the
@@ -98,14 +98,20 @@ class BatchPipeline(Generic[T]):
                 return True, states[key]
         return False, None
 
-    async def take(self, events: Sequence[EventT], apply: Callable[[], Applied]) -> None:
-        """A batch taken from the stream: hold its events (none is committed until the batch is finished), apply it,
-        then score and finish it in a task of its own; returns once fewer than `limit` batches are in flight.
-
-        Raises the error of a batch that failed, or of `apply`: the events stay held, so nothing at or after the
-        failed batch is committed, and the worker, which stops on that error, reads them again when it restarts."""
+    def hold(self, events: Sequence[EventT]) -> None:
+        """Keep `events`, a batch just taken from the stream, from being committed until the batch is finished: call
+        it first thing, before anything awaits. Raises the error of a batch that failed: these events stay held too,
+        so nothing at or after the failed batch is committed, and the worker, which stops on that error, reads them
+        again when it restarts."""
         for event in events:
             event.message.incref()  # released in _run once the batch is finished
+        if self.failed is not None:
+            raise self.failed
+
+    async def take(self, events: Sequence[EventT], apply: Callable[[], Applied]) -> None:
+        """The batch of `events` (held): apply it, then score and finish it in a task of its own; returns once fewer
+        than `limit` batches are in flight. Raises the error of `apply` (the worker stops on it, the events held)
+        or of a batch that failed."""
         if self.failed is not None:
             raise self.failed
         try:

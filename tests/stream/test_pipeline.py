@@ -51,6 +51,12 @@ def take_events(consumer: Consumer, first: int, n: int = 2) -> list[Event]:
     return events
 
 
+async def take(pipeline: BatchPipeline[int], events: list[Event], apply: Callable[[], Applied]) -> None:
+    """What the agent does with a batch taken: hold its events, then apply and start it."""
+    pipeline.hold(events)
+    await pipeline.take(events, apply)
+
+
 def released_by_take_events(events: list[Event]) -> None:
     """What take_events does when the agent asks for the next batch: it acknowledges the last one."""
     for event in events:
@@ -110,10 +116,10 @@ def test_the_next_batch_is_applied_while_the_previous_one_is_scored_and_nothing_
     async def scenario() -> None:
         pipeline = rec.pipeline(2)
         first = take_events(consumer, 0)
-        await pipeline.take(first, apply_logged(rec, 1, first))  # returns at once: one batch in flight
+        await take(pipeline, first, apply_logged(rec, 1, first))  # returns at once: one batch in flight
         released_by_take_events(first)
         second = take_events(consumer, 2)
-        taking = asyncio.create_task(pipeline.take(second, apply_logged(rec, 2, second)))
+        taking = asyncio.create_task(take(pipeline, second, apply_logged(rec, 2, second)))
         await asyncio.sleep(0.05)
         assert rec.log == [("apply", 1), ("score", 1), ("apply", 2)]  # applied while batch 1 is scored
         assert consumer.committable == [] and not taking.done()  # take_events let go of batch 1: still held
@@ -136,7 +142,7 @@ def test_batches_finish_in_the_order_they_were_taken() -> None:
         pipeline = rec.pipeline(3)
         for tag in (1, 2):
             events = take_events(consumer, 2 * tag)
-            await pipeline.take(events, apply_logged(rec, tag, events))
+            await take(pipeline, events, apply_logged(rec, tag, events))
             released_by_take_events(events)
         rec.gate(2).set()  # batch 2 would be done at once, but it is scored after batch 1 and finished after it
         await asyncio.sleep(0.05)
@@ -155,7 +161,7 @@ def test_with_one_batch_in_flight_each_batch_is_finished_before_the_next_is_take
     async def scenario() -> None:
         pipeline = rec.pipeline(1)
         events = take_events(consumer, 0)
-        taking = asyncio.create_task(pipeline.take(events, apply_logged(rec, 1, events)))
+        taking = asyncio.create_task(take(pipeline, events, apply_logged(rec, 1, events)))
         await asyncio.sleep(0.05)
         assert not taking.done()
         rec.gate(1).set()
@@ -171,18 +177,18 @@ def test_a_failed_batch_stops_the_ones_after_it_and_nothing_from_it_on_becomes_c
     async def scenario() -> None:
         pipeline = rec.pipeline(2)
         first = take_events(consumer, 0)
-        await pipeline.take(first, apply_logged(rec, 1, first))
+        await take(pipeline, first, apply_logged(rec, 1, first))
         released_by_take_events(first)
         second = take_events(consumer, 2)
         rec.gate(1).set()
         rec.gate(2).set()
         with pytest.raises(RuntimeError, match="publishing batch 1 failed"):
-            await pipeline.take(second, apply_logged(rec, 2, second))
+            await take(pipeline, second, apply_logged(rec, 2, second))
         released_by_take_events(second)
         await pipeline.drain()
         third = take_events(consumer, 4)
         with pytest.raises(RuntimeError, match="publishing batch 1 failed"):
-            await pipeline.take(third, apply_logged(rec, 3, third))
+            await take(pipeline, third, apply_logged(rec, 3, third))
         released_by_take_events(third)
 
     asyncio.run(scenario())
@@ -201,7 +207,7 @@ def test_an_apply_that_raises_stops_the_worker_with_its_events_held() -> None:
         pipeline = rec.pipeline(2)
         events = take_events(consumer, 0)
         with pytest.raises(KeyError):
-            await pipeline.take(events, broken)
+            await take(pipeline, events, broken)
         released_by_take_events(events)
 
     asyncio.run(scenario())
@@ -216,7 +222,7 @@ def test_a_later_batch_reads_a_session_from_the_newest_batch_in_flight_that_hold
         pipeline = rec.pipeline(3)
         for tag, states in ((1, {"a": older, "b": older}), (2, {"a": newer, "b": None})):
             events = take_events(consumer, 2 * tag)
-            await pipeline.take(events, lambda t=tag, s=states, e=events: applied(t, e, Batch(states=s)))
+            await take(pipeline, events, lambda t=tag, s=states, e=events: applied(t, e, Batch(states=s)))
         held = [pipeline.held(key) for key in ("a", "b", "c")]
         rec.gate(1).set()
         rec.gate(2).set()
@@ -255,7 +261,7 @@ def test_a_reload_waits_for_the_batches_in_flight(tmp_path: Path) -> None:
     async def scenario() -> None:
         assert await h.reloader.check() is False  # sees the change; loads on the next poll
         events = take_events(Consumer(), 0)
-        await pipeline.take(events, apply_logged(rec, 1, events))
+        await take(pipeline, events, apply_logged(rec, 1, events))
         reload = asyncio.create_task(h.reloader.check())
         await asyncio.sleep(0.3)
         assert h.slot.scorer is h.old  # batch 1, taken with the old model, is still being scored
