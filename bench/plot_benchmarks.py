@@ -8,8 +8,8 @@ Writes two PNGs (matplotlib, Agg backend, no display needed):
 - `worker_vs_passthrough.png`: every round of every throughput run, the variant's lines/s (worker, and any other
   variant such as the old `per-line` route) against the bare Faust pass-through's lines/s of the same round, with
   the lines y = x and y = 0.8 x (issue 5's goal: worker >= 0.8 of the pass-through).
-- `rate_vs_latency.png`: left, the latency workload's p50 and p99 (window-completing line -> its alert) against
-  the produced rate, one colour per setting, with issue 5's goal p99 <= 2 s; right, the paced section's seconds
+- `rate_vs_latency.png`: top, the latency workload's p50 and p99 (window-completing line -> its alert) against
+  the produced rate, one colour per setting, with issue 5's goal p99 <= 2 s; below, the paced section's seconds
   to catch up after the producer stopped against the produced rate (filled = kept up, cross = fell behind).
 
 perf_points.json: one object with three lists; every entry names the results file it was transcribed from
@@ -155,7 +155,7 @@ def plot_worker_vs_passthrough(runs: list[ThroughputRun], out: Path) -> None:
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the legends beside the axes too
     plt.close(fig)
 
 
@@ -179,7 +179,7 @@ def _by_series(points: list[Any]) -> dict[str, list[Any]]:
 
 
 def plot_rate_vs_latency(latency: list[LatencyPoint], paced: list[PacedPoint], out: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (left, right) = plt.subplots(2, 1, figsize=(8, 10))  # a panel a row, each legend beside it
     latency_series = _by_series(latency)
     for colour, (name, points) in zip(_colours(len(latency_series)), latency_series.items()):
         rates = [p.rate for p in points]
@@ -192,7 +192,7 @@ def plot_rate_vs_latency(latency: list[LatencyPoint], paced: list[PacedPoint], o
         ylabel="window-completing line -> its alert (s)",
         title=f"Latency vs rate (bench_perf.py --section latency)\n{_dates(latency)}",
     )
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paced_series = _by_series(paced)
     for colour, (name, points) in zip(_colours(len(paced_series)), paced_series.items()):
         right.plot([p.rate for p in points], [p.caught_up_s for p in points], "-", color=colour, label=name)
@@ -205,9 +205,9 @@ def plot_rate_vs_latency(latency: list[LatencyPoint], paced: list[PacedPoint], o
         ylabel="caught up after the producer stopped (s)",
         title=f"Paced rate (bench_perf.py --section paced)\n{_dates(paced)}; o kept up, x fell behind",
     )
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the legends beside the axes too
     plt.close(fig)
 
 

@@ -48,6 +48,7 @@ _HELP = {
     "session_events_invalid": "Unreadable events on the internal sessions topic.",
     "scoring_restarts": "Scoring processes restarted after one died or stopped answering (its batch sent again).",
     "route_restarts": "Times the batch route stopped on an unexpected error and started again from its commits.",
+    "batches_failed": "Score agent batches that failed unexpectedly: the worker stops, their events uncommitted.",
 }
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
