@@ -1,15 +1,15 @@
 """The score agent's batches in flight: batch N+1 is applied and windowed while batch N is scored.
 
 `BatchPipeline.hold` keeps a batch's events from being committed, `take` applies the batch to the session states on
-the event loop (the agent's SessionProcessor.apply), then runs the rest in a task of its own: score its windows (off the event loop), `finish`
-it (alerts published, states written to the changelogged table), acknowledge its events. With `limit` batches in
-flight (StreamConfig.batches_in_flight, default 2) the agent applies the next batch while the previous one is being
-scored, so the event loop and the scoring process stop waiting on each other; with 1 a batch is done before the
-next is taken, as before.
+the event loop (the agent's SessionProcessor.apply), then runs the rest in a task of its own: score its windows (off
+the event loop), `finish` it (alerts published, states written to the changelogged table), acknowledge its events.
+With `limit` batches in flight (StreamConfig.batches_in_flight, default 2) the agent applies the next batch while the
+previous one is being scored, so the event loop and the scoring process stop waiting on each other; with 1 a batch
+is done before the next is taken, as before.
 
 What keeps this as safe as one batch at a time:
 - Faust acknowledges a take_events batch when the agent asks for the next one, and commits what is acknowledged.
-  So each event gets one reference more when its batch is taken (Message.incref), released only once the batch
+  So each event gets one reference more as soon as its batch is taken (`hold`), released once the batch
   is finished: the committed offset never passes an event whose alerts and states are not out, and a rebalance
   (Faust waits for every event in flight to be acknowledged) waits for the batches in flight.
 - Batches are scored one at a time and finished in the order they were taken. A batch that fails fails the

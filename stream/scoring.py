@@ -10,10 +10,11 @@ reported once loaded, and `score_detailed` hands a batch to the child and waits 
 the wait holds no lock). Whether a line is novel (its masked form never in a normal training session: it makes a
 session's window due for early scoring) is masking too, so the child answers it, on a pipe and a thread of its own
 so that it does not wait behind a batch being scored: `prefetch_novelty` asks for a batch's lines before the batch
-is applied, and the lines it masks are then in the child's cache when their windows are scored. A child that dies or stops answering is killed, logged,
-counted (`scoring_restarts`) and started again from the same private copy of the model folder, and the batch is
-sent again: a crash loses no window. A batch that kills `RETRIES + 1` children in a row fails like a batch the
-model rejects, which the agent counts as windows_failed.
+is applied, and the lines it masks are then in the child's cache when their windows are scored.
+
+A child that dies or stops answering is killed, logged, counted (`scoring_restarts`) and started again from the same
+private copy of the model folder, and the batch is sent again: a crash loses no window. A batch that kills
+`RETRIES + 1` children in a row fails like a batch the model rejects, which the agent counts as windows_failed.
 """
 
 from __future__ import annotations
