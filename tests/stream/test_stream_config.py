@@ -29,7 +29,8 @@ def test_session_key_env_accepts_newlines_too() -> None:
     ("override", "needle"),
     [("store=redis://x", "redis://x"), ("session_idle=0", "session_idle"), ("session_key=['(bad']", "(bad"),
      ("partitions=0", "partitions"), ("processing_guarantee=exactly_once", "exactly_once"), ("nope=1", "nope"),
-     ("metrics_port=70000", "metrics_port"), ("model_reload_interval=-1", "model_reload_interval")],
+     ("metrics_port=70000", "metrics_port"), ("model_reload_interval=-1", "model_reload_interval"),
+     ("batches_in_flight=0", "batches_in_flight must be >= 1, got 0")],
 )
 def test_bad_values_name_the_key_or_value(override: str, needle: str) -> None:
     with pytest.raises(ValueError, match=__import__("re").escape(needle)):
