@@ -2,7 +2,9 @@
 
 For the fault tests it can also slow down (`delay` seconds per window, to build a backlog) and append every
 window it scores to a file (`scored_log`: one JSON list of the window's lines per line), so a test can count
-the windows scored by every worker that ran, across kills and restarts.
+the windows scored by every worker that ran, across kills and restarts. With `break_once` (a path) the first batch
+holding an ERROR line gets one score too few, once across workers (the file marks it done): the worker cannot
+match scores to windows, which no model error handling catches.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ class FakeScorer:
     fingerprint = "0" * 64
 
     def __init__(self, max_window: int = 8, window_hop: int | None = None, delay: float = 0.0,
-                 scored_log: str | Path | None = None) -> None:
+                 scored_log: str | Path | None = None, break_once: str | Path | None = None) -> None:
         self.max_window = max_window
         self.window_hop = max_window if window_hop is None else window_hop  # a hop over the window is refused
         self.delay = delay
         self.scored_log = Path(scored_log) if scored_log else None
+        self.break_once = Path(break_once) if break_once else None
         self.calls: list[list[list[str]]] = []
 
     def score_detailed(self, windows: Sequence[Sequence[str]]) -> list[FakeScore]:
@@ -55,10 +58,15 @@ class FakeScorer:
                 os.write(fd, text.encode("utf-8", "surrogateescape"))
             finally:
                 os.close(fd)
+        if self.break_once is not None and not self.break_once.exists() and any(s.score > 0.5 for s in out):
+            self.break_once.write_text("broken once\n")
+            return out[:-1]
         return out
 
 
 def from_env() -> FakeScorer:
-    """The fake worker's scorer: LOGMOE_FAKE_DELAY (seconds per window) and LOGMOE_FAKE_SCORED_LOG (a path)."""
+    """The fake worker's scorer: LOGMOE_FAKE_DELAY (seconds per window), LOGMOE_FAKE_SCORED_LOG and
+    LOGMOE_FAKE_BREAK_ONCE (paths)."""
     return FakeScorer(max_window=8, delay=float(os.environ.get("LOGMOE_FAKE_DELAY", "0")),
-                      scored_log=os.environ.get("LOGMOE_FAKE_SCORED_LOG") or None)
+                      scored_log=os.environ.get("LOGMOE_FAKE_SCORED_LOG") or None,
+                      break_once=os.environ.get("LOGMOE_FAKE_BREAK_ONCE") or None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -64,6 +65,33 @@ def test_worker_sigkill_mid_stream_loses_no_window_and_misses_no_anomaly(kafka, 
                               "windows_lost": len(work.windows() - scored.distinct),
                               "windows_rescored": scored.duplicates, **outcome,
                               "recovery_s": round(time.monotonic() - started, 1)})
+    assert_complete(outcome, scored, work)
+
+
+@pytest.mark.timeout(300)
+def test_a_batch_that_fails_stops_the_worker_and_a_restart_reads_it_again(kafka, start_worker, names, tmp_path):
+    work = Workload(sessions=24)
+    settings = dict(session_idle=4.0, hop=work.hop, alert_cooldown_lines=0, **names)
+    logs = [tmp_path / "scored-0.jsonl", tmp_path / "scored-1.jsonl"]
+    broken = tmp_path / "broken-once"
+    first = start_worker(env={**fake_env(logs[0]), "LOGMOE_FAKE_BREAK_ONCE": str(broken)}, **settings)
+    first.wait_ready()
+    placed = work.placed(work.messages(range(work.length)),
+                         produce(kafka.bootstrap, names["topic_logs"], work.messages(range(work.length))))
+    try:
+        code = first.proc.wait(120)  # the batch with the first alert fails: the worker stops on it
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not stop on a failed batch:\n{first.log_text()[-3000:]}")
+    assert broken.exists() and code != 0
+    assert "a batch failed (ValueError" in first.log_text()
+    second = start_worker(env=fake_env(logs[1]), **settings)
+    second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 180)
+    scored = wait_scored(logs, work.windows(), timeout=5)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
+                            work, placed)
+    record("score agent batch failure, worker restarted", {
+        "sessions": work.sessions, "windows_expected": len(work.windows()),
+        "windows_lost": len(work.windows() - scored.distinct), "windows_rescored": scored.duplicates, **outcome})
     assert_complete(outcome, scored, work)
 
 
