@@ -71,6 +71,7 @@ import numpy as np
 
 from _common import REPO_ROOT, default_data_dir, fmt, markdown_table, print_header, setup_logging, write_json
 
+from model.checkpoint import NORMAL_LINES_FILE
 from stream.broker import terminate
 from stream.metrics import CLOSED_COUNTERS, drain_status
 
@@ -154,7 +155,7 @@ def limit_inputs(stream: Path, labels: Path, dev: Path, keep: set[str], key_re: 
 
 
 def normal_lines_of(model: Path) -> frozenset[str] | None:
-    path = model / "normal_lines.json"
+    path = model / NORMAL_LINES_FILE
     return frozenset(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
 
