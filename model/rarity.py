@@ -23,7 +23,6 @@ from model.checkpoint import LINE_COUNTS_FILE
 from model.json_files import read_json, write_json_atomic
 
 
-
 def rarity_bucket(counts: Tensor, buckets: int) -> Tensor:
     """counts (...) int >= 0 -> bucket (...) int64 in [0, buckets): 0 for 0, floor(log2(count)) + 1 for the rest
     (1 -> 1, 2-3 -> 2, 4-7 -> 3, ...), capped at buckets - 1."""

@@ -58,7 +58,6 @@ class AgentsHandle:
     processor: SessionProcessor  # processor.started_at > 0 once the worker is running (after recovery)
     reloader: ModelReloader | None = None  # None when model_reload_interval is 0 or no loader was given
     route: RouteHandle | None = None  # the batch route (None: the route is a Faust agent)
-    pipeline: BatchPipeline[Any] | None = None  # the score agent's batches in flight
     last_tick: float = 0.0  # time.monotonic() of the last metrics timer run: the event loop is alive
 
     def loop_stalled_for(self, now: float, interval: float) -> float:
@@ -138,7 +137,6 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
 
     pipeline: BatchPipeline[Sequence[ScoredWindow] | None] = BatchPipeline(
         cfg.batches_in_flight, score_batch, finish, stop_on_failure)
-    handle.pipeline = pipeline
 
     def load(key: str) -> SessionState | None:
         held, state = pipeline.held(key)  # a batch in flight holds its newest state (not in the table yet)
@@ -182,7 +180,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
             return
         try:
             await asyncio.to_thread(prefetch, lines)
-        except Exception:  # noqa: BLE001  # is_novel masks here what it was not told: slower, not wrong
+        except Exception:  # is_novel masks here what it was not told: slower, not wrong
             log.exception("asking the scoring process which lines are novel failed; masking them in the worker")
 
     def apply(scorer: Scorer, events: Sequence[EventT], pairs: list[tuple[int, SessionEvent]],

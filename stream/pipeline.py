@@ -125,7 +125,8 @@ class BatchPipeline(Generic[T]):
         flight.task = asyncio.create_task(self._run(flight, prev), name="logmoe-batch")
         flight.task.add_done_callback(_retrieved)  # its error reaches the agent through `failed`
         while len(self._flights) >= self.limit:
-            # asyncio.wait, not await: a cancelled agent (Faust restarts it on a rebalance) leaves the batch running.
+            # asyncio.wait, not await: an agent cancelled as the worker stops leaves the batch running (Faust's
+            # shutdown waits for its events to be acknowledged).
             await asyncio.wait([self._flights[0].task])  # type: ignore[list-item]
         if self.failed is not None:
             raise self.failed
