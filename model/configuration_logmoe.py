@@ -69,6 +69,7 @@ class LogMoEConfig(PretrainedConfig):
         early_hop: int = 0,  # open sessions are scored early every early_hop lines (model.early); 0 = never
         early_thresholds: list[list[float]] | None = None,  # [[up_to_lines, threshold], ...] for early windows
         early_target_fpr: float | None = None,  # share of normal eval sessions the early thresholds may alert
+        session_idle: float | None = None,  # seconds the worker waits before closing a session (train.pauses)
         data_fingerprint: str = "",  # sha256 of the training data
         logmoe_format: int = FORMAT_VERSION,  # layout version of the saved folder, see FORMAT_VERSION
         **kwargs: Any,
@@ -98,6 +99,7 @@ class LogMoEConfig(PretrainedConfig):
         self.early_hop = early_hop
         self.early_thresholds = early_thresholds
         self.early_target_fpr = early_target_fpr
+        self.session_idle = session_idle
         self.data_fingerprint = data_fingerprint
         self.logmoe_format = logmoe_format
         kwargs.setdefault("num_labels", 2)
@@ -122,6 +124,8 @@ class LogMoEConfig(PretrainedConfig):
             EarlyThresholds.from_config(self.early_thresholds)  # ValueError naming the bad value
         if self.early_target_fpr is not None:
             _check_float("early_target_fpr", self.early_target_fpr, 0.0, 1.0)
+        if self.session_idle is not None:
+            _check_float("session_idle", self.session_idle, 0.0, float("inf"), low_open=True)
         _check_float("position_init_std", self.position_init_std, 0.0, float("inf"), low_open=True)
         _check_float("hidden_dropout", self.hidden_dropout, 0.0, 1.0, high_open=True)
         _check_float("attention_dropout", self.attention_dropout, 0.0, 1.0, high_open=True)

@@ -150,6 +150,13 @@ class LogScorer:
         return int(self.config.early_hop)
 
     @property
+    def session_idle(self) -> float | None:
+        """Seconds without a line before the worker may close a session: the longest pause inside a normal
+        training session, with a margin (train.pauses); None when training read no timestamps."""
+        value = getattr(self.config, "session_idle", None)
+        return None if value is None else float(value)
+
+    @property
     def early_thresholds(self) -> EarlyThresholds | None:
         """The early thresholds calibrated at training time; None for a model trained without (or before) them."""
         pairs = self.config.early_thresholds

@@ -43,6 +43,7 @@ from train.embeddings import (EmbeddingCache, build_window_set, concat_window_se
 from train.evaluation import score_sessions, session_metrics
 from train.loop import Epoch, EvalResult, schedule, score_windows, train_stages
 from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
+from train.pauses import measure_pauses
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
 from train.sharded_prep import embed_lines_across, mask_sessions_across
 from train.sources import LINE_LABELLED, load_source, split_labelled_by_time
@@ -213,6 +214,11 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
 
     identity = run_identity(cfg, fingerprint, eval_fingerprint)
     model = build_model(cfg, encoder.dim, encoder.reference, fingerprint).to(device)
+    pauses = measure_pauses([s.lines for s in train_sessions if not s.label])
+    model.config.session_idle = pauses.session_idle  # what the worker waits before it closes a session
+    logger.info("pauses inside normal training sessions (%d of %d timed): median %s s, longest %s s; session_idle "
+                "for the worker: %s", pauses.timed, pauses.sessions, pauses.p50_s, pauses.longest_s,
+                f"{pauses.session_idle:g} s" if pauses.session_idle else "none (too few timestamps read)")
     dp.seed_rank(cfg.training.seed)
     resume_from = dp.from_main(lambda: _prepare_checkpoints(cfg, identity))  # rank 0 reads, every rank restores
     if resume_from is not None:
@@ -271,6 +277,7 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
         "world_size": dp.world_size,
         "threshold": metrics["threshold"],
         "early": early,
+        "session_pauses": pauses.to_dict(),
         "final_eval_loss": window_check.loss,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "output_dir": str(out),

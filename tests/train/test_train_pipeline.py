@@ -116,6 +116,21 @@ def test_the_early_thresholds_are_calibrated_on_the_eval_prefixes_and_stored(
     assert result["early"]["thresholds"] == stored["early_thresholds"]
 
 
+def test_the_longest_pause_inside_normal_training_sessions_is_stored_for_the_worker(
+        trained: tuple[TrainConfig, dict[str, Any]]) -> None:
+    from train.pauses import measure_pauses
+
+    cfg, result = trained
+    train_sessions = load_jsonl(cfg.data.train[0])
+    expected = measure_pauses([s.lines for s in train_sessions if not s.label])
+    assert expected.timed == expected.sessions > 0 and expected.session_idle is not None  # the world is timestamped
+    assert result["session_pauses"] == expected.to_dict()
+    assert json.loads((cfg.output_path / "metrics.json").read_text())["session_pauses"] == expected.to_dict()
+    stored = json.loads((cfg.output_path / "final_moe_model" / "config.json").read_text())
+    assert stored["session_idle"] == expected.session_idle
+    assert load_scorer(str(cfg.output_path / "final_moe_model"), "cpu", 256).session_idle == expected.session_idle
+
+
 def test_training_on_prefixes_adds_one_prefix_window_per_session_it_can_label(
         make_config: Callable[..., TrainConfig], tmp_path: Path) -> None:
     from model.early import EarlyRule
