@@ -30,13 +30,15 @@ from stream.alerts import ScoredWindow
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.pipeline import Applied, BatchPipeline
-from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor, early_scoring
+from stream.processor import Batch, Scorer, SessionEvent, SessionProcessor, early_scoring, session_idle
 from stream.reload import ModelReloader, ScorerSlot
 from stream.route import RouteHandle
 from stream.scoring import close_scorer
 from stream.windows import SessionState, SessionWindows, Window, sessions_to_close
 
 log = logging.getLogger("stream.worker")
+
+CLOSE_RETRY_MAX = 300.0  # seconds after which a close request not yet carried out is sent again, at most
 
 
 @contextlib.contextmanager
@@ -75,7 +77,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
     reload (every cfg.model_reload_interval seconds); without it the model never changes. `route`: the batch route,
     whose consumer lag the metrics report for the raw topic."""
     windows = SessionWindows(scorer.max_window, hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
-    processor = SessionProcessor(windows, cfg.session_idle, metrics,
+    processor = SessionProcessor(windows, session_idle(cfg.session_idle, scorer), metrics,
                                  early_scoring(scorer, hop, cfg.early_alerts, cfg.early_hop))
     close_requested: dict[str, float] = {}
     slot = ScorerSlot(scorer)
@@ -88,6 +90,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         new_hop = cfg.hop or new.window_hop
         processor.windows = SessionWindows(new.max_window, new_hop, cfg.max_session_lines, cfg.alert_cooldown_lines)
         processor.early = early_scoring(new, new_hop, cfg.early_alerts, cfg.early_hop)
+        processor.idle_seconds = session_idle(cfg.session_idle, new)
 
     async def score_batch(applied: Applied) -> Sequence[ScoredWindow] | None:
         """Score the batch's windows off the event loop (so it keeps heartbeating); None when the model failed them
@@ -201,9 +204,10 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
             del close_requested[key]  # closed (here or by the worker that owns it now)
         # A worker that was down must not close sessions for its own downtime: sessions_to_close counts idle
         # time from the later of the session's last line and this worker's start.
-        idle, evicted = sessions_to_close(seen, now, cfg.session_idle, cfg.max_open_sessions,
+        idle, evicted = sessions_to_close(seen, now, processor.idle_seconds, cfg.max_open_sessions,
                                           started_at=processor.started_at)
-        retry_after = max(2 * cfg.session_idle, 10.0)
+        # a request lost on the way (a rebalance) is sent again; a model's session_idle of hours must not delay that
+        retry_after = min(max(2 * processor.idle_seconds, 10.0), CLOSE_RETRY_MAX)
         for reason, keys in (("idle", idle), ("evict", evicted)):
             for key in keys:
                 requested = close_requested.get(key)

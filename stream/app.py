@@ -12,7 +12,7 @@ from stream.agents import AgentsHandle, register_agents
 from stream.config import StreamConfig
 from stream.http import StatusServer, StatusService
 from stream.metrics import Metrics
-from stream.processor import Scorer
+from stream.processor import Scorer, session_idle
 from stream.route import register_route
 from stream.scoring import ProcessScorer, load_scorer
 from stream.security import describe, faust_credentials
@@ -80,11 +80,34 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
                               lambda: health(app, handle, cfg.metrics_interval))
         app.add_dependency(StatusService(server))
     early = handle.processor.early
-    log.info("app %s: model %s (window %d, hop %d, threshold %.4f, %s), broker %s (%s)", cfg.app_id, scorer.name,
-             scorer.max_window, hop, scorer.threshold,
-             f"early scoring every {early.rule.early_hop} lines, thresholds {early.thresholds.to_config()}"
-             if early is not None else "no early scoring", cfg.faust_broker, describe(cfg))
+    summary = (f"app {cfg.app_id}: model {scorer.name} (window {scorer.max_window}, hop {hop}, threshold "
+               f"{scorer.threshold:.4f}, " + (f"early scoring every {early.rule.early_hop} lines, thresholds "
+                                              f"{early.thresholds.to_config()}" if early is not None else
+                                              "no early scoring")
+               + f"), sessions close after {describe_idle(cfg.session_idle, scorer)}, broker {cfg.faust_broker} "
+               f"({describe(cfg)})")
+
+    @app.task
+    async def announce() -> None:
+        log.info("%s", summary)  # at start: the worker sets logging up after create_app, which would drop it
+
     return app
+
+
+def describe_idle(configured: float | None, scorer: Scorer) -> str:
+    """Where the worker's session_idle comes from, for the start-up log; warns when a configured one is shorter than
+    the pauses the model saw inside normal sessions (they will be cut, and their parts scored as sessions)."""
+    idle = session_idle(configured, scorer)
+    measured = getattr(scorer, "session_idle", None)
+    if configured is None:
+        return f"{idle:g} s idle (" + ("the model's: the longest pause inside a normal training session + 10%)"
+                                       if measured else "the default: the model measured no pauses)")
+    if measured and configured < measured:
+        log.warning("session_idle %g s is shorter than the model's %g s (the longest pause inside a normal training "
+                    "session + 10%%): sessions that pause longer are closed early and their parts scored as "
+                    "sessions the model never saw, which raises false alarms on live logs. Fine for a replay, which "
+                    "squeezes time; otherwise leave session_idle unset.", configured, measured)
+    return f"{idle:g} s idle (session_idle)"
 
 
 def health(app: faust.App, handle: AgentsHandle, metrics_interval: float) -> tuple[bool, dict[str, Any]]:

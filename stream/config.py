@@ -70,9 +70,12 @@ class StreamConfig:
     """Regexes tried in order on each line; the first match gives the session (group 1, or the whole match)."""
     catch_all_key: str = "-"
     """Session of lines with no regex match, no message key and no source."""
-    session_idle: float = 5.0
-    """Seconds without a new line after which a session closes and its final window is scored.
-    5 suits replays and the demo; in production set it to the longest normal pause inside a session."""
+    session_idle: float | None = None
+    """Seconds without a new line after which a session closes and its final window is scored. null (the default):
+    the model's, the longest pause inside a normal training session plus 10% (read from the lines' timestamps at
+    training; on real HDFS ~14 h, as a block is deleted hours after it was written), else 5. A shorter one cuts
+    sessions at their pauses and the model scores parts it never saw; a replay, which squeezes hours into
+    seconds, wants a short one (the demo uses 5)."""
     hop: int = 0
     """A session's window (the model's max_window lines) is scored every `hop` new lines; 0 = the hop the
     model was trained and evaluated with (window_hop in its config.json), for train/serve parity."""
@@ -167,8 +170,10 @@ class StreamConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("broker_session_timeout", "broker_heartbeat_interval", "session_idle", "batch_within",
-                     "close_scan_interval", "metrics_interval"):
+        if self.session_idle is not None and self.session_idle <= 0:
+            raise ValueError(f"session_idle must be > 0 seconds (null = the model's), got {self.session_idle}")
+        for name in ("broker_session_timeout", "broker_heartbeat_interval", "batch_within", "close_scan_interval",
+                     "metrics_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.alert_cooldown_lines < 0:

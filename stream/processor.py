@@ -45,6 +45,18 @@ def early_scoring(scorer: Scorer, hop: int, enabled: bool | None, early_hop: int
                         is_novel if is_novel is not None else _never_novel)
 
 
+DEFAULT_SESSION_IDLE = 5.0  # seconds, for a model that measured no pauses (trained without timestamps, or before)
+
+
+def session_idle(configured: float | None, scorer: Scorer) -> float:
+    """The worker's session_idle when set, else the model's (the longest pause inside a normal training session,
+    with a margin: train.pauses), else DEFAULT_SESSION_IDLE."""
+    if configured is not None:
+        return configured
+    measured = getattr(scorer, "session_idle", None)
+    return float(measured) if measured else DEFAULT_SESSION_IDLE
+
+
 def _never_novel(line: str) -> bool:
     return False
 

@@ -130,6 +130,7 @@ class ProcessScorer:
         self.max_window: int = info["max_window"]
         self.window_hop: int = info["window_hop"]
         self.early_hop: int = info["early_hop"]
+        self.session_idle: float | None = info["session_idle"]
         pairs = info["early_thresholds"]
         self.early_thresholds = EarlyThresholds.from_config(pairs) if pairs else None
         self._normal_lines: frozenset[str] | None = info["normal_lines"]
@@ -297,6 +298,7 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str, novelty: Connection 
     conn.send(("ready", {
         "threshold": scorer.threshold, "name": scorer.name, "fingerprint": scorer.fingerprint,
         "max_window": scorer.max_window, "window_hop": scorer.window_hop, "early_hop": scorer.early_hop,
+        "session_idle": scorer.session_idle,
         "early_thresholds": list(pairs) if pairs else None, "normal_lines": scorer.normal_lines,
         "device": str(scorer.device),
     }, None))

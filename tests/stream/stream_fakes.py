@@ -66,7 +66,10 @@ class FakeScorer:
 
 def from_env() -> FakeScorer:
     """The fake worker's scorer: LOGMOE_FAKE_DELAY (seconds per window), LOGMOE_FAKE_SCORED_LOG and
-    LOGMOE_FAKE_BREAK_ONCE (paths)."""
-    return FakeScorer(max_window=8, delay=float(os.environ.get("LOGMOE_FAKE_DELAY", "0")),
-                      scored_log=os.environ.get("LOGMOE_FAKE_SCORED_LOG") or None,
-                      break_once=os.environ.get("LOGMOE_FAKE_BREAK_ONCE") or None)
+    LOGMOE_FAKE_BREAK_ONCE (paths), LOGMOE_FAKE_SESSION_IDLE (the model's session_idle, seconds)."""
+    scorer = FakeScorer(max_window=8, delay=float(os.environ.get("LOGMOE_FAKE_DELAY", "0")),
+                        scored_log=os.environ.get("LOGMOE_FAKE_SCORED_LOG") or None,
+                        break_once=os.environ.get("LOGMOE_FAKE_BREAK_ONCE") or None)
+    if os.environ.get("LOGMOE_FAKE_SESSION_IDLE"):
+        scorer.session_idle = float(os.environ["LOGMOE_FAKE_SESSION_IDLE"])  # type: ignore[attr-defined]
+    return scorer

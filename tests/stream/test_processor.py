@@ -1,5 +1,6 @@
 import dataclasses
 import hashlib
+import logging
 
 import numpy as np
 import pytest
@@ -216,6 +217,32 @@ def test_hop_zero_means_the_models_own_hop() -> None:
     scorer.window_hop = 5
     assert window_hop(StreamConfig(hop=0), scorer) == 5
     assert window_hop(StreamConfig(hop=3), scorer) == 3
+
+
+def test_session_idle_unset_means_the_models_longest_normal_pause_else_the_default(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from stream.app import create_app, describe_idle
+    from stream.config import StreamConfig
+    from stream.processor import DEFAULT_SESSION_IDLE, session_idle
+
+    scorer = FakeScorer()
+    assert session_idle(None, scorer) == DEFAULT_SESSION_IDLE  # a model that measured no pauses
+    scorer.session_idle = 51000.0  # type: ignore[attr-defined]  # real HDFS: blocks are deleted hours later
+    assert session_idle(None, scorer) == 51000.0
+    assert session_idle(300.0, scorer) == 300.0  # the worker's setting wins
+    handle = create_app(StreamConfig(), scorer).logmoe_handle
+    assert handle.processor.idle_seconds == 51000.0
+    handle.reloader.install(FakeScorer())  # a hot-reloaded model brings its own
+    assert handle.processor.idle_seconds == DEFAULT_SESSION_IDLE
+    assert create_app(StreamConfig(session_idle=2.0), scorer).logmoe_handle.processor.idle_seconds == 2.0
+    assert "session_idle 2 s is shorter than the model's 51000 s" in caplog.text  # create_app said so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream.app"):
+        assert describe_idle(60000.0, scorer) == "60000 s idle (session_idle)"
+        assert describe_idle(None, scorer).startswith("51000 s idle (the model's")
+        assert not caplog.records
+        assert describe_idle(300.0, scorer) == "300 s idle (session_idle)"
+    assert "session_idle 300 s is shorter than the model's 51000 s" in caplog.text
 
 
 def test_a_hop_larger_than_the_models_window_is_refused_at_start() -> None:

@@ -96,6 +96,21 @@ def test_bad_input_is_counted_and_skipped_and_the_worker_keeps_going(kafka, star
     assert worker.proc.poll() is None
 
 
+@pytest.mark.timeout(240)
+def test_without_session_idle_the_worker_waits_the_models_longest_normal_pause(kafka, start_worker, names) -> None:
+    """session_idle unset: a session closes after the model's session_idle (train.pauses), not the built-in 5 s."""
+    worker = start_worker(env={"LOGMOE_FAKE_SESSION_IDLE": "12"}, **names)
+    worker.wait_ready()
+    lines = sessions_text(["s1"], anomalous=set())
+    produce(kafka.bootstrap, names["topic_logs"], lines)
+    worker.wait_for(lambda m: m.get("sessions_opened") == 1, 60)
+    time.sleep(7.0)  # past the built-in 5 s and a close scan
+    m = worker.metrics()
+    assert m.get("sessions_closed_idle", 0) == 0 and m["open_sessions"] == 1
+    assert worker.wait_drained(len(lines), 60)["sessions_closed_idle"] == 1
+    assert "sessions close after 12 s idle (the model's" in worker.log_text()
+
+
 @pytest.mark.timeout(300)
 def test_restart_mid_stream_loses_no_session_window(kafka, start_worker, names) -> None:
     ids = [f"s{i}" for i in range(12)]
