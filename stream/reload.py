@@ -111,18 +111,26 @@ def copy_model_folder(model_dir: str | Path, parent: Path) -> Path:
     return copy
 
 
+def weights_digest(folder: str | Path) -> str | None:
+    """The first 16 hex digits of the sha256 of the folder's weights file; None without one."""
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def model_info(scorer: Scorer) -> dict[str, str]:
-    """name, fingerprint (sha256 of the training data) and, for a model folder, the sha256 of its weights file
-    (first 16 hex digits): two models trained on the same data differ there."""
+    """name, fingerprint (sha256 of the training data) and the digest of the weights the scorer loaded (the
+    private copy's, taken when it was loaded: the configured folder may hold a newer model by now), so two models
+    trained on the same data differ there. A scorer without one (a test's fake) has no "weights"."""
     info = {"name": str(scorer.name), "fingerprint": str(scorer.fingerprint)}
-    model_dir = getattr(scorer, "model_dir", None)
-    weights = Path(model_dir) / WEIGHTS_FILE if model_dir is not None else None
-    if weights is not None and weights.is_file():
-        digest = hashlib.sha256()
-        with weights.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        info["weights"] = digest.hexdigest()[:16]
+    digest = getattr(scorer, "weights_digest", None)
+    if digest:
+        info["weights"] = str(digest)
     return info
 
 

@@ -36,7 +36,8 @@ from model.masking import mask_cached
 from model.window_score import WindowScore
 from stream.config import StreamConfig
 from stream.processor import Scorer, early_scoring
-from stream.reload import Signature, copy_model_folder, model_signature, private_copy, reusable_encoder
+from stream.reload import (Signature, copy_model_folder, model_signature, private_copy, reusable_encoder,
+                           weights_digest)
 
 log = logging.getLogger("stream.worker")
 
@@ -70,6 +71,7 @@ def read_model(cfg: StreamConfig, folder: Path, encoder: Any | None = None) -> A
         scorer.score_detailed([["logmoe warm-up"]])
         scorer.encoder.cache_clear()
     scorer.model_dir = Path(cfg.model)  # its name and its files, as configured (not the private copy)
+    scorer.weights_digest = weights_digest(folder)  # of the weights it loaded, not of what cfg.model holds now
     return scorer
 
 
@@ -131,6 +133,7 @@ class ProcessScorer:
         self.window_hop: int = info["window_hop"]
         self.early_hop: int = info["early_hop"]
         self.session_idle: float | None = info["session_idle"]
+        self.weights_digest: str | None = info["weights_digest"]  # of the private copy every child loads
         pairs = info["early_thresholds"]
         self.early_thresholds = EarlyThresholds.from_config(pairs) if pairs else None
         self._normal_lines: frozenset[str] | None = info["normal_lines"]
@@ -298,7 +301,7 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str, novelty: Connection 
     conn.send(("ready", {
         "threshold": scorer.threshold, "name": scorer.name, "fingerprint": scorer.fingerprint,
         "max_window": scorer.max_window, "window_hop": scorer.window_hop, "early_hop": scorer.early_hop,
-        "session_idle": scorer.session_idle,
+        "session_idle": scorer.session_idle, "weights_digest": scorer.weights_digest,
         "early_thresholds": list(pairs) if pairs else None, "normal_lines": scorer.normal_lines,
         "device": str(scorer.device),
     }, None))

@@ -252,3 +252,20 @@ def test_a_model_of_a_newer_format_is_refused_on_reload(tiny_encoder_dir: Path, 
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=str(folder)):
         load_scorer(StreamConfig(model=str(folder), device="cpu", scoring=scoring))
+
+
+@pytest.mark.parametrize("scoring", ["process", "thread"])
+def test_alerts_name_the_weights_that_were_loaded_not_what_the_folder_holds_since(tiny_encoder_dir: Path,
+                                                                                 tmp_path: Path, scoring: str) -> None:
+    from stream.reload import model_info, weights_digest
+    from stream.scoring import close_scorer
+
+    folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
+    loaded = weights_digest(folder)
+    scorer = load_scorer(StreamConfig(model=str(folder), device="cpu", scoring=scoring))
+    try:
+        write_model(folder, tiny_encoder_dir, fingerprint="a" * 64, seed=1)  # same data, new weights, in place
+        assert weights_digest(folder) != loaded
+        assert model_info(scorer) == {"name": "final_moe_model", "fingerprint": "a" * 64, "weights": loaded}
+    finally:
+        close_scorer(scorer)
