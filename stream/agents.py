@@ -41,6 +41,12 @@ log = logging.getLogger("stream.worker")
 CLOSE_RETRY_MAX = 300.0  # seconds after which a close request not yet carried out is sent again, at most
 
 
+def close_retry_after(idle: float) -> float:
+    """Seconds before a close request that was not carried out (lost in a rebalance) is sent again: twice the idle
+    time, at least 10 s, and at most CLOSE_RETRY_MAX, so a model's session_idle of hours does not delay it as long."""
+    return min(max(2 * idle, 10.0), CLOSE_RETRY_MAX)
+
+
 @contextlib.contextmanager
 def event_context(event: EventT) -> Iterator[None]:
     """Make `event` the current event, so a table write goes to the changelog partition of the event's
@@ -206,8 +212,7 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         # time from the later of the session's last line and this worker's start.
         idle, evicted = sessions_to_close(seen, now, processor.idle_seconds, cfg.max_open_sessions,
                                           started_at=processor.started_at)
-        # a request lost on the way (a rebalance) is sent again; a model's session_idle of hours must not delay that
-        retry_after = min(max(2 * processor.idle_seconds, 10.0), CLOSE_RETRY_MAX)
+        retry_after = close_retry_after(processor.idle_seconds)
         for reason, keys in (("idle", idle), ("evict", evicted)):
             for key in keys:
                 requested = close_requested.get(key)

@@ -245,6 +245,13 @@ def test_session_idle_unset_means_the_models_longest_normal_pause_else_the_defau
     assert "session_idle 300 s is shorter than the model's 51000 s" in caplog.text
 
 
+def test_a_lost_close_request_is_sent_again_within_minutes_however_long_the_idle() -> None:
+    from stream.agents import CLOSE_RETRY_MAX, close_retry_after
+
+    assert close_retry_after(1.0) == 10.0 and close_retry_after(30.0) == 60.0
+    assert close_retry_after(50962.0) == CLOSE_RETRY_MAX == 300.0  # real HDFS: not 28 hours
+
+
 def test_a_hop_larger_than_the_models_window_is_refused_at_start() -> None:
     """Issue 18: hop 20 over windows of 16 would leave lines 17..20 of every 20 out of every window."""
     from stream.app import create_app, window_hop
