@@ -87,6 +87,8 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
                + f"), sessions close after {describe_idle(cfg.session_idle, scorer)}, broker {cfg.faust_broker} "
                f"({describe(cfg)})")
 
+    app.logmoe_summary = summary  # type: ignore[attr-defined]
+
     @app.task
     async def announce() -> None:
         log.info("%s", summary)  # at start: the worker sets logging up after create_app, which would drop it
