@@ -28,6 +28,7 @@ from _common import (add_run_options, default_data_dir, fmt, markdown_table, pri
 
 from model.decision import is_anomalous
 from train.data import Session
+from train.metrics import classification_metrics
 from train.pauses import line_time
 
 
@@ -74,14 +75,11 @@ def measure(scorer: Any, sessions: dict[str, list[tuple[float | None, str]]], la
     started = time.perf_counter()
     scores = score_sessions(scorer, parts, scorer.window_hop, batch_size)
     alerted = {key for key, score in zip(owners, scores.scores) if is_anomalous(score, scorer.threshold)}
-    anomalous = {key for key in sessions if labels[key]}
-    tp, fp = len(alerted & anomalous), len(alerted - anomalous)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / len(anomalous) if anomalous else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    m = classification_metrics([labels[key] for key in sessions], [float(key in alerted) for key in sessions], 0.5)
+    (_, fp), (fn, _) = m["confusion_matrix"]
     parts_of = Counter(owners)
     return {"idle_s": idle, "parts": len(parts), "sessions_cut": sum(1 for n in parts_of.values() if n > 1),
-            "precision": precision, "recall": recall, "f1": f1, "false_alarms": fp, "missed": len(anomalous) - tp,
+            "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "false_alarms": fp, "missed": fn,
             "score_s": round(time.perf_counter() - started, 1)}
 
 

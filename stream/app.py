@@ -86,8 +86,7 @@ def create_app(cfg: StreamConfig, scorer: Scorer | None = None) -> faust.App:
                                               "no early scoring")
                + f"), sessions close after {describe_idle(cfg.session_idle, scorer)}, broker {cfg.faust_broker} "
                f"({describe(cfg)})")
-
-    app.logmoe_summary = summary  # type: ignore[attr-defined]
+    app.logmoe_summary = summary  # type: ignore[attr-defined]  # what the worker logs at start
 
     @app.task
     async def announce() -> None:
