@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--session-key", action="append", metavar="REGEX",
                    help="session key regex, repeatable, first match wins (env LOGMOE_SESSION_KEY, '||'-separated)")
     p.add_argument("--session-idle", type=float, metavar="SECONDS",
-                   help="close a session after SECONDS without a line (env LOGMOE_SESSION_IDLE)")
+                   help="close a session after SECONDS without a line (env LOGMOE_SESSION_IDLE; default: the "
+                        "model's, the longest pause inside a normal training session + 10%%, else 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override any config key, repeatable")
     p.set_defaults(func=cmd_worker)
