@@ -153,7 +153,7 @@ class LogScorer:
     def session_idle(self) -> float | None:
         """Seconds without a line before the worker may close a session: the longest pause inside a normal
         training session, with a margin (train.pauses); None when training read no timestamps."""
-        value = getattr(self.config, "session_idle", None)
+        value = self.config.session_idle  # None in a model trained before it was measured (LogMoEConfig default)
         return None if value is None else float(value)
 
     @property

@@ -194,7 +194,7 @@ class ModelReloader:
                 log.info("model folder %s changed while loading; trying again when it settles", self.watcher.path)
                 await asyncio.to_thread(self.retire, candidate)
                 return False
-            info = await asyncio.to_thread(model_info, candidate)
+            info = model_info(candidate)  # the weights digest was taken when the model was loaded
             async with self.slot.lock:  # between two batches of the score agent
                 if self.drain is not None:
                     await self.drain()

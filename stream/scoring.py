@@ -71,7 +71,6 @@ def read_model(cfg: StreamConfig, folder: Path, encoder: Any | None = None) -> A
         scorer.score_detailed([["logmoe warm-up"]])
         scorer.encoder.cache_clear()
     scorer.model_dir = Path(cfg.model)  # its name and its files, as configured (not the private copy)
-    scorer.weights_digest = weights_digest(folder)  # of the weights it loaded, not of what cfg.model holds now
     return scorer
 
 
@@ -94,6 +93,7 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None,
     encoder = reusable_encoder(cfg.model, running) if running is not None else None
     with private_copy(cfg.model) as folder:  # never map the live folder's weights: a rewrite would SIGBUS
         scorer = read_model(cfg, folder, encoder)
+        scorer.weights_digest = weights_digest(folder)  # of the weights it loaded, not what cfg.model holds now
     scorer.source_signature = signature  # what hot reload compares the folder with
     return scorer  # type: ignore[no-any-return]
 
@@ -122,6 +122,7 @@ class ProcessScorer:
         self._tmp = tempfile.mkdtemp(prefix="logmoe-model-")
         try:
             self._folder = copy_model_folder(cfg.model, Path(self._tmp))  # every child loads this same copy
+            self.weights_digest: str | None = weights_digest(self._folder)  # once, not at each child's start
             info = self._start()
         except BaseException:
             self.close()
@@ -133,7 +134,6 @@ class ProcessScorer:
         self.window_hop: int = info["window_hop"]
         self.early_hop: int = info["early_hop"]
         self.session_idle: float | None = info["session_idle"]
-        self.weights_digest: str | None = info["weights_digest"]  # of the private copy every child loads
         pairs = info["early_thresholds"]
         self.early_thresholds = EarlyThresholds.from_config(pairs) if pairs else None
         self._normal_lines: frozenset[str] | None = info["normal_lines"]
@@ -301,7 +301,7 @@ def serve(conn: Connection, cfg: StreamConfig, folder: str, novelty: Connection 
     conn.send(("ready", {
         "threshold": scorer.threshold, "name": scorer.name, "fingerprint": scorer.fingerprint,
         "max_window": scorer.max_window, "window_hop": scorer.window_hop, "early_hop": scorer.early_hop,
-        "session_idle": scorer.session_idle, "weights_digest": scorer.weights_digest,
+        "session_idle": scorer.session_idle,
         "early_thresholds": list(pairs) if pairs else None, "normal_lines": scorer.normal_lines,
         "device": str(scorer.device),
     }, None))
