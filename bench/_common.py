@@ -5,6 +5,7 @@ Benchmarks print their results (markdown tables) on stdout; everything else goes
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as _dt
 import json
 import logging
@@ -125,6 +126,12 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def read_session_labels(path: Path) -> dict[str, int]:
+    """A `session_id,label` CSV (1 = anomalous), as the data's *_labels.csv files -> session id -> label."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        return {row["session_id"]: int(row["label"]) for row in csv.DictReader(fh)}
 
 
 def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:

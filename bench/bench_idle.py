@@ -16,32 +16,41 @@ session_idle (what the worker uses when session_idle is unset).
 from __future__ import annotations
 
 import argparse
-import csv
+import logging
 import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import (add_run_options, default_data_dir, fmt, markdown_table, print_header, require_file, start_run,
-                     write_json)
+from _common import (add_run_options, default_data_dir, fmt, markdown_table, print_header, read_session_labels,
+                     require_file, start_run, write_json)
 
 from model.decision import is_anomalous
+from stream.records import match_key
 from train.data import Session
 from train.metrics import classification_metrics
 from train.pauses import line_time
 
+logger = logging.getLogger("bench")
+
 
 def read_stream(path: Path, key_regex: str) -> dict[str, list[tuple[float | None, str]]]:
-    """Session key -> its (time, line) pairs in file order; lines without a key are left out (counted in the log)."""
+    """Session key (the worker's rule, stream.records.match_key) -> its (time, line) pairs in file order; lines
+    without a key are left out and counted in the log."""
     pattern = re.compile(key_regex)
     sessions: dict[str, list[tuple[float | None, str]]] = defaultdict(list)
+    unkeyed = 0
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            line = line.rstrip("\n")
+            line = line.rstrip("\r\n")
             found = pattern.search(line)
-            if found is not None:
-                sessions[found.group(1) if found.groups() else found.group(0)].append((line_time(line), line))
+            if found is None:
+                unkeyed += bool(line)  # blank lines are dropped by replay too
+                continue
+            sessions[match_key(found)].append((line_time(line), line))
+    if unkeyed:
+        logger.warning("%d lines of %s match no session key %r: left out", unkeyed, path, key_regex)
     return sessions
 
 
@@ -55,11 +64,6 @@ def cut(lines: list[tuple[float | None, str]], idle: float | None) -> list[list[
         parts[-1].append(line)
         last = stamp if stamp is not None else last
     return parts
-
-
-def read_labels(path: Path) -> dict[str, int]:
-    with path.open(encoding="utf-8") as handle:
-        return {row["session_id"]: int(row["label"]) for row in csv.DictReader(handle)}
 
 
 def measure(scorer: Any, sessions: dict[str, list[tuple[float | None, str]]], labels: dict[str, int],
@@ -111,7 +115,7 @@ def main() -> None:
             except ValueError:
                 p.error(f"--idles: {text!r} is neither a number of seconds nor 'model'")
     sessions = read_stream(require_file(args.stream), args.key_regex)
-    labels = read_labels(require_file(args.labels))
+    labels = read_session_labels(require_file(args.labels))
     unknown = sorted(set(sessions) - set(labels))
     if unknown:
         p.error(f"{len(unknown)} sessions of {args.stream} have no label in {args.labels}, e.g. {unknown[0]!r}")

@@ -69,11 +69,13 @@ from typing import Any
 
 import numpy as np
 
-from _common import REPO_ROOT, default_data_dir, fmt, markdown_table, print_header, setup_logging, write_json
+from _common import (REPO_ROOT, default_data_dir, fmt, markdown_table, print_header, read_session_labels,
+                     setup_logging, write_json)
 
 from model.checkpoint import NORMAL_LINES_FILE
 from stream.broker import terminate
 from stream.metrics import CLOSED_COUNTERS, drain_status
+from stream.records import match_key
 
 logger = logging.getLogger("bench.stream")
 
@@ -104,7 +106,7 @@ class StreamInput:
 
 def session_of(line: str, key_re: re.Pattern[str]) -> str | None:
     m = key_re.search(line)
-    return (m.group(1) if key_re.groups else m.group(0)) if m else None
+    return match_key(m) if m else None  # the worker's rule (stream.records)
 
 
 def stream_sessions(path: Path, key_re: re.Pattern[str]) -> tuple[list[str], dict[str, int], int]:
@@ -126,11 +128,6 @@ def stream_sessions(path: Path, key_re: re.Pattern[str]) -> tuple[list[str], dic
             else:
                 lengths[key] += 1
     return order, lengths, unkeyed
-
-
-def read_labels(path: Path) -> dict[str, int]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return {row["session_id"]: int(row["label"]) for row in csv.DictReader(fh)}
 
 
 def limit_inputs(stream: Path, labels: Path, dev: Path, keep: set[str], key_re: re.Pattern[str],
@@ -174,7 +171,7 @@ def keyed_input(args: argparse.Namespace, work: Path) -> StreamInput:
         stream, labels_path, dev = limit_inputs(stream, labels_path, dev, keep, key_re, work / "inputs")
         logger.info("limited to the first %d sessions: %s", len(keep), work / "inputs")
     order, lengths, unkeyed = stream_sessions(stream, key_re)
-    labels = read_labels(labels_path)
+    labels = read_session_labels(labels_path)
     normal = normal_lines_of(Path(args.model))
     lines, keys = [], []
     seen: dict[str, int] = {}
