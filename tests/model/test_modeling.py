@@ -80,6 +80,8 @@ def test_config_defaults_follow_contract() -> None:
         ("num_hidden_layers", 2.5, ["2.5"]),
         ("renormalize", "yes", ["yes"]),
         ("num_labels", 3, ["num_labels", "3"]),
+        ("session_idle", 0.0, ["session_idle", "0.0"]),  # a model folder edited by hand: a worker would never wait
+        ("session_idle", "14h", ["session_idle", "'14h'"]),
     ],
 )
 def test_config_rejects_bad_values(key: str, value: object, fragments: list[str]) -> None:
