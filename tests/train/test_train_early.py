@@ -103,3 +103,17 @@ def test_prefixes_of_anomalous_sessions_train_only_once_they_hold_a_never_normal
         assert owners == [0, 1]  # y holds no never-normal line: none of its prefixes is known to be anomalous
         assert labels == [0, 1]
         assert 2 in windows[1]  # the anomalous prefix holds BOOM
+
+
+def test_a_normal_prefix_holding_exactly_an_anomalous_sessions_lines_is_never_trained_as_normal() -> None:
+    rule = EarlyRule(window=64, hop=16, early_hop=1)
+    # y (anomalous, no never-normal line) holds the lines of n's first two, in the other order
+    sessions = [Session("n", ("a", "b", "c"), 0), Session("y", ("b", "a"), 1)]
+    masked = [s.lines for s in sessions]
+    row_of = {"a": 0, "b": 1, "c": 2}
+    drawn = {tuple(prefix_windows(sessions, masked, row_of, frozenset(row_of), rule, seed)[0][0])
+             for seed in range(20)}
+    assert drawn == {(0,), (0, 1, 2)}  # never (0, 1); a longer bag ("a", "b", "c") is not y's
+    unlabelled = [Session(s.session_id, s.lines, 0) for s in sessions]  # nothing observed as anomalous: all drawn
+    assert {tuple(prefix_windows(unlabelled, masked, row_of, frozenset(row_of), rule, seed)[0][0])
+            for seed in range(20)} == {(0,), (0, 1), (0, 1, 2)}
