@@ -242,9 +242,10 @@ class TrainingSection:
     closing threshold flags, so early scoring raises no more false alarms than closing does. Stored in the model."""
     train_on_prefixes: bool = True
     """Also train on the prefixes the worker scores early (early_hop, novel lines): those of normal sessions as
-    normal, those of anomalous sessions that already hold a line never seen in a normal session as anomalous. A
-    session still open when the data ends (a block written but not yet deleted) is then no surprise: without them,
-    one of two seeds flagged the 10 such normal blocks of hdfs_real dev (F1 0.904), with them neither did (1.000)."""
+    normal (unless a prefix's lines, in any order, are those of a whole anomalous session), those of anomalous
+    sessions that already hold a line never seen in a normal session as anomalous. A session still open when the
+    data ends (a block written but not yet deleted) is then no surprise: without them, one of two seeds flagged the
+    10 such normal blocks of hdfs_real dev (F1 0.904), with them neither did (1.000)."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None

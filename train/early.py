@@ -203,9 +203,9 @@ def prefix_windows(sessions: Sequence[Session], masked: Sequence[tuple[str, ...]
     one that already holds a line never seen in a normal session, labelled anomalous (an anomalous session's
     earlier prefixes may look exactly like a normal one's, so they are left out). A normal session's prefix whose
     lines, counted in any order, are those of a whole anomalous session is left out too: that the prefix is normal
-    is only assumed, the anomalous session's label was observed (synthetic HDFS train: 1,746 blocks
-    of just "receiving, receiving, allocate" are anomalous, and 4,885 of 5,666 normal blocks open with those three
-    lines in some order). Returns (windows of table rows, labels, session index)."""
+    is only assumed, the anomalous session's label was observed (synthetic HDFS train: 1,746 blocks of just
+    "receiving, receiving, allocate" are anomalous, and 4,885 of 5,666 normal blocks open with those three lines in
+    some order). Returns (windows of table rows, labels, session index)."""
     rng = np.random.default_rng(seed)
     anomalous_bags = {_bag(row_of[line] for line in lines)
                       for session, lines in zip(sessions, masked) if session.label}
