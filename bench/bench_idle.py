@@ -30,7 +30,7 @@ from model.decision import is_anomalous
 from stream.records import match_key
 from train.data import Session
 from train.metrics import classification_metrics
-from train.pauses import line_time
+from train.pauses import gaps, line_time
 
 logger = logging.getLogger("bench")
 
@@ -57,12 +57,10 @@ def read_stream(path: Path, key_regex: str) -> dict[str, list[tuple[float | None
 def cut(lines: list[tuple[float | None, str]], idle: float | None) -> list[list[str]]:
     """The parts a worker with `idle` seconds makes of one session (None: never cut)."""
     parts: list[list[str]] = [[]]
-    last: float | None = None
-    for stamp, line in lines:
-        if idle is not None and stamp is not None and last is not None and stamp - last > idle and parts[-1]:
+    for (_, line), gap in zip(lines, gaps([stamp for stamp, _ in lines])):
+        if idle is not None and gap is not None and gap > idle:
             parts.append([])
         parts[-1].append(line)
-        last = stamp if stamp is not None else last
     return parts
 
 

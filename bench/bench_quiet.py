@@ -32,30 +32,25 @@ from model.decision import is_anomalous
 from model.early import EarlyRule, EarlyThresholds
 from train.data import Session, load_jsonl
 from train.early import score_in_length_order, score_prefixes
-from train.pauses import line_time
+from train.pauses import gaps, line_time
 
 logger = logging.getLogger("bench")
 
 
-def quiet_ends(session: Session, quiet: float) -> list[int]:
-    """Line counts (1-based) after which the session is silent for >= `quiet` seconds: where the next line is that
-    much later (both lines timed), and the last line."""
-    times = [line_time(line) for line in session.lines]
-    ends = []
-    for k in range(1, len(times)):
-        before, after = times[k - 1], times[k]
-        if before is not None and after is not None and after - before >= quiet:
-            ends.append(k)
-    return [*ends, len(times)]
+def quiet_ends(session_gaps: Sequence[float | None], quiet: float) -> list[int]:
+    """Line counts (1-based) after which a session (its train.pauses.gaps) is silent for >= `quiet` seconds: where
+    the next timed line is that much later, and the last line."""
+    ends = [k for k, gap in enumerate(session_gaps) if k and gap is not None and gap >= quiet]
+    return [*ends, len(session_gaps)]
 
 
-def first_quiet_alerts(scorer: Any, sessions: Sequence[Session], quiet: float, early: EarlyThresholds,
-                       batch_size: int) -> dict[int, int]:
+def first_quiet_alerts(scorer: Any, sessions: Sequence[Session], session_gaps: Sequence[Sequence[float | None]],
+                       quiet: float, early: EarlyThresholds, batch_size: int) -> dict[int, int]:
     """Session index -> the line count of its first quiet window that reaches its early threshold."""
     windows: list[list[str]] = []
     owners: list[tuple[int, int]] = []
     for index, session in enumerate(sessions):
-        for end in quiet_ends(session, quiet):
+        for end in quiet_ends(session_gaps[index], quiet):
             windows.append(list(session.lines[max(0, end - scorer.max_window):end]))
             owners.append((index, end))
     first: dict[int, int] = {}
@@ -100,9 +95,10 @@ def main() -> None:
     print(f"- today: {sum(alerted_now[i] for i in anomalous)} anomalous sessions alerted, {len(late)} of them only at "
           f"close; {sum(1 for i, s in enumerate(sessions) if not s.label and alerted_now[i])} normal sessions "
           f"alerted\n")
+    session_gaps = [gaps([line_time(line) for line in s.lines]) for s in sessions]  # timestamps read once
     rows = []
     for quiet in args.quiet:
-        first = first_quiet_alerts(scorer, sessions, quiet, early, args.batch_size)
+        first = first_quiet_alerts(scorer, sessions, session_gaps, quiet, early, args.batch_size)
         caught = [i for i in late if i in first]
         rows.append({
             "quiet_s": quiet,
@@ -111,7 +107,8 @@ def main() -> None:
             "anomalous_new": sum(1 for i in anomalous if i in first and not alerted_now[i]),
             "normal_new_alarms": sum(1 for i, s in enumerate(sessions)
                                      if not s.label and i in first and not alerted_now[i]),
-            "normal_sessions_with_a_pause": sum(1 for s in sessions if not s.label and len(quiet_ends(s, quiet)) > 1),
+            "normal_sessions_with_a_pause": sum(1 for s, g in zip(sessions, session_gaps)
+                                                if not s.label and len(quiet_ends(g, quiet)) > 1),
         })
     headers = ["quiet", "late anomalies caught", "of them before the last line", "missed today, caught",
                "new false alarms", "normal sessions with such a pause"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import pairwise
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -85,13 +84,23 @@ def line_time(line: str) -> float | None:
     return None
 
 
+def gaps(times: Sequence[float | None]) -> list[float | None]:
+    """Per line of a session (by its `times`, None where untimed): the seconds since the timestamped line before it
+    (negative when out of order); None for an untimed line and for the first timed one. Lines without a timestamp
+    are passed over, so a pause is measured between the timed lines around them."""
+    out: list[float | None] = []
+    last: float | None = None
+    for t in times:
+        out.append(None if t is None or last is None else t - last)
+        last = t if t is not None else last
+    return out
+
+
 def longest_pause(lines: Sequence[str]) -> float | None:
     """The longest time between two consecutive timestamped lines of one session (lines out of order count 0);
     None when fewer than two of its lines carry a timestamp."""
-    times = [t for t in (line_time(line) for line in lines) if t is not None]
-    if len(times) < 2:
-        return None
-    return max(max(0.0, b - a) for a, b in pairwise(times))
+    measured = [g for g in gaps([line_time(line) for line in lines]) if g is not None]
+    return max(max(0.0, g) for g in measured) if measured else None
 
 
 @dataclass(frozen=True)

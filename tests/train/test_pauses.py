@@ -2,7 +2,7 @@
 
 import pytest
 
-from train.pauses import MARGIN, MIN_IDLE, line_time, longest_pause, measure_pauses
+from train.pauses import MARGIN, MIN_IDLE, gaps, line_time, longest_pause, measure_pauses
 
 # (a line of each format, the same moment 1 h 2 min 3.5 s later, or None where the format has whole seconds only)
 FORMATS = [
@@ -70,3 +70,8 @@ def test_no_session_idle_when_most_sessions_carry_no_timestamps() -> None:
     assert measure_pauses(untimed).session_idle is None
     assert measure_pauses([]).to_dict() == {"sessions": 0, "timed": 0, "p50_s": None, "p99_s": None,
                                             "longest_s": None, "session_idle": None}
+
+
+def test_gaps_measure_each_line_from_the_timed_line_before_it_passing_over_untimed_ones() -> None:
+    assert gaps([None, 10.0, None, 25.0, 20.0]) == [None, None, None, 15.0, -5.0]
+    assert gaps([]) == []
