@@ -7,6 +7,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 MUTATE_STAMP := $(VENV)/.installed-mutate
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Most of the suite's time is broker and worker tests waiting on processes, so two
+# processes on CI's 2 cores take about half the time of one; each has its own embedded broker on a free port.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast mutate install clean
 
@@ -23,10 +26,10 @@ demo: $(STAMP)
 	$(VENV)/bin/logmoe demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m "not slow and not broker" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow and not broker" $(PYTEST_ARGS)
 
 # Mutation testing (not part of `make test`): mutmut mutates the modules listed in pyproject.toml [tool.mutmut] one
 # change at a time and runs the unit tests that reach each change; the table per module is what TESTING.md records.
