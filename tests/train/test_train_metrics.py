@@ -1,11 +1,12 @@
 """Session metrics and threshold calibration."""
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
 
-from train.metrics import calibrate_threshold, classification_metrics
+from train.metrics import between, calibrate_threshold, classification_metrics
 
 
 def test_metrics_by_hand() -> None:
@@ -26,18 +27,39 @@ def test_single_class_has_no_auc() -> None:
     assert m["confusion_matrix"] == [[2, 1], [0, 0]] and m["recall"] == 0.0
 
 
-def test_f1_threshold_separates_at_a_midpoint() -> None:
+def test_f1_threshold_separates_at_the_geometric_midpoint() -> None:
     labels = [0, 0, 0, 1, 1]
     scores = [0.05, 0.2, 0.3, 0.4, 0.9]
     threshold = calibrate_threshold(labels, scores, "f1")
-    assert threshold == pytest.approx(0.35)  # halfway between 0.3 (normal) and 0.4 (the lowest anomaly)
+    assert threshold == pytest.approx(math.sqrt(0.3 * 0.4))  # between 0.3 (normal) and 0.4 (the lowest anomaly)
     assert classification_metrics(labels, scores, threshold)["f1"] == 1.0
+
+
+def test_a_wide_gap_is_cut_in_log_score_so_a_later_anomaly_scoring_lower_is_still_caught() -> None:
+    """Measured on real HDFS (bench_real --calibrate-on later-train, seed 42): calibration normals score <= 3.4e-4,
+    anomalies >= 0.999; a later period's anomalies scored 0.06-0.11 and its normals <= 2.9e-4. Halfway (0.5) missed
+    13 of 47 of them; the cut in log score (0.018) caught all 47 and flagged no normal."""
+    labels = [0] * 50 + [1] * 5
+    scores = [3.35e-4 * (i + 1) / 50 for i in range(50)] + [0.999] * 5
+    threshold = calibrate_threshold(labels, scores, "f1")
+    assert threshold == pytest.approx(math.sqrt(3.35e-4 * 0.999))
+    later = classification_metrics([0, 0, 1, 1], [2.9e-4, 1e-4, 0.0566, 0.113], threshold)
+    assert later["confusion_matrix"] == [[2, 0], [0, 2]]
+
+
+def test_between_is_the_geometric_mean_halfway_from_zero_and_refuses_an_empty_gap() -> None:
+    assert between(1e-4, 1.0) == pytest.approx(1e-2)
+    assert between(0.0, 0.6) == pytest.approx(0.3)  # a log midpoint with 0 would be 0, flagging the 0 below it
+    assert between(1e-300, 1.0) == pytest.approx(1e-150)  # no underflow of low * high
+    for low, high in ((0.5, 0.5), (0.6, 0.5), (-0.1, 0.5)):
+        with pytest.raises(ValueError, match=rf"^between needs 0 <= low < high \({low}, {high}\)$"):
+            between(low, high)
 
 
 def test_fpr_threshold_respects_the_target() -> None:
     labels = [0] * 10 + [1] * 4
     scores = [i / 100 for i in range(10)] + [0.095, 0.5, 0.6, 0.7]  # one anomaly scores below one normal (0.09)
-    assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx((0.095 + 0.09) / 2)
+    assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx(math.sqrt(0.095 * 0.09))
     threshold = calibrate_threshold(labels, scores, "fpr", target_fpr=0.1)
     m = classification_metrics(labels, scores, threshold)
     assert m["recall"] == 1.0 and m["confusion_matrix"][0][1] <= 1
@@ -101,7 +123,8 @@ def test_labels_and_scores_of_different_lengths_are_refused_with_both_lengths() 
 
 def best_cut_by_hand(labels: list[int], scores: list[float], objective: str, target_fpr: float = 0.01) -> float:
     """The oracle: try every distinct score as the lowest anomalous one; F1 (ties: the lower cut) or, for "fpr",
-    the lowest cut whose false-positive rate is within target; then halfway down to the next lower score."""
+    the lowest cut whose false-positive rate is within target; then the geometric mean with the next lower score
+    (halfway when that score is 0)."""
     best, best_value, values = None, Fraction(-1), []
     for cut in sorted(set(scores)):
         tp = sum(1 for y, s in zip(labels, scores) if s >= cut and y == 1)
@@ -116,7 +139,9 @@ def best_cut_by_hand(labels: list[int], scores: list[float], objective: str, tar
             best, best_value = cut, value
     assert objective != "f1" or values.count(best_value) == 1, "a tie for the best F1 (sklearn breaks it by rounding)"
     below = [s for s in scores if s < best]
-    return (best + max(below)) / 2 if below else best
+    if not below:
+        return best
+    return math.sqrt(best * max(below)) if max(below) > 0 else best / 2
 
 
 @pytest.mark.parametrize("seed", range(1, 7))  # seeds whose best F1 is not a tie
@@ -158,7 +183,7 @@ def test_float32_scores_keep_their_side_of_a_threshold_between_two_neighbours() 
 
 
 def test_one_anomaly_is_calibrated_and_all_anomalous_labels_have_no_auc() -> None:
-    assert calibrate_threshold([0, 0, 1], [0.1, 0.2, 0.3], "f1", default=0.9) == pytest.approx(0.25)
+    assert calibrate_threshold([0, 0, 1], [0.1, 0.2, 0.3], "f1", default=0.9) == pytest.approx(math.sqrt(0.06))
     m = classification_metrics([1, 1], [0.2, 0.9], 0.5)
     assert m["pr_auc"] is None and m["roc_auc"] is None and m["confusion_matrix"] == [[0, 0], [1, 1]]
 
@@ -168,8 +193,8 @@ def test_calibration_defaults_f1_target_fpr_001_and_05_for_one_class(caplog: pyt
     scores = [i / 1000 for i in range(120)] + [0.119, 0.5, 0.6, 0.7, 0.8]  # one anomaly under the top normal
     assert calibrate_threshold(labels, scores) == calibrate_threshold(labels, scores, "f1")
     # target_fpr 0.01 of 120 normals allows one false positive: the cut goes down to the anomaly at 0.119
-    assert calibrate_threshold(labels, scores, "fpr") == pytest.approx((0.119 + 0.118) / 2)
-    assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx((0.5 + 0.119) / 2)
+    assert calibrate_threshold(labels, scores, "fpr") == pytest.approx(math.sqrt(0.119 * 0.118))
+    assert calibrate_threshold(labels, scores, "fpr", target_fpr=0.0) == pytest.approx(math.sqrt(0.5 * 0.119))
     with caplog.at_level("WARNING", logger="train.metrics"):
         assert calibrate_threshold([0, 0], [0.2, 0.9]) == 0.5
     assert caplog.messages == ["threshold not calibrated: the eval labels hold one class; keeping 0.500"]

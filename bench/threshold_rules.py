@@ -1,0 +1,78 @@
+"""Threshold rules side by side on saved scores: how each rule, applied to the calibration view, does on the views
+after it. Reads the --json-out files of `bench/bench_real.py` (best with `--calibrate-on later-train`, where the
+calibration view is the later part of train and dev is the future), so no model is retrained.
+
+Rules: max F1 with the cut halfway between the two scores it falls between (the rule before 2026-12-04), max F1
+with the cut at their geometric mean (`train.metrics.calibrate_threshold` now), and the fpr objective at each
+--fprs target (the most anomalies caught with at most that share of calibration normals flagged).
+
+    .venv/bin/python bench/threshold_rules.py RUN.json [RUN.json ...] [--fprs 0.01,0.02]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from _common import markdown_table
+
+
+def halfway_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The max-F1 cut put halfway between the lowest score taken and the next lower one."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, cuts = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = cuts[int(np.argmax(f1))]
+    below = scores[scores < best]
+    return float((best + below.max()) / 2) if len(below) else float(best)
+
+
+def rules(fprs: Sequence[float]) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    from train.metrics import calibrate_threshold
+
+    out: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+        "max F1, halfway": halfway_f1,
+        "max F1, geometric mean": lambda y, s: calibrate_threshold(y, s, "f1"),
+    }
+    for fpr in fprs:
+        out[f"fpr <= {fpr:g}"] = lambda y, s, fpr=fpr: calibrate_threshold(y, s, "fpr", target_fpr=fpr)
+    return out
+
+
+def rows_of(path: Path, fprs: Sequence[float]) -> list[list[object]]:
+    from train.metrics import classification_metrics
+
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    rows: list[list[object]] = []
+    for set_name, result in payload["sets"].items():
+        labels = {view: np.asarray(y, dtype=int) for view, y in result["scores"]["labels"].items()}
+        calibration, *later = labels
+        for method, by_view in result["scores"]["by_method"].items():
+            scores = {view: np.asarray(s, dtype=np.float64) for view, s in by_view.items()}
+            for rule, pick in rules(fprs).items():
+                threshold = pick(labels[calibration], scores[calibration])
+                f1s = [classification_metrics(labels[v], scores[v], threshold)["f1"] for v in [calibration, *later]]
+                rows.append([path.name, set_name, method, rule, f"{threshold:.3g}", *f1s])
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="bench_real.py --json-out files")
+    parser.add_argument("--fprs", type=lambda text: [float(x) for x in text.split(",")], default=[0.01, 0.02],
+                        help="fpr targets to show (default 0.01,0.02)")
+    args = parser.parse_args(argv)
+    for path in args.runs:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        views = list(next(iter(payload["sets"].values()))["scores"]["labels"])
+        print(markdown_table(["run", "set", "method", "rule", "threshold", *(f"F1 {v}" for v in views)],
+                             rows_of(path, args.fprs)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
