@@ -82,7 +82,7 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
 def between(low: float, high: float) -> float:
     """The cut between a score left unflagged (`low`) and the lowest flagged one (`high`), 0 <= low < high: their
     geometric mean, the midpoint in log score; halfway (high / 2) when low is 0. Where a trained model leaves a wide
-    gap (normal windows at 1e-4, anomalous ones at 0.999) the arithmetic midpoint sits at 0.5, a thousand times
+    gap (normal windows at 1e-4, anomalous ones at 0.999) the arithmetic midpoint sits at 0.5, thousands of times
     above the normal side and barely under the anomalous one; windows of a later period whose anomalies score lower
     (0.06-0.11 on real HDFS, bench/bench_real.py --calibrate-on later-train) then pass under it. Every score on
     the calibration data keeps the side it had either way."""
