@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Most of the suite's time is broker and worker tests waiting on processes, so two
 # processes on CI's 2 cores take about half the time of one; each has its own embedded broker on a free port.
 TEST_WORKERS ?= 2
+XDIST   := -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo test test-fast mutate install clean
 
@@ -26,10 +27,10 @@ demo: $(STAMP)
 	$(VENV)/bin/logmoe demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow and not broker" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(XDIST) -m "not slow and not broker" $(PYTEST_ARGS)
 
 # Mutation testing (not part of `make test`): mutmut mutates the modules listed in pyproject.toml [tool.mutmut] one
 # change at a time and runs the unit tests that reach each change; the table per module is what TESTING.md records.
