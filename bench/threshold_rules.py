@@ -14,6 +14,7 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,14 +22,15 @@ from _common import markdown_table
 
 
 def halfway_f1(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The max-F1 cut put halfway between the lowest score taken and the next lower one."""
-    from sklearn.metrics import precision_recall_curve
+    """The max-F1 cut of `calibrate_threshold`, put halfway between the two scores it falls between instead."""
+    from model.decision import HIGHEST_FLAGGING
+    from train.metrics import calibrate_threshold
 
-    precision, recall, cuts = precision_recall_curve(labels, scores)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    best = cuts[int(np.argmax(f1))]
-    below = scores[scores < best]
-    return float((best + below.max()) / 2) if len(below) else float(best)
+    cut = calibrate_threshold(labels, scores, "f1")
+    below, taken = scores[scores < cut], scores[scores >= cut]
+    if not len(below) or not len(taken):
+        return cut
+    return min(float((below.max() + taken.min()) / 2), HIGHEST_FLAGGING)
 
 
 def rules(fprs: Sequence[float]) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
@@ -43,21 +45,24 @@ def rules(fprs: Sequence[float]) -> dict[str, Callable[[np.ndarray, np.ndarray],
     return out
 
 
-def rows_of(path: Path, fprs: Sequence[float]) -> list[list[object]]:
+def tables(name: str, payload: dict[str, Any], fprs: Sequence[float]) -> list[str]:
+    """One table per data set of a bench_real.py payload: each rule's threshold on the calibration (first) view and
+    F1 on every view at it."""
     from train.metrics import classification_metrics
 
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    rows: list[list[object]] = []
+    out = []
     for set_name, result in payload["sets"].items():
         labels = {view: np.asarray(y, dtype=int) for view, y in result["scores"]["labels"].items()}
-        calibration, *later = labels
+        calibration = next(iter(labels))
+        rows: list[list[object]] = []
         for method, by_view in result["scores"]["by_method"].items():
             scores = {view: np.asarray(s, dtype=np.float64) for view, s in by_view.items()}
             for rule, pick in rules(fprs).items():
                 threshold = pick(labels[calibration], scores[calibration])
-                f1s = [classification_metrics(labels[v], scores[v], threshold)["f1"] for v in [calibration, *later]]
-                rows.append([path.name, set_name, method, rule, f"{threshold:.3g}", *f1s])
-    return rows
+                f1s = [classification_metrics(labels[v], scores[v], threshold)["f1"] for v in labels]
+                rows.append([name, set_name, method, rule, f"{threshold:.3g}", *f1s])
+        out.append(markdown_table(["run", "set", "method", "rule", "threshold", *(f"F1 {v}" for v in labels)], rows))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,10 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fpr targets to show (default 0.01,0.02)")
     args = parser.parse_args(argv)
     for path in args.runs:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        views = list(next(iter(payload["sets"].values()))["scores"]["labels"])
-        print(markdown_table(["run", "set", "method", "rule", "threshold", *(f"F1 {v}" for v in views)],
-                             rows_of(path, args.fprs)) + "\n")
+        for table in tables(path.name, json.loads(path.read_text(encoding="utf-8")), args.fprs):
+            print(table + "\n")
     return 0
 
 
