@@ -40,7 +40,7 @@ logger = logging.getLogger("bench")
 def quiet_ends(session_gaps: Sequence[float | None], quiet: float) -> list[int]:
     """Line counts (1-based) after which a session (its train.pauses.gaps) is silent for >= `quiet` seconds: where
     the next timed line is that much later, and the last line."""
-    ends = [k for k, gap in enumerate(session_gaps) if k and gap is not None and gap >= quiet]
+    ends = [k for k, gap in enumerate(session_gaps) if gap is not None and gap >= quiet]  # gaps[0] is None
     return [*ends, len(session_gaps)]
 
 

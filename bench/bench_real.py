@@ -158,9 +158,12 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
             rules = {"": method.threshold}
         else:  # label-free rates of the calibration sessions, then max F1 on the labelled calibration split
             first = next(iter(views))
-            where = "dev" if first == "dev" else "calibration"
+            where = "calibration" if args.calibrate_on == "later-train" else "dev"
             rules = {f", rate {rate:g} of {where}": rate_threshold(scores[first], rate) for rate in args.rates}
             rules[f", max F1 on {where}"] = calibrate_threshold(calibration.labels, scores[first], "f1")
+        own_best = {name: classification_metrics(view.labels, scores[name],
+                                                 calibrate_threshold(view.labels, scores[name], "f1"))["f1"]
+                    for name, view in views.items()}  # each view's F1 at its own best cut, whatever the rule
         if isinstance(method, LogMoE):
             extra[method.name] = {"stored_threshold": method.threshold,
                                   **{k: method.train_metrics.get(k) for k in ("unsupervised", "timings")}}
@@ -168,10 +171,8 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
             fit_seconds[method.name + rule] = seconds
             logger.info("%s: %s%s fitted in %.1f s (threshold %.4f)", data.name, method.name, rule, seconds, threshold)
             for name, view in views.items():
-                metrics = classification_metrics(view.labels, scores[name], threshold)
-                best = calibrate_threshold(view.labels, scores[name], "f1")
-                metrics["max_f1"] = classification_metrics(view.labels, scores[name], best)["f1"]
-                results[name][method.name + rule] = metrics
+                results[name][method.name + rule] = {**classification_metrics(view.labels, scores[name], threshold),
+                                                     "max_f1": own_best[name]}
         saved[method.name] = {name: [float(x) for x in values] for name, values in scores.items()}
     labels = {name: [int(x) for x in view.labels] for name, view in views.items()}
     return {"results": results, "fit_seconds": fit_seconds, "logmoe": extra,
