@@ -28,6 +28,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(data, key, value)
+    if overrides:
         source = f"{source} + overrides"
     return config_from_dict(cls, data, source)
 

@@ -40,6 +40,14 @@ def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
         load_config(Outer, None, ["inner.top_p=high"])
 
 
+def test_errors_name_where_the_settings_came_from_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run\n")
+    with pytest.raises(ValueError, match=r"c\.yaml \+ overrides: unknown key\(s\) 'nmae'") as caught:
+        load_config(Outer, path, ["limit=5", "device=cpu", "nmae=x"])
+    assert str(caught.value).count("overrides") == 1, str(caught.value)
+
+
 def test_defaults_without_a_file() -> None:
     assert load_config(Outer) == Outer()
 
