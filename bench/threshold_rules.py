@@ -3,10 +3,15 @@ after it. Reads the --json-out files of `bench/bench_real.py` (best with `--cali
 calibration view is the later part of train and dev is the future), so no model is retrained.
 
 Rules: max F1 with the cut halfway between the two scores it falls between (the rule before 2026-12-04), max F1
-with the cut at their geometric mean (`train.metrics.calibrate_threshold` now), and the fpr objective at each
---fprs target (the most anomalies caught with at most that share of calibration normals flagged).
+with the cut at their geometric mean (`train.metrics.calibrate_threshold` now), the fpr objective at each
+--fprs target (the most anomalies caught with at most that share of calibration normals flagged), and two rules
+that lean towards recall, for a future whose anomalies score lower: the lowest cut whose calibration F1 is within
+each --near-max margin of the best, and the lower of the max-F1 cut and the fpr cut at each --odds-shares share
+of the calibration's anomaly odds (n_anomalous / n_normal: a false-positive budget that grows with how common
+anomalies are).
 
-    .venv/bin/python bench/threshold_rules.py RUN.json [RUN.json ...] [--fprs 0.01,0.02]
+    .venv/bin/python bench/threshold_rules.py RUN.json [RUN.json ...] [--fprs 0.01,0.02] [--near-max 0.02]
+        [--odds-shares 0.3]
 """
 from __future__ import annotations
 
@@ -33,7 +38,31 @@ def halfway_f1(labels: np.ndarray, scores: np.ndarray) -> float:
     return min(float((below.max() + taken.min()) / 2), HIGHEST_FLAGGING)
 
 
-def rules(fprs: Sequence[float]) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+def near_max_f1(labels: np.ndarray, scores: np.ndarray, margin: float) -> float:
+    """The lowest cut whose F1 on (labels, scores) is at least the best F1 - margin, placed as
+    `calibrate_threshold` places its cut (`train.metrics.between` the two scores it falls between)."""
+    from sklearn.metrics import precision_recall_curve
+
+    from train.metrics import between
+
+    precision, recall, cuts = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    lowest = float(cuts[np.flatnonzero(f1 >= f1.max() - margin)].min())
+    below = scores[scores < lowest]
+    return between(float(below.max()), lowest) if len(below) else lowest
+
+
+def odds_fpr(labels: np.ndarray, scores: np.ndarray, share: float) -> float:
+    """The lower of the max-F1 cut and the fpr cut at share * n_anomalous / n_normal."""
+    from train.metrics import calibrate_threshold
+
+    anomalous = int(labels.sum())
+    target = share * anomalous / max(1, len(labels) - anomalous)
+    return min(calibrate_threshold(labels, scores, "f1"), calibrate_threshold(labels, scores, "fpr", target_fpr=target))
+
+
+def rules(fprs: Sequence[float], margins: Sequence[float] = (),
+          shares: Sequence[float] = ()) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
     from train.metrics import calibrate_threshold
 
     out: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -42,10 +71,15 @@ def rules(fprs: Sequence[float]) -> dict[str, Callable[[np.ndarray, np.ndarray],
     }
     for fpr in fprs:
         out[f"fpr <= {fpr:g}"] = lambda y, s, fpr=fpr: calibrate_threshold(y, s, "fpr", target_fpr=fpr)
+    for margin in margins:
+        out[f"lowest within {margin:g} of max F1"] = lambda y, s, margin=margin: near_max_f1(y, s, margin)
+    for share in shares:
+        out[f"min(max F1, fpr <= {share:g} x odds)"] = lambda y, s, share=share: odds_fpr(y, s, share)
     return out
 
 
-def tables(name: str, payload: dict[str, Any], fprs: Sequence[float]) -> list[str]:
+def tables(name: str, payload: dict[str, Any], fprs: Sequence[float], margins: Sequence[float] = (),
+           shares: Sequence[float] = ()) -> list[str]:
     """One table per data set of a bench_real.py payload: each rule's threshold on the calibration (first) view and
     F1 on every view at it."""
     from train.metrics import classification_metrics
@@ -57,7 +91,7 @@ def tables(name: str, payload: dict[str, Any], fprs: Sequence[float]) -> list[st
         rows: list[list[object]] = []
         for method, by_view in result["scores"]["by_method"].items():
             scores = {view: np.asarray(s, dtype=np.float64) for view, s in by_view.items()}
-            for rule, pick in rules(fprs).items():
+            for rule, pick in rules(fprs, margins, shares).items():
                 threshold = pick(labels[calibration], scores[calibration])
                 f1s = [classification_metrics(labels[v], scores[v], threshold)["f1"] for v in labels]
                 rows.append([name, set_name, method, rule, f"{threshold:.3g}", *f1s])
@@ -65,14 +99,24 @@ def tables(name: str, payload: dict[str, Any], fprs: Sequence[float]) -> list[st
     return out
 
 
+def floats(text: str) -> list[float]:
+    """A comma-separated list of numbers; argparse reports a bad one."""
+    return [float(x) for x in text.split(",")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="bench_real.py --json-out files")
-    parser.add_argument("--fprs", type=lambda text: [float(x) for x in text.split(",")], default=[0.01, 0.02],
+    parser.add_argument("--fprs", type=floats, default=[0.01, 0.02],
                         help="fpr targets to show (default 0.01,0.02)")
+    parser.add_argument("--near-max", type=floats, default=[],
+                        help="F1 margins: the lowest cut within each of the best calibration F1 (e.g. 0.02,0.05)")
+    parser.add_argument("--odds-shares", type=floats, default=[],
+                        help="shares of the calibration's anomaly odds as the fpr budget under the max-F1 cut")
     args = parser.parse_args(argv)
     for path in args.runs:
-        for table in tables(path.name, json.loads(path.read_text(encoding="utf-8")), args.fprs):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        for table in tables(path.name, payload, args.fprs, args.near_max, args.odds_shares):
             print(table + "\n")
     return 0
 
