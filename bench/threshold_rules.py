@@ -40,16 +40,11 @@ def halfway_f1(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def near_max_f1(labels: np.ndarray, scores: np.ndarray, margin: float) -> float:
     """The lowest cut whose F1 on (labels, scores) is at least the best F1 - margin, placed as
-    `calibrate_threshold` places its cut (`train.metrics.between` the two scores it falls between)."""
-    from sklearn.metrics import precision_recall_curve
+    `calibrate_threshold` places its cut (between the two scores it falls between)."""
+    from train.metrics import cut_under, f1_by_cut
 
-    from train.metrics import between
-
-    precision, recall, cuts = precision_recall_curve(labels, scores)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    lowest = float(cuts[np.flatnonzero(f1 >= f1.max() - margin)].min())
-    below = scores[scores < lowest]
-    return between(float(below.max()), lowest) if len(below) else lowest
+    f1, cuts = f1_by_cut(labels, scores)
+    return cut_under(scores, float(cuts[f1 >= f1.max() - margin].min()))
 
 
 def odds_fpr(labels: np.ndarray, scores: np.ndarray, share: float) -> float:

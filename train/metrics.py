@@ -42,7 +42,7 @@ def classification_metrics(labels: Sequence[int], scores: Sequence[float], thres
         "pr_auc": float(average_precision_score(y, s)) if two_classes else None,
         "roc_auc": float(roc_auc_score(y, s)) if two_classes else None,
         "threshold": float(threshold),
-        "n": int(len(y)),
+        "n": len(y),
         "n_anomalous": int(y.sum()),
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
@@ -65,8 +65,7 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
         logger.warning("threshold not calibrated: the eval labels hold one class; keeping %.3f", default)
         return default
     if objective == "f1":
-        precision, recall, cuts = precision_recall_curve(y, s)
-        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        f1, cuts = f1_by_cut(y, s)
         best = cuts[int(np.argmax(f1))]
     else:
         fpr, _, cuts = roc_curve(y, s, drop_intermediate=False)
@@ -74,9 +73,21 @@ def calibrate_threshold(labels: Sequence[int], scores: Sequence[float], objectiv
         best = cuts[allowed[-1]] if len(allowed) else np.inf
         if not np.isfinite(best):  # not even the top score keeps the FPR: flag nothing
             return FLAG_NOTHING
-    below = s[s < best]
-    threshold = between(float(below.max()), float(best)) if len(below) else float(best)
-    return min(threshold, HIGHEST_FLAGGING)  # 1.0 would flag nothing, not the scores of 1.0 chosen here
+    return min(cut_under(s, float(best)), HIGHEST_FLAGGING)  # 1.0 would flag nothing, not the scores of 1.0 chosen
+
+
+def f1_by_cut(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F1, cut) for every distinct score taken as the lowest flagged one (score >= cut is anomalous), cuts
+    ascending."""
+    precision, recall, cuts = precision_recall_curve(labels, scores)
+    return 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12), cuts
+
+
+def cut_under(scores: np.ndarray, lowest_flagged: float) -> float:
+    """The threshold that flags `lowest_flagged` and every higher score and nothing lower: `between` it and the next
+    lower score (itself when no score is lower)."""
+    below = scores[scores < lowest_flagged]
+    return between(float(below.max()), lowest_flagged) if len(below) else lowest_flagged
 
 
 def between(low: float, high: float) -> float:
