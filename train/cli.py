@@ -237,9 +237,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from model.decision import is_anomalous
-    from train.evaluation import load_eval_sessions, load_scorer, score_sessions, scoring_hop
+    from train.evaluation import load_eval_sessions, load_scorer, require_files, score_sessions, scoring_hop
 
     cfg = eval_config(args, refuse_swallowed("score", args.data))
+    require_files(cfg.data)
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
     sessions, _ = load_eval_sessions(cfg, scorer.max_window)
     hop = scoring_hop(cfg.hop, scorer)

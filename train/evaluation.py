@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -71,6 +72,13 @@ def session_metrics(sessions: Sequence[Session], result: SessionScores, threshol
     return metrics
 
 
+def require_files(paths: Sequence[str]) -> None:
+    """FileNotFoundError naming the first of `paths` that is not a file: checked before a model loads (seconds)."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+
+
 def load_scorer(model_dir: str, device: str, batch_size: int) -> Any:
     from model.scorer import LogScorer
 
@@ -85,6 +93,7 @@ def load_eval_sessions(cfg: EvalConfig, max_window: int) -> tuple[list[Session],
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Metrics of a trained model on labelled sessions, at its stored threshold (or cfg.threshold)."""
+    require_files(cfg.data)
     scorer = load_scorer(cfg.model, cfg.device, cfg.batch_size)
     sessions, report = load_eval_sessions(cfg, scorer.max_window)
     hop = scoring_hop(cfg.hop, scorer)

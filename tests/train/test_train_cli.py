@@ -68,6 +68,16 @@ def test_evaluate_and_score_refuse_a_swallowed_setting_in_one_line(argv: list[st
     assert capsys.readouterr().err.strip().splitlines() == [f"logmoe: error: {message}"]
 
 
+@pytest.mark.parametrize("command", [["evaluate", "--model", "m", "--data"], ["score", "--model", "m"]])
+def test_a_missing_data_file_is_named_before_the_model_loads(command: list[str], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The model folder `m` does not exist either: the data file is checked first, so a typo costs no model load."""
+    present = tmp_path / "dev.jsonl"
+    present.write_text('{"log_sequence": "a", "label": 0}\n')
+    assert main([*command, str(present), str(tmp_path / "dve.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"logmoe: error: data file not found: {tmp_path}/dve.jsonl"]
+
+
 def test_eval_settings_and_their_precedence() -> None:
     cfg = load_eval_config("m", ["dev.log"], ["threshold=0.3", "hop=8", "batch_size=16", "data.format=keyed_log",
                                               "data.labels_csv=dev_labels.csv", "data.key_regex=(req=\\w+)"])
