@@ -18,8 +18,10 @@ import yaml
 C = TypeVar("C")
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Build `cls` from the YAML file at `path` (defaults where None), then apply `key=value` overrides."""
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = (),
+                overrides_from: str = "overrides") -> C:
+    """Build `cls` from the YAML file at `path` (defaults where None), then apply `key=value` overrides; errors name
+    where the settings came from (the file or "defaults", then `overrides_from` when there are overrides)."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -29,7 +31,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         key, value = parse_override(override)
         _set_dotted(data, key, value)
     if overrides:
-        source = f"{source} + overrides"
+        source = f"{source} + {overrides_from}"
     return config_from_dict(cls, data, source)
 
 

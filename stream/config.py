@@ -253,4 +253,6 @@ def load_stream_config(path: str | Path | None = None, overrides: Sequence[str] 
     """YAML file (optional) < LOGMOE_* environment < ``key=value`` overrides."""
     from model.config_io import load_config
 
-    return load_config(StreamConfig, path, [*env_overrides(environ), *overrides])
+    env = env_overrides(environ)
+    origin = " + ".join(name for name, given in (("LOGMOE_* environment", env), ("overrides", overrides)) if given)
+    return load_config(StreamConfig, path, [*env, *overrides], overrides_from=origin or "overrides")

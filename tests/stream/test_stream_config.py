@@ -35,3 +35,14 @@ def test_session_key_env_accepts_newlines_too() -> None:
 def test_bad_values_name_the_key_or_value(override: str, needle: str) -> None:
     with pytest.raises(ValueError, match=__import__("re").escape(needle)):
         load_stream_config(None, [override], environ={})
+
+
+@pytest.mark.parametrize(("environ", "flags", "origin"), [
+    ({"LOGMOE_BATCH_WITHIN": "abc"}, [], "defaults + LOGMOE_* environment: batch_within"),
+    ({}, ["batch_within=abc"], "defaults + overrides: batch_within"),
+    ({"LOGMOE_PARTITIONS": "2"}, ["batch_within=abc"], "defaults + LOGMOE_* environment + overrides: batch_within"),
+])
+def test_a_bad_value_says_whether_it_came_from_the_environment(environ: dict[str, str], flags: list[str],
+                                                              origin: str) -> None:
+    with pytest.raises(ValueError, match=__import__("re").escape(f"{origin}: expected a number, got 'abc'")):
+        load_stream_config(None, flags, environ=environ)
