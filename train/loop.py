@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from train.checkpoint import (LoadedCheckpoint, TrainerState, load_checkpoint_weights, load_optimizer_tensors,
                               save_checkpoint)
 from train.config import TrainingSection
+from train.augment import AnomalyShuffle
 from train.distributed import SINGLE, DataParallel
 from train.embeddings import WindowSet
 
@@ -185,11 +186,13 @@ class BatchSource(Protocol):
 def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowSet, eval_set: WindowSet,
                  cfg: TrainingSection, output_dir: Path, run_identity: dict[str, Any],
                  resume_from: LoadedCheckpoint | None, eval_hook: EvalHook, dp: DataParallel = SINGLE,
-                 batches: BatchSource | None = None, selection_key: SelectionKey | None = None) -> TrainerState:
+                 batches: BatchSource | None = None, selection_key: SelectionKey | None = None,
+                 shuffle: AnomalyShuffle | None = None) -> TrainerState:
     """Run (or continue) both stages; returns the final trainer state (its log_history holds every record; on
     data-parallel ranks other than 0 only the training steps, which they log nowhere). `batches` replaces the
     labelled training windows with another objective's batches (one process only); `selection_key` replaces eval
-    PR-AUC as what select_best maximises."""
+    PR-AUC as what select_best maximises; `shuffle` reorders the lines of some anomalous labelled windows
+    (train/augment.py)."""
     epochs = schedule(cfg)
     trainer = resume_from.trainer if resume_from else TrainerState(run_identity=run_identity)
     steps = steps_per_epoch(len(train_set), cfg)
@@ -212,7 +215,8 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
                     load_optimizer_tensors(optimizer, resume_from.optimizer_tensors, resume_from.optimizer_param_groups)
             if batches is not None:
                 batches.start_epoch(model, epoch)
-            _run_epoch(net, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, dp, batches)
+            _run_epoch(net, table, train_set, optimizer, epoch, steps, weights, cfg, trainer, run_log, dp, batches,
+                       shuffle)
             trainer.epochs_done += 1
             rank_rng = dp.rank_rng_states()
             if not dp.is_main:
@@ -245,7 +249,7 @@ def train_stages(model: torch.nn.Module, table: torch.Tensor, train_set: WindowS
 def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, optimizer: torch.optim.AdamW,
                epoch: Epoch, steps: int, weights: torch.Tensor | None, cfg: TrainingSection,
                trainer: TrainerState, run_log: RunLogger, dp: DataParallel = SINGLE,
-               batches: BatchSource | None = None) -> None:
+               batches: BatchSource | None = None, shuffle: AnomalyShuffle | None = None) -> None:
     model.train()
     total = steps * epoch.epochs_in_stage
     warmup = max(1, int(cfg.warmup_ratio * total))
@@ -263,6 +267,8 @@ def _run_epoch(model: torch.nn.Module, table: torch.Tensor, data: WindowSet, opt
         rows = dp.local_rows(batch)  # this process's share of the batch: all of it in a single process
         if batches is None:
             embeds, mask, counts = data.batch(table, rows)  # (B, T, D), (B, T), (B, T); B = batch_size / processes
+            if shuffle is not None:
+                embeds, counts = shuffle(rows, embeds, counts, trainer.global_step)
             labels = data.labels[rows].to(table.device)  # (B,)
             batch_labels = data.labels[batch]  # (batch_size,)
         else:  # one process only (the pipeline refuses the unsupervised objective under torchrun)

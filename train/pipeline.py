@@ -241,6 +241,15 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
             train_set.row_counts = eval_set.row_counts = row_counts(distinct, line_counts)
         training = replace(cfg.training, class_weighting="none")  # batches are half real, half perturbed
 
+    shuffle = None
+    if objective is None and cfg.training.shuffle_anomalous > 0:
+        from train.augment import AnomalyShuffle
+
+        shuffle = AnomalyShuffle(train_set, cfg.training.shuffle_anomalous, cfg.training.seed)
+        logger.info("%d of %d anomalous training windows hold what no normal one does: shown shuffled with "
+                    "probability %g", int(shuffle.eligible.sum()), int(train_set.labels.sum()),
+                    cfg.training.shuffle_anomalous)
+
     def eval_hook(epoch: Epoch, result: EvalResult) -> dict[str, Any]:
         at_half = classification_metrics(eval_set.session_labels.tolist(), result.session_scores.tolist(), 0.5)
         record = {"eval_f1": at_half["f1"], "eval_pr_auc": at_half["pr_auc"] or 0.0}
@@ -250,7 +259,8 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
 
     clock = time.perf_counter()
     trainer = train_stages(model, table.to(device), train_set, eval_set, training, out, identity, resume_from,
-                           eval_hook, dp, objective, objective.selection_key if objective is not None else None)
+                           eval_hook, dp, objective, objective.selection_key if objective is not None else None,
+                           shuffle)
     timings["train_s"] = time.perf_counter() - clock
     total_epochs = len(schedule(cfg.training))
     if not dp.is_main:  # rank 0 evaluates and writes the results

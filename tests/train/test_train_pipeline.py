@@ -293,3 +293,24 @@ def test_training_windows_count_the_other_sessions_only_when_supervised(
     train_rows, eval_rows = rarity_rows(cfg, ["a", "b", "new"], {"a": 3, "b": 1})
     assert train_rows.tolist() == training_counts and eval_rows.tolist() == [3, 1, 0]
     assert rarity_rows(make_config(tmp_path, "model.rarity_buckets=0"), ["a"], {"a": 3}) == (None, None)
+
+
+@pytest.mark.parametrize(("probability", "expect_calls"), [(1.0, True), (0.0, False)])
+def test_shuffle_anomalous_reorders_the_training_batches_of_every_step(
+        make_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        probability: float, expect_calls: bool) -> None:
+    from train import augment
+
+    steps: list[int] = []
+    original = augment.AnomalyShuffle.__call__
+
+    def spy(self: Any, rows: torch.Tensor, embeds: torch.Tensor, counts: Any, step: int) -> Any:
+        steps.append(step)
+        return original(self, rows, embeds, counts, step)
+
+    monkeypatch.setattr(augment.AnomalyShuffle, "__call__", spy)
+    cfg = make_config(tmp_path, "training.epochs_stage1=1", "training.epochs_stage2=1",
+                      "training.stop_after_epochs=1", f"training.shuffle_anomalous={probability}")
+    assert train(cfg)["status"] == "interrupted"
+    state = json.loads((tmp_path / "moe_results" / "checkpoint-001" / "trainer_state.json").read_text())
+    assert steps == (list(range(state["global_step"])) if expect_calls else [])
