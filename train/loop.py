@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from train.augment import AnomalyShuffle
 from train.checkpoint import (LoadedCheckpoint, TrainerState, load_checkpoint_weights, load_optimizer_tensors,
                               save_checkpoint)
 from train.config import TrainingSection
-from train.augment import AnomalyShuffle
 from train.distributed import SINGLE, DataParallel
 from train.embeddings import WindowSet
 
