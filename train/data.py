@@ -128,14 +128,20 @@ def parse_record(text: str, location: str, default_id: str, require_label: bool 
     return Session(session_id=session_id, lines=lines, label=label, source=location, labelled="label" in obj)
 
 
+def require_file(path: str | Path) -> Path:
+    """`path` as a Path; FileNotFoundError naming it when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
 def load_jsonl(path: str | Path, skip_invalid: bool = False, report: SkipReport | None = None,
                require_labels: bool = True) -> list[Session]:
     """Read a sessions JSONL file. Blank lines are not records. Invalid records raise ValueError
     ("FILE:LINE: what (bad value)") unless skip_invalid, in which case they are counted in `report`. Without
     require_labels, records without a label are read as unlabelled sessions."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+    path = require_file(path)
     report = report if report is not None else SkipReport()
     sessions: list[Session] = []
     with path.open(encoding="utf-8") as handle:

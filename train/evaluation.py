@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from model.windowing import session_windows
 from train.config import EvalConfig
-from train.data import Session, SkipReport
+from train.data import Session, SkipReport, require_file
 from train.sources import load_source
 from train.metrics import classification_metrics
 
@@ -75,8 +74,7 @@ def session_metrics(sessions: Sequence[Session], result: SessionScores, threshol
 def require_files(paths: Sequence[str]) -> None:
     """FileNotFoundError naming the first of `paths` that is not a file: checked before a model loads (seconds)."""
     for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
+        require_file(path)
 
 
 def load_scorer(model_dir: str, device: str, batch_size: int) -> Any:
