@@ -255,4 +255,4 @@ def load_stream_config(path: str | Path | None = None, overrides: Sequence[str] 
 
     env = env_overrides(environ)
     origin = " + ".join(name for name, given in (("LOGMOE_* environment", env), ("overrides", overrides)) if given)
-    return load_config(StreamConfig, path, [*env, *overrides], overrides_from=origin or "overrides")
+    return load_config(StreamConfig, path, [*env, *overrides], overrides_from=origin)  # unused when both are empty
