@@ -120,7 +120,11 @@ class SessionProcessor:
         self.idle_seconds = idle_seconds
         self.metrics = metrics
         self.early = early  # None: open sessions are scored only by the window rule (early_alerts off)
-        self.started_at = 0.0  # set when the worker starts: idle time never counts the worker's downtime
+        self.started_at = 0.0  # set when the worker starts (after recovering its table)
+        # Idle time counts from the later of a session's last line and this: when the worker had routed the input
+        # that waited for it at start, so it never counts the worker's downtime or its catching up. 0: not yet, and
+        # no session is idle.
+        self.idle_since = 0.0
 
     def apply(self, events: Sequence[tuple[int, SessionEvent]],
               load: Callable[[str], SessionState | None], now: float) -> Batch:
@@ -162,7 +166,7 @@ class SessionProcessor:
     def _close(self, batch: Batch, key: str, state: SessionState | None, reason: str, now: float) -> None:
         if state is None:
             return  # already closed (a duplicate close request)
-        if reason == "idle" and now - max(state.last_seen, self.started_at) < self.idle_seconds:
+        if reason == "idle" and (not self.idle_since or now - max(state.last_seen, self.idle_since) < self.idle_seconds):
             batch.states[key] = state  # a line arrived after the close was requested: keep it open
             return
         self.metrics.inc("sessions_closed_idle" if reason == "idle" else "sessions_evicted_overflow")

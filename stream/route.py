@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -137,6 +138,10 @@ class RouteHandle:
         self.group = f"{cfg.app_id}-route"
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
+        # Until the route has read what waited for it at start (the end offsets of its partitions as first
+        # assigned), a session's next lines may still be in the raw topic: idle closes wait for caught_up_at.
+        self.backlog_ends: dict[TopicPartition, int] | None = None  # None: no partitions assigned yet
+        self.caught_up_at = 0.0  # time.time() when it had read that backlog; 0: not yet
 
     def lag(self) -> int:
         """Raw-topic records behind the high watermark on this worker's partitions (as of the last fetch), counted
@@ -184,6 +189,7 @@ class RouteHandle:
                 fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within * 1000),
                                                  max_records=cfg.route_batch_max)
                 if not fetched:
+                    await self._note_caught_up(consumer)
                     continue
                 records = [r for batch in fetched.values() for r in batch]
                 groups = group_records(records, keyer, cfg.max_line_bytes, metrics)
@@ -196,27 +202,57 @@ class RouteHandle:
                                 exc)
                     continue
                 self.committed.update(offsets)
+                await self._note_caught_up(consumer)
         finally:
             await consumer.stop()
             self.consumer = None
 
+    async def note_assigned(self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
+        """Before the route has caught up: newly assigned partitions join the backlog to read, up to their end
+        offsets now. (Against the embedded broker an end offset is only right if producers send one record per
+        batch, BROKER.md; a low one makes the route look caught up early, as if it did not wait.)"""
+        if self.caught_up_at:
+            return
+        assigned = list(assigned)
+        ends = await consumer.end_offsets(assigned) if assigned else {}
+        self.backlog_ends = {**(self.backlog_ends or {}), **ends}
+
+    def note_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Forget what the route tracked of partitions it no longer owns."""
+        for tp in revoked:
+            self.committed.pop(tp, None)
+            if self.backlog_ends is not None:
+                self.backlog_ends.pop(tp, None)  # its next owner reads it
+
+    async def _note_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Set caught_up_at once every partition the route owns has been read (and handed on) up to its backlog end."""
+        if self.caught_up_at or self.backlog_ends is None:
+            return
+        owned = consumer.assignment()
+        for tp, end in self.backlog_ends.items():
+            if tp in owned and await consumer.position(tp) < end:
+                return
+        self.caught_up_at = time.time()
+        log.info("route: read %s up to its end offsets at start %s; sessions may close idle from now",
+                 self.cfg.topic_logs, {tp.partition: end for tp, end in sorted(self.backlog_ends.items())})
+
 
 class _TrackCommits(ConsumerRebalanceListener):
-    """Keeps RouteHandle.committed (for the lag) to the partitions the route owns."""
+    """Keeps RouteHandle.committed (for the lag) and its backlog_ends to the partitions the route owns."""
 
     def __init__(self, route: RouteHandle, consumer: AIOKafkaConsumer) -> None:
         self.route = route
         self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self.route.committed.pop(tp, None)
+        self.route.note_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:
             offset = await self.consumer.committed(tp)
             if offset is not None:
                 self.route.committed[tp] = offset
+        await self.route.note_assigned(self.consumer, assigned)
 
 
 async def seed_route_offsets(cfg: StreamConfig, group: str) -> dict[int, int]:

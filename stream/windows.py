@@ -163,14 +163,15 @@ class EarlyScoring:
 
 
 def sessions_to_close(last_seen: Iterable[tuple[str, float]], now: float, idle: float,
-                      max_open: int, started_at: float = 0.0) -> tuple[list[str], list[str]]:
+                      max_open: int, idle_since: float = 0.0) -> tuple[list[str], list[str]]:
     """(idle sessions, evicted sessions): those idle for >= `idle` seconds, then the least recently seen
-    beyond `max_open` among the rest. Idle time counts from the later of a session's last line and `started_at`
-    (when this worker started), so a worker that was down never closes sessions for its own downtime."""
+    beyond `max_open` among the rest. Idle time counts from the later of a session's last line and `idle_since`
+    (when this worker had started and caught up with its input), so a worker that was down never closes sessions
+    for its own downtime."""
     idle_keys: list[str] = []
     active: list[tuple[float, str]] = []
     for key, seen in last_seen:
-        seen = max(seen, started_at)
+        seen = max(seen, idle_since)
         if now - seen >= idle:
             idle_keys.append(key)
         else:

@@ -36,7 +36,9 @@ class EarlyFake(FakeScorer):
 
 def _processor(scorer: EarlyFake, cooldown: int = 64, enabled: bool | None = None) -> SessionProcessor:
     windows = SessionWindows(scorer.max_window, scorer.window_hop, 1000, cooldown)
-    return SessionProcessor(windows, 5.0, Metrics(), early_scoring(scorer, scorer.window_hop, enabled))
+    proc = SessionProcessor(windows, 5.0, Metrics(), early_scoring(scorer, scorer.window_hop, enabled))
+    proc.idle_since = 1e-3  # a worker that had caught up with its input before the first line
+    return proc
 
 
 def _events(session: str, texts: Sequence[str], first: int = 0) -> list[tuple[int, SessionEvent]]:

@@ -69,6 +69,34 @@ def test_worker_sigkill_mid_stream_loses_no_window_and_misses_no_anomaly(kafka, 
 
 
 @pytest.mark.timeout(300)
+def test_a_restarted_worker_closes_no_session_before_it_has_routed_the_input_that_waited(kafka, start_worker, names,
+                                                                                          tmp_path):
+    """Sessions left open by a stopped worker get more lines while it is down. The new worker's idle clock must not
+    run before its route has read that backlog: here session_idle (1 s) is shorter than the route's group join, so
+    a close request sent from the worker's start would reach every session ahead of its later lines and split it."""
+    work = Workload(sessions=24)
+    settings = dict(hop=work.hop, alert_cooldown_lines=0, **names)
+    logs = [tmp_path / "scored-0.jsonl", tmp_path / "scored-1.jsonl"]
+    first = start_worker(env=fake_env(logs[0]), session_idle=120.0, **settings)
+    first.wait_ready()
+    early = work.messages(range(10))
+    placed = work.placed(early, produce(kafka.bootstrap, names["topic_logs"], early))
+    first.wait_for(lambda m: m.get("lines_applied", 0) >= len(early), 120)
+    assert first.stop() == 0
+    late = work.messages(range(10, work.length))
+    placed |= work.placed(late, produce(kafka.bootstrap, names["topic_logs"], late))
+    second = start_worker(env=fake_env(logs[1]), session_idle=1.0, **settings)
+    second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 180)
+    scored = wait_scored(logs, work.windows(), timeout=5)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
+                            work, placed)
+    record("worker restarted with a backlog and a short session_idle", {
+        "sessions": work.sessions, "windows_expected": len(work.windows()),
+        "windows_lost": len(work.windows() - scored.distinct), **outcome})
+    assert_complete(outcome, scored, work)
+
+
+@pytest.mark.timeout(300)
 def test_a_batch_that_fails_stops_the_worker_and_a_restart_reads_it_again(kafka, start_worker, names, tmp_path):
     work = Workload(sessions=24)
     settings = dict(session_idle=4.0, hop=work.hop, alert_cooldown_lines=0, **names)

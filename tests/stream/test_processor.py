@@ -12,7 +12,9 @@ from stream_fakes import FakeScorer
 
 
 def _processor(idle: float = 5.0, cooldown: int = 0) -> SessionProcessor:
-    return SessionProcessor(SessionWindows(4, 2, 1000, cooldown), idle, Metrics())
+    proc = SessionProcessor(SessionWindows(4, 2, 1000, cooldown), idle, Metrics())
+    proc.idle_since = 1e-3  # a worker that had caught up with its input before the first line
+    return proc
 
 
 def _line(session: str, text: str, offset: int) -> SessionEvent:
@@ -187,15 +189,20 @@ def test_the_alert_names_the_input_record_of_the_windows_last_line() -> None:
 
 def test_a_restarted_worker_does_not_close_sessions_for_its_own_downtime() -> None:
     """A close request that reaches a worker which started after the session's last line (it was down, or the
-    request is a redelivery from before a crash) counts idle time from the worker's start, not the last line."""
+    request is a redelivery from before a crash) counts idle time from when the worker had caught up with its
+    input, not the last line; before then it closes nothing."""
     proc, store = _processor(idle=5.0), Store()
     store.write(proc.apply([(0, _line("a", "l0", 0))], store.load, now=100.0).states)  # last line at t=100
-    proc.started_at = 1000.0  # the worker came back 900 s later
-    kept = proc.apply([(1, SessionEvent("close", "a", reason="idle"))], store.load, now=1003.0)
+    proc.started_at, proc.idle_since = 1000.0, 0.0  # the worker came back 900 s later, still routing its backlog
+    early = proc.apply([(1, SessionEvent("close", "a", reason="idle"))], store.load, now=1500.0)
+    assert early.windows == [] and early.states["a"] is not None
+    store.write(early.states)
+    proc.idle_since = 1000.0  # caught up
+    kept = proc.apply([(2, SessionEvent("close", "a", reason="idle"))], store.load, now=1003.0)
     assert kept.windows == [] and kept.states["a"] is not None
     assert proc.metrics.counts.get("sessions_closed_idle", 0) == 0
     store.write(kept.states)
-    closed = proc.apply([(2, SessionEvent("close", "a", reason="idle"))], store.load, now=1005.0)
+    closed = proc.apply([(3, SessionEvent("close", "a", reason="idle"))], store.load, now=1005.0)
     assert [w.final for w in closed.windows] == [True] and closed.states["a"] is None
     assert proc.metrics.counts["sessions_closed_idle"] == 1
 

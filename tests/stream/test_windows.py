@@ -73,12 +73,12 @@ def test_sessions_to_close_idle_first_then_least_recently_seen_beyond_the_cap() 
 
 
 def test_a_restarted_worker_counts_idle_time_from_its_start_not_from_before_its_downtime() -> None:
-    """The close timer of a worker started at t=1000: sessions last seen long before (it was down) get
-    `idle` seconds from its start; one seen after the start is idle from its own last line."""
+    """The close timer of a worker started (and caught up with its input) at t=1000: sessions last seen long before
+    (it was down) get `idle` seconds from then; one seen after is idle from its own last line."""
     seen = [("before", 100.0), ("after", 1001.0)]
-    assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10, started_at=1000.0) == ([], [])
-    assert sessions_to_close(seen, now=1005.0, idle=5.0, max_open=10, started_at=1000.0) == (["before"], [])
-    assert sessions_to_close(seen, now=1006.0, idle=5.0, max_open=10, started_at=1000.0) == (["before", "after"], [])
+    assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10, idle_since=1000.0) == ([], [])
+    assert sessions_to_close(seen, now=1005.0, idle=5.0, max_open=10, idle_since=1000.0) == (["before"], [])
+    assert sessions_to_close(seen, now=1006.0, idle=5.0, max_open=10, idle_since=1000.0) == (["before", "after"], [])
     assert sessions_to_close(seen, now=1004.0, idle=5.0, max_open=10) == (["before"], [])  # no start: last line
     assert sessions_to_close([("early", 0.0)], now=5.5, idle=5.0, max_open=10) == (["early"], [])
 
