@@ -124,5 +124,5 @@ def health(app: faust.App, handle: AgentsHandle, metrics_interval: float) -> tup
                and stalled < max(2 * metrics_interval, 30.0))
     model = None if scorer is None else {"name": scorer.name, "fingerprint": scorer.fingerprint,
                                          "max_window": scorer.max_window, "threshold": scorer.threshold}
-    return healthy, {"ready": ready, "agents": agents, "model": model, "rebalancing": bool(app.rebalancing),
-                     "loop_stalled_s": round(stalled, 1)}
+    return healthy, {"ready": ready, "caught_up": handle.processor.idle_since > 0, "agents": agents, "model": model,
+                     "rebalancing": bool(app.rebalancing), "loop_stalled_s": round(stalled, 1)}

@@ -189,7 +189,7 @@ class RouteHandle:
                 fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within * 1000),
                                                  max_records=cfg.route_batch_max)
                 if not fetched:
-                    await self._note_caught_up(consumer)
+                    await self.check_caught_up(consumer)
                     continue
                 records = [r for batch in fetched.values() for r in batch]
                 groups = group_records(records, keyer, cfg.max_line_bytes, metrics)
@@ -202,7 +202,7 @@ class RouteHandle:
                                 exc)
                     continue
                 self.committed.update(offsets)
-                await self._note_caught_up(consumer)
+                await self.check_caught_up(consumer)
         finally:
             await consumer.stop()
             self.consumer = None
@@ -214,18 +214,17 @@ class RouteHandle:
         if self.caught_up_at:
             return
         assigned = list(assigned)
-        ends = await consumer.end_offsets(assigned) if assigned else {}
+        try:
+            ends = await consumer.end_offsets(assigned) if assigned else {}
+        except Exception as exc:  # noqa: BLE001  # the consumer swallows a listener's error: sessions would never close
+            log.warning("route: could not read the end offsets of %s (%s: %s); sessions may close idle without "
+                        "waiting for the lines that waited at start", self.cfg.topic_logs, type(exc).__name__, exc)
+            ends = {}
         self.backlog_ends = {**(self.backlog_ends or {}), **ends}
 
-    def note_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        """Forget what the route tracked of partitions it no longer owns."""
-        for tp in revoked:
-            self.committed.pop(tp, None)
-            if self.backlog_ends is not None:
-                self.backlog_ends.pop(tp, None)  # its next owner reads it
-
-    async def _note_caught_up(self, consumer: AIOKafkaConsumer) -> None:
-        """Set caught_up_at once every partition the route owns has been read (and handed on) up to its backlog end."""
+    async def check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Set caught_up_at once every partition the route owns has been read (and handed on) up to its backlog end;
+        one it no longer owns is its next owner's to read."""
         if self.caught_up_at or self.backlog_ends is None:
             return
         owned = consumer.assignment()
@@ -238,21 +237,22 @@ class RouteHandle:
 
 
 class _TrackCommits(ConsumerRebalanceListener):
-    """Keeps RouteHandle.committed (for the lag) and its backlog_ends to the partitions the route owns."""
+    """Keeps RouteHandle.committed (for the lag) to the partitions the route owns, and tells it what it is assigned."""
 
     def __init__(self, route: RouteHandle, consumer: AIOKafkaConsumer) -> None:
         self.route = route
         self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.route.note_revoked(revoked)
+        for tp in revoked:
+            self.route.committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.route.note_assigned(self.consumer, assigned)  # first: it must run even if a lookup below fails
         for tp in assigned:
             offset = await self.consumer.committed(tp)
             if offset is not None:
                 self.route.committed[tp] = offset
-        await self.route.note_assigned(self.consumer, assigned)
 
 
 async def seed_route_offsets(cfg: StreamConfig, group: str) -> dict[int, int]:

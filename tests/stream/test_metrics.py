@@ -149,13 +149,16 @@ def test_health_needs_ready_running_agents_a_model_and_a_live_loop() -> None:
     agents = {"stream.route.route": SimpleNamespace(state="running"),
               "stream.agents.score": SimpleNamespace(state="running")}
     app = SimpleNamespace(agents=agents, rebalancing=False)
-    handle = AgentsHandle(ScorerSlot(FakeScorer()), SimpleNamespace(started_at=0.0))
+    handle = AgentsHandle(ScorerSlot(FakeScorer()), SimpleNamespace(started_at=0.0, idle_since=0.0))
     ok, body = health(app, handle, 10.0)
     assert not ok and body["ready"] is False  # still starting (table recovery)
     handle.processor.started_at = time.time()
     handle.last_tick = time.monotonic()
     ok, body = health(app, handle, 10.0)
     assert ok and body["agents"] == {"route": "running", "score": "running"} and body["model"]["name"] == "fake"
+    assert body["caught_up"] is False  # healthy while it reads the lines that waited for it; no idle close yet
+    handle.processor.idle_since = time.time()
+    assert health(app, handle, 10.0)[1]["caught_up"] is True
     handle.last_tick = time.monotonic() - 45.0  # the metrics timer is 35 s overdue: the loop is stuck
     assert health(app, handle, 10.0)[0] is False
     handle.last_tick = time.monotonic()

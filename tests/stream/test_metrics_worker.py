@@ -66,6 +66,8 @@ def test_two_workers_on_one_host_serve_metrics_and_health(kafka, start_worker, n
         body = wait_until(lambda: healthy(port), 60, f"/healthz 200 on {port}")
         assert body["ready"] and set(body["agents"].values()) == {"running"}
         assert body["model"]["fingerprint"] == "0" * 64
+    for port in ports:  # nothing waited for them: each route catches up once it has its partitions
+        wait_until(lambda: (healthy(port) or {}).get("caught_up"), 60, f"caught_up on {port}")  # noqa: B023
 
     ids = [f"m{i}" for i in range(8)]
     lines = sessions_text(ids, anomalous={"m2", "m5"}, length=4)

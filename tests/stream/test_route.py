@@ -1,15 +1,19 @@
+import asyncio
 import json
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from hypothesis import strategies as st
 
 from hostile import KINDS, MAX_LINE_BYTES
+from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import SessionEvent
 from stream.records import SessionKeyer
-from stream.route import chunk_entries, group_lines, lines_event
+from stream.route import RouteHandle, chunk_entries, group_lines, lines_event
 
 
 def _event(value: bytes, offset: int, key: bytes | None = None, partition: int = 0) -> SimpleNamespace:
@@ -73,3 +77,57 @@ def test_every_hostile_message_is_counted_and_what_is_kept_can_be_published(kind
                 assert [e.line for e in event.line_entries] == [e.line for e in chunk]
 
     check()
+
+
+class _Consumer:
+    """What RouteHandle's catch-up bookkeeping asks of its consumer: end offsets, assignment, positions."""
+
+    def __init__(self, ends: dict[TopicPartition, int], positions: dict[TopicPartition, int],
+                 fail: Exception | None = None) -> None:
+        self.ends, self.positions, self.fail = ends, positions, fail
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if self.fail is not None:
+            raise self.fail
+        return {tp: self.ends[tp] for tp in tps}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+
+P0, P1 = TopicPartition("logs", 0), TopicPartition("logs", 1)
+
+
+def test_the_route_is_caught_up_once_every_partition_it_owns_is_read_to_its_end_at_assignment() -> None:
+    route = RouteHandle(StreamConfig())
+    consumer = _Consumer({P0: 5, P1: 3}, {P0: 5, P1: 2})
+
+    async def steps() -> list[bool]:
+        seen = []
+        await route.check_caught_up(consumer)  # no assignment yet: nothing is known to be read
+        seen.append(bool(route.caught_up_at))
+        await route.note_assigned(consumer, [P0, P1])
+        await route.check_caught_up(consumer)  # partition 1 is one record short
+        seen.append(bool(route.caught_up_at))
+        del consumer.positions[P1]  # revoked: its next owner reads it
+        await route.check_caught_up(consumer)
+        seen.append(bool(route.caught_up_at))
+        return seen
+
+    assert asyncio.run(steps()) == [False, False, True]
+
+
+def test_end_offsets_that_cannot_be_read_do_not_hold_idle_closes_forever(caplog: pytest.LogCaptureFixture) -> None:
+    route = RouteHandle(StreamConfig(topic_logs="raw"))
+    consumer = _Consumer({}, {P0: 0}, fail=KafkaTimeoutError("no answer"))
+
+    async def steps() -> None:
+        await route.note_assigned(consumer, [P0])
+        await route.check_caught_up(consumer)
+
+    asyncio.run(steps())
+    assert route.caught_up_at > 0
+    assert "could not read the end offsets of raw (KafkaTimeoutError" in caplog.text
