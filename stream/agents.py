@@ -208,13 +208,12 @@ def register_agents(app: faust.App, cfg: StreamConfig, scorer: Scorer, hop: int,
         last_seen = dict(seen)
         for key in [k for k in close_requested if k not in last_seen]:
             del close_requested[key]  # closed (here or by the worker that owns it now)
-        # A worker that was down must not close sessions for its own downtime, nor while the lines that waited
-        # for it are still in the raw topic (a close request would overtake them and split their sessions): idle
-        # time counts from when the route has read that backlog. Until then no session is idle; evictions go on.
-        if not processor.idle_since:
-            caught_up = route.caught_up_at if route is not None else processor.started_at
-            if caught_up:
-                processor.idle_since = max(caught_up, processor.started_at)
+        # No session is idle while lines may wait for it in the raw topic, unread (a close request would overtake
+        # them and split the session): not before the worker's start (its downtime), nor while its route is not
+        # reading (starting, rebalancing) and until it has read what waited meanwhile. Idle time counts from the
+        # route's last catching up. Evictions go on.
+        caught_up = route.caught_up_at if route is not None else processor.started_at
+        processor.idle_since = max(caught_up, processor.started_at) if caught_up else 0.0
         idle, evicted = sessions_to_close(seen, now, processor.idle_seconds, cfg.max_open_sessions,
                                           idle_since=processor.idle_since or now)
         retry_after = close_retry_after(processor.idle_seconds)

@@ -121,9 +121,9 @@ class SessionProcessor:
         self.metrics = metrics
         self.early = early  # None: open sessions are scored only by the window rule (early_alerts off)
         self.started_at = 0.0  # set when the worker starts (after recovering its table)
-        # Idle time counts from the later of a session's last line and this: when the worker had routed the input
-        # that waited for it at start, so it never counts the worker's downtime or its catching up. 0: not yet, and
-        # no session is idle.
+        # Idle time counts from the later of a session's last line and this: when the worker's route last caught up
+        # with the input that waited for it (at start, after a rebalance), so it never counts the worker's downtime
+        # or a pause in reading. 0: not caught up now, and no session is idle.
         self.idle_since = 0.0
 
     def apply(self, events: Sequence[tuple[int, SessionEvent]],

@@ -138,10 +138,11 @@ class RouteHandle:
         self.group = f"{cfg.app_id}-route"
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
-        # Until the route has read what waited for it at start (the end offsets of its partitions as first
-        # assigned), a session's next lines may still be in the raw topic: idle closes wait for caught_up_at.
-        self.backlog_ends: dict[TopicPartition, int] | None = None  # None: no partitions assigned yet
-        self.caught_up_at = 0.0  # time.time() when it had read that backlog; 0: not yet
+        # While the route is not reading (starting, rebalancing, restarting) and until it has read what waited for
+        # it meanwhile (its partitions' end offsets when assigned), a session's next lines may still be in the raw
+        # topic: idle closes wait for caught_up_at.
+        self.backlog_ends: dict[TopicPartition, int] | None = None  # None: no partitions assigned
+        self.caught_up_at = 0.0  # time.time() when it had read that backlog; 0: not since its last assignment
 
     def lag(self) -> int:
         """Raw-topic records behind the high watermark on this worker's partitions (as of the last fetch), counted
@@ -204,23 +205,29 @@ class RouteHandle:
                 self.committed.update(offsets)
                 await self.check_caught_up(consumer)
         finally:
+            self.note_revoked()
             await consumer.stop()
             self.consumer = None
 
+    def note_revoked(self) -> None:
+        """The route stops reading (a rebalance, or its consumer stops): it is not caught up until reassigned and
+        read up to the end offsets then."""
+        self.backlog_ends = None
+        self.caught_up_at = 0.0
+
     async def note_assigned(self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
-        """Before the route has caught up: newly assigned partitions join the backlog to read, up to their end
-        offsets now. (Against the embedded broker an end offset is only right if producers send one record per
-        batch, BROKER.md; a low one makes the route look caught up early, as if it did not wait.)"""
-        if self.caught_up_at:
-            return
+        """The route's assignment (the whole of it: aiokafka revokes everything before a rebalance): the backlog to
+        read before it is caught up again runs to its partitions' end offsets now. (Against the embedded broker an
+        end offset is only right if producers send one record per batch, BROKER.md; a low one makes the route look
+        caught up early, as if it did not wait.)"""
         assigned = list(assigned)
         try:
             ends = await consumer.end_offsets(assigned) if assigned else {}
         except Exception as exc:  # noqa: BLE001  # the consumer swallows a listener's error: sessions would never close
             log.warning("route: could not read the end offsets of %s (%s: %s); sessions may close idle without "
-                        "waiting for the lines that waited at start", self.cfg.topic_logs, type(exc).__name__, exc)
+                        "waiting for the lines that waited meanwhile", self.cfg.topic_logs, type(exc).__name__, exc)
             ends = {}
-        self.backlog_ends = {**(self.backlog_ends or {}), **ends}
+        self.backlog_ends = ends
 
     async def check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         """Set caught_up_at once every partition the route owns has been read (and handed on) up to its backlog end;
@@ -232,7 +239,7 @@ class RouteHandle:
             if tp in owned and await consumer.position(tp) < end:
                 return
         self.caught_up_at = time.time()
-        log.info("route: read %s up to its end offsets at start %s; sessions may close idle from now",
+        log.info("route: read %s up to its end offsets when assigned %s; sessions may close idle from now",
                  self.cfg.topic_logs, {tp.partition: end for tp, end in sorted(self.backlog_ends.items())})
 
 
@@ -244,6 +251,7 @@ class _TrackCommits(ConsumerRebalanceListener):
         self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.route.note_revoked()
         for tp in revoked:
             self.route.committed.pop(tp, None)
 

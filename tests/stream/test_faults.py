@@ -166,6 +166,45 @@ def test_second_worker_takes_over_partitions_and_sessions_continue_from_the_chan
     assert_complete(outcome, scored, work)
 
 
+@pytest.mark.timeout(400)
+def test_no_session_closes_while_a_rebalance_holds_its_lines_in_the_raw_topic(kafka, start_worker, names, tmp_path):
+    """Lines keep coming while a second worker joins. During the rebalance no route reads them (~3 s here, 17 s
+    under load), longer than the 2 s session_idle: a close request sent meanwhile would reach each session ahead of
+    the lines produced during the pause and split it."""
+    work = Workload(sessions=20, length=40)
+    settings = dict(session_idle=2.0, hop=work.hop, alert_cooldown_lines=0, **names)
+    logs = [tmp_path / "scored-0.jsonl", tmp_path / "scored-1.jsonl"]
+    first = start_worker(env=fake_env(logs[0]), **settings)
+    first.wait_ready()
+    placed: dict = {}
+    done = threading.Event()
+
+    def paced() -> None:  # a step of every session each 0.4 s: no session is ever idle for 2 s on its own
+        try:
+            for step in range(work.length):
+                part = work.messages([step])
+                placed.update(work.placed(part, produce(kafka.bootstrap, names["topic_logs"], part)))
+                time.sleep(0.4)
+        finally:
+            done.set()
+
+    producer = threading.Thread(target=paced, daemon=True)
+    producer.start()
+    first.wait_for(lambda m: m.get("lines_applied", 0) >= 3 * work.sessions, 120)
+    second = start_worker(env=fake_env(logs[1]), **settings)
+    second.wait_ready()
+    assert not done.is_set(), "the input ended before the second worker joined: the test did not test a rebalance"
+    producer.join(120)
+    scored = wait_scored(logs, work.windows(), timeout=120, alive=second.metrics)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
+                            work, placed)
+    record("2nd worker joins while lines keep coming, session_idle 2 s", {
+        "sessions": work.sessions, "windows_expected": len(work.windows()),
+        "windows_lost": len(work.windows() - scored.distinct), "windows_malformed": len(scored.malformed),
+        **outcome})
+    assert_complete(outcome, scored, work)
+
+
 HOSTILE = {"invalid_utf8": 1800, "nul_bytes": 1200, "control_chars": 1200, "empty": 1000, "oversized": 20,
            "deep_json": 980, "not_envelope": 1600, "surrogates": 300, "wrong_type": 1900}  # 10,000 lines
 

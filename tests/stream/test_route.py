@@ -107,17 +107,27 @@ def test_the_route_is_caught_up_once_every_partition_it_owns_is_read_to_its_end_
 
     async def steps() -> list[bool]:
         seen = []
-        await route.check_caught_up(consumer)  # no assignment yet: nothing is known to be read
-        seen.append(bool(route.caught_up_at))
+
+        async def check() -> None:
+            await route.check_caught_up(consumer)
+            seen.append(bool(route.caught_up_at))
+
+        await check()  # no assignment yet: nothing is known to be read
         await route.note_assigned(consumer, [P0, P1])
-        await route.check_caught_up(consumer)  # partition 1 is one record short
-        seen.append(bool(route.caught_up_at))
-        del consumer.positions[P1]  # revoked: its next owner reads it
-        await route.check_caught_up(consumer)
-        seen.append(bool(route.caught_up_at))
+        await check()  # partition 1 is one record short
+        consumer.positions[P1] = 3
+        await check()
+        route.note_revoked()  # a rebalance: nothing is read until the route is assigned again
+        await check()
+        consumer.ends[P0] = 9  # lines arrived during the rebalance
+        await route.note_assigned(consumer, [P0])
+        del consumer.positions[P1]  # assigned elsewhere: its next owner reads it
+        await check()
+        consumer.positions[P0] = 9
+        await check()
         return seen
 
-    assert asyncio.run(steps()) == [False, False, True]
+    assert asyncio.run(steps()) == [False, False, True, False, False, True]
 
 
 def test_end_offsets_that_cannot_be_read_do_not_hold_idle_closes_forever(caplog: pytest.LogCaptureFixture) -> None:

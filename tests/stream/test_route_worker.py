@@ -61,16 +61,17 @@ def test_the_route_is_caught_up_only_once_it_has_handed_on_the_lines_that_waited
                                      route_batch_max=10, batch_within=0.05))
     metrics = Metrics()
 
-    async def handed_on_when_caught_up() -> int:
+    async def handed_on_when_caught_up() -> tuple[float, int]:
         task = asyncio.create_task(route.run(SessionKeyer([r"request_id=(\w+)"]), _Sessions(), metrics))
         deadline = time.monotonic() + 60
         try:
             while not route.caught_up_at and time.monotonic() < deadline and not task.done():
                 await asyncio.sleep(0.001)
-            return metrics.counts.get("lines_in", 0)
+            return route.caught_up_at, metrics.counts.get("lines_in", 0)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    assert asyncio.run(handed_on_when_caught_up()) == len(lines)
-    assert route.caught_up_at > 0
+    caught_up_at, handed_on = asyncio.run(handed_on_when_caught_up())
+    assert caught_up_at > 0 and handed_on == len(lines)
+    assert route.caught_up_at == 0  # stopped: not reading, so not caught up
