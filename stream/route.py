@@ -139,9 +139,11 @@ class RouteHandle:
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
         # While the route is not reading (starting, rebalancing, restarting) and until it has read what waited for
-        # it meanwhile (its partitions' end offsets when assigned), a session's next lines may still be in the raw
-        # topic: idle closes wait for caught_up_at.
-        self.backlog_ends: dict[TopicPartition, int] | None = None  # None: no partitions assigned
+        # it meanwhile, a session's next lines may still be in the raw topic: idle closes wait for caught_up_at.
+        # What waited: each assigned partition up to the high watermark of its first fetch since the assignment
+        # (None until that fetch is answered). Not ListOffsets' end offsets, which the embedded broker reports
+        # too low when a producer batches records (BROKER.md).
+        self.backlog_ends: dict[TopicPartition, int | None] | None = None  # None: no partitions assigned
         self.caught_up_at = 0.0  # time.time() when it had read that backlog; 0: not since its last assignment
 
     def lag(self) -> int:
@@ -211,23 +213,14 @@ class RouteHandle:
 
     def note_revoked(self) -> None:
         """The route stops reading (a rebalance, or its consumer stops): it is not caught up until reassigned and
-        read up to the end offsets then."""
+        read up to the ends then."""
         self.backlog_ends = None
         self.caught_up_at = 0.0
 
-    async def note_assigned(self, consumer: AIOKafkaConsumer, assigned: Iterable[TopicPartition]) -> None:
-        """The route's assignment (the whole of it: aiokafka revokes everything before a rebalance): the backlog to
-        read before it is caught up again runs to its partitions' end offsets now. (Against the embedded broker an
-        end offset is only right if producers send one record per batch, BROKER.md; a low one makes the route look
-        caught up early, as if it did not wait.)"""
-        assigned = list(assigned)
-        try:
-            ends = await consumer.end_offsets(assigned) if assigned else {}
-        except Exception as exc:  # noqa: BLE001  # the consumer swallows a listener's error: sessions would never close
-            log.warning("route: could not read the end offsets of %s (%s: %s); sessions may close idle without "
-                        "waiting for the lines that waited meanwhile", self.cfg.topic_logs, type(exc).__name__, exc)
-            ends = {}
-        self.backlog_ends = ends
+    def note_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """The route's assignment (the whole of it: aiokafka revokes everything before a rebalance): each partition's
+        backlog end is set by its first fetch from now on."""
+        self.backlog_ends = dict.fromkeys(assigned)
 
     async def check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         """Set caught_up_at once every partition the route owns has been read (and handed on) up to its backlog end;
@@ -236,10 +229,16 @@ class RouteHandle:
             return
         owned = consumer.assignment()
         for tp, end in self.backlog_ends.items():
-            if tp in owned and await consumer.position(tp) < end:
+            if tp not in owned:
+                continue
+            if end is None:  # the first fetch since the assignment: its high watermark is at least the end then
+                end = self.backlog_ends[tp] = consumer.highwater(tp)
+                if end is None:
+                    return  # not answered yet
+            if await consumer.position(tp) < end:
                 return
         self.caught_up_at = time.time()
-        log.info("route: read %s up to its end offsets when assigned %s; sessions may close idle from now",
+        log.info("route: read %s up to where it stood when assigned %s; sessions may close idle from now",
                  self.cfg.topic_logs, {tp.partition: end for tp, end in sorted(self.backlog_ends.items())})
 
 
@@ -256,7 +255,7 @@ class _TrackCommits(ConsumerRebalanceListener):
             self.route.committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.route.note_assigned(self.consumer, assigned)  # first: it must run even if a lookup below fails
+        self.route.note_assigned(assigned)  # first: it must run even if a lookup below fails
         for tp in assigned:
             offset = await self.consumer.committed(tp)
             if offset is not None:

@@ -5,7 +5,6 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
 from hypothesis import strategies as st
 
 from hostile import KINDS, MAX_LINE_BYTES
@@ -80,19 +79,16 @@ def test_every_hostile_message_is_counted_and_what_is_kept_can_be_published(kind
 
 
 class _Consumer:
-    """What RouteHandle's catch-up bookkeeping asks of its consumer: end offsets, assignment, positions."""
+    """What RouteHandle's catch-up bookkeeping asks of its consumer: assignment, high watermarks, positions."""
 
-    def __init__(self, ends: dict[TopicPartition, int], positions: dict[TopicPartition, int],
-                 fail: Exception | None = None) -> None:
-        self.ends, self.positions, self.fail = ends, positions, fail
-
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        if self.fail is not None:
-            raise self.fail
-        return {tp: self.ends[tp] for tp in tps}
+    def __init__(self, highwaters: dict[TopicPartition, int | None], positions: dict[TopicPartition, int]) -> None:
+        self.highwaters, self.positions = highwaters, positions
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.positions)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters[tp]
 
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
@@ -101,9 +97,9 @@ class _Consumer:
 P0, P1 = TopicPartition("logs", 0), TopicPartition("logs", 1)
 
 
-def test_the_route_is_caught_up_once_every_partition_it_owns_is_read_to_its_end_at_assignment() -> None:
+def test_the_route_is_caught_up_once_each_partition_is_read_to_its_first_high_watermark_since_assignment() -> None:
     route = RouteHandle(StreamConfig())
-    consumer = _Consumer({P0: 5, P1: 3}, {P0: 5, P1: 2})
+    consumer = _Consumer({P0: None, P1: 3}, {P0: 0, P1: 2})
 
     async def steps() -> list[bool]:
         seen = []
@@ -113,31 +109,22 @@ def test_the_route_is_caught_up_once_every_partition_it_owns_is_read_to_its_end_
             seen.append(bool(route.caught_up_at))
 
         await check()  # no assignment yet: nothing is known to be read
-        await route.note_assigned(consumer, [P0, P1])
+        route.note_assigned([P0, P1])
+        await check()  # partition 0's first fetch not answered yet
+        consumer.highwaters[P0] = 5
         await check()  # partition 1 is one record short
         consumer.positions[P1] = 3
+        consumer.highwaters[P0] = 9  # lines arrived after the first fetch: not what waited
+        await check()  # partition 0 is still at 0
+        consumer.positions[P0] = 5
         await check()
         route.note_revoked()  # a rebalance: nothing is read until the route is assigned again
         await check()
-        consumer.ends[P0] = 9  # lines arrived during the rebalance
-        await route.note_assigned(consumer, [P0])
+        route.note_assigned([P0])
         del consumer.positions[P1]  # assigned elsewhere: its next owner reads it
-        await check()
+        await check()  # partition 0: its first high watermark since this assignment is 9
         consumer.positions[P0] = 9
         await check()
         return seen
 
-    assert asyncio.run(steps()) == [False, False, True, False, False, True]
-
-
-def test_end_offsets_that_cannot_be_read_do_not_hold_idle_closes_forever(caplog: pytest.LogCaptureFixture) -> None:
-    route = RouteHandle(StreamConfig(topic_logs="raw"))
-    consumer = _Consumer({}, {P0: 0}, fail=KafkaTimeoutError("no answer"))
-
-    async def steps() -> None:
-        await route.note_assigned(consumer, [P0])
-        await route.check_caught_up(consumer)
-
-    asyncio.run(steps())
-    assert route.caught_up_at > 0
-    assert "could not read the end offsets of raw (KafkaTimeoutError" in caplog.text
+    assert asyncio.run(steps()) == [False, False, False, False, True, False, False, True]
