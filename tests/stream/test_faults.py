@@ -34,6 +34,20 @@ def assert_complete(outcome: dict, scored, workload: Workload) -> None:
     assert outcome["alerts_with_wrong_fields"] == 0, "an alert's offsets, timestamps or final flag are not its lines'"
 
 
+def closed_and_complete(fault: str, worker, logs: list[Path], kafka, names: dict[str, str], work: Workload,
+                        placed: dict) -> None:
+    """Once `worker` has closed every session: record the fault's figures, and assert no window was lost or wrong
+    and every alert went out as expected."""
+    worker.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 180)
+    scored = wait_scored(logs, work.windows(), timeout=5)
+    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
+                            work, placed)
+    record(fault, {"sessions": work.sessions, "windows_expected": len(work.windows()),
+                   "windows_lost": len(work.windows() - scored.distinct), "windows_rescored": scored.duplicates,
+                   **outcome})
+    assert_complete(outcome, scored, work)
+
+
 @pytest.mark.timeout(300)
 def test_worker_sigkill_mid_stream_loses_no_window_and_misses_no_anomaly(kafka, start_worker, names, tmp_path):
     work = Workload(sessions=60)
@@ -86,14 +100,8 @@ def test_a_restarted_worker_closes_no_session_before_it_has_routed_the_input_tha
     late = work.messages(range(10, work.length))
     placed |= work.placed(late, produce(kafka.bootstrap, names["topic_logs"], late))
     second = start_worker(env=fake_env(logs[1]), session_idle=1.0, **settings)
-    second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 180)
-    scored = wait_scored(logs, work.windows(), timeout=5)
-    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
-                            work, placed)
-    record("worker restarted with a backlog and a short session_idle", {
-        "sessions": work.sessions, "windows_expected": len(work.windows()),
-        "windows_lost": len(work.windows() - scored.distinct), **outcome})
-    assert_complete(outcome, scored, work)
+    closed_and_complete("worker restarted with a backlog and a short session_idle", second, logs, kafka, names, work,
+                        placed)
 
 
 @pytest.mark.timeout(300)
@@ -113,14 +121,7 @@ def test_a_batch_that_fails_stops_the_worker_and_a_restart_reads_it_again(kafka,
     assert broken.exists() and code != 0
     assert "a batch failed (ValueError" in first.log_text()
     second = start_worker(env=fake_env(logs[1]), **settings)
-    second.wait_for(lambda m: m.get("sessions_closed_idle", 0) >= work.sessions and m.get("open_sessions") == 0, 180)
-    scored = wait_scored(logs, work.windows(), timeout=5)
-    outcome = alert_outcome(read_alerts(kafka.bootstrap, names["topic_alerts"], expect=set(work.alerts(placed))),
-                            work, placed)
-    record("score agent batch failure, worker restarted", {
-        "sessions": work.sessions, "windows_expected": len(work.windows()),
-        "windows_lost": len(work.windows() - scored.distinct), "windows_rescored": scored.duplicates, **outcome})
-    assert_complete(outcome, scored, work)
+    closed_and_complete("score agent batch failure, worker restarted", second, logs, kafka, names, work, placed)
 
 
 @pytest.mark.timeout(400)
