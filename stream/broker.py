@@ -220,6 +220,8 @@ class LocalS3:
         self.ports = {name: free_port(host) for name in _WEED_PORTS}
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.data_dir / "weed.log"
+        # weed's temporary folder: it writes its logs and a chunk cache there and never removes them
+        self.scratch = self.data_dir / "tmp"
 
     @property
     def endpoint(self) -> str:
@@ -241,7 +243,9 @@ class LocalS3:
         cmd = [str(weed_binary()), "mini", f"-dir={self.data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
                *(f"-{name}={port}" for name, port in self.ports.items()),
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", f"-bucket={self.bucket}"]
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}, **self.env}
+        self.scratch.mkdir(exist_ok=True)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}, **self.env,
+               "TMPDIR": str(self.scratch)}
         with self._log_path.open("ab") as out:
             self._proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

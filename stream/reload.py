@@ -9,6 +9,9 @@ writer is dropped and retried, not refused). Rolling out by switching a symlink 
 Models are loaded from a private copy of the folder (`private_copy`): the weights are memory-mapped, and a
 file rewritten in place under a live mapping kills the process with SIGBUS (seen here when a new model was
 written over the running one's folder); a copy made with plain reads cannot be truncated under the worker.
+A copy's temporary folder is named after the host and the process that made it (`copy_prefix`), so a worker that
+was killed (SIGKILL, the OOM killer: no cleanup runs) leaves one the next worker on the host removes
+(`sweep_stale_copies`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -91,12 +97,60 @@ class ModelWatcher:
         self.refused = sig
 
 
+COPY_PREFIX = "logmoe-model-"
+# <COPY_PREFIX><host>-<pid>-<mkdtemp's 8 characters, which hold no "-">
+_COPY_NAME = re.compile(rf"{re.escape(COPY_PREFIX)}(?P<host>.+)-(?P<pid>[0-9]+)-[^-]+")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def copy_prefix() -> str:
+    """The temporary-folder prefix of this process's model copies: the host and the pid that owns them."""
+    return f"{COPY_PREFIX}{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_stale_copies(root: str | Path | None = None) -> list[Path]:
+    """Remove the model copies in `root` (default: the temporary folder) made on this host by processes that are
+    gone; the folders removed. Copies of live processes, of other hosts (a shared temporary folder) and folders
+    of other names are left alone, as is anything this user may not remove."""
+    root = Path(root if root is not None else tempfile.gettempdir())
+    host = _host()
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _COPY_NAME.fullmatch(entry.name)
+        if found is None or found["host"] != host or _alive(int(found["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    if removed:
+        log.info("removed %d model copies left in %s by workers that are gone: %s", len(removed), root,
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
 @contextlib.contextmanager
 def private_copy(model_dir: str | Path) -> Iterator[Path]:
     """A copy of the model folder's files in a fresh temporary folder of the same name (so the model's name,
     the folder name, is kept), removed on exit. A model loaded from it keeps its memory-mapped weights valid
     after the removal (Linux keeps an unlinked file's pages), and nobody else ever writes that file."""
-    with tempfile.TemporaryDirectory(prefix="logmoe-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=copy_prefix()) as tmp:
         yield copy_model_folder(model_dir, Path(tmp))
 
 

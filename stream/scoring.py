@@ -36,8 +36,8 @@ from model.masking import mask_cached
 from model.window_score import WindowScore
 from stream.config import StreamConfig
 from stream.processor import Scorer, early_scoring
-from stream.reload import (Signature, copy_model_folder, model_signature, private_copy, reusable_encoder,
-                           weights_digest)
+from stream.reload import (Signature, copy_model_folder, copy_prefix, model_signature, private_copy,
+                           reusable_encoder, sweep_stale_copies, weights_digest)
 
 log = logging.getLogger("stream.worker")
 
@@ -88,6 +88,7 @@ def load_scorer(cfg: StreamConfig, running: Scorer | None = None,
     is reused when the new model names the same one. `on_restart` is called each time a scoring process is
     restarted (the worker counts it)."""
     signature = model_signature(cfg.model)  # before copying: a change from here on is a new model
+    sweep_stale_copies()  # what killed workers left: they run no cleanup
     if cfg.scoring == "process":
         return ProcessScorer(cfg, signature, on_restart)
     encoder = reusable_encoder(cfg.model, running) if running is not None else None
@@ -119,7 +120,7 @@ class ProcessScorer:
         self._novelty_lock = threading.Lock()  # one question at a time on the novelty pipe
         self._novelty_conn: Connection | None = None  # None: ask nothing, mask here (until the next child starts)
         self._novel: dict[str, bool] = {}  # raw line -> novel, for the lines of the batch being applied
-        self._tmp = tempfile.mkdtemp(prefix="logmoe-model-")
+        self._tmp = tempfile.mkdtemp(prefix=copy_prefix())
         try:
             self._folder = copy_model_folder(cfg.model, Path(self._tmp))  # every child loads this same copy
             self.weights_digest: str | None = weights_digest(self._folder)  # once, not at each child's start

@@ -350,6 +350,7 @@ def durable_broker(tmp_path: Path):
     finally:
         broker.stop()
         s3.stop()
+    assert any(s3.scratch.iterdir())  # weed's temporary files went to its own folder, not the machine's /tmp
 
 
 @pytest.mark.timeout(500)

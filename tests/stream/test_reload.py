@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,8 @@ from stream.scoring import load_scorer
 from stream.config import StreamConfig
 from stream.metrics import Metrics
 from stream.processor import Batch
-from stream.reload import ModelReloader, ModelWatcher, ScorerSlot, model_signature
+from stream.reload import (COPY_PREFIX, ModelReloader, ModelWatcher, ScorerSlot, copy_prefix, model_signature,
+                           private_copy, sweep_stale_copies)
 from stream.windows import Entry, SessionState, Window
 from stream_fakes import FakeScorer
 
@@ -269,3 +271,40 @@ def test_alerts_name_the_weights_that_were_loaded_not_what_the_folder_holds_sinc
         assert model_info(scorer) == {"name": "final_moe_model", "fingerprint": "a" * 64, "weights": loaded}
     finally:
         close_scorer(scorer)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweeping_removes_the_copies_of_gone_processes_of_this_host_only(tmp_path: Path) -> None:
+    host = copy_prefix()[len(COPY_PREFIX):].rsplit("-", 2)[0]
+    gone = dead_pid()
+    stale = tmp_path / f"{COPY_PREFIX}{host}-{gone}-a1b2c3d4"
+    (stale / "final_moe_model").mkdir(parents=True)
+    (stale / "final_moe_model" / "model.safetensors").write_bytes(b"w")
+    kept = [tmp_path / f"{copy_prefix()}e5f6g7h8",  # this process: alive
+            tmp_path / f"{COPY_PREFIX}{host}-1-i9j0k1l2",  # pid 1 is alive (or not ours to judge)
+            tmp_path / f"{COPY_PREFIX}otherhost-{gone}-m3n4o5p6",  # a shared temporary folder: not our host
+            tmp_path / f"{COPY_PREFIX}q7r8s9t0",  # named before copies carried their owner
+            tmp_path / f"unrelated-{host}-{gone}-u1v2w3x4"]
+    for folder in kept:
+        folder.mkdir()
+    assert sweep_stale_copies(tmp_path) == [stale]
+    assert not stale.exists() and all(folder.is_dir() for folder in kept)
+    assert sweep_stale_copies(tmp_path) == []
+    assert sweep_stale_copies(tmp_path / "missing") == []
+
+
+def test_a_private_copy_is_named_after_its_owner_so_a_sweep_can_tell_it_is_alive(tiny_encoder_dir: Path,
+                                                                                tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    folder = write_model(tmp_path / "final_moe_model", tiny_encoder_dir, fingerprint="a" * 64)
+    with private_copy(folder) as copy:
+        assert copy.parent.name.startswith(copy_prefix()) and copy.name == "final_moe_model"
+        assert sweep_stale_copies() == [] and copy.is_dir()
+    assert list((tmp_path / "tmp").iterdir()) == []

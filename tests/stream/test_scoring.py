@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,26 @@ def test_a_batch_that_takes_down_every_child_fails_after_the_retries(process_sco
     with pytest.raises(ScoringProcessError, match="took down 3 scoring processes"):
         process_scorer.score_detailed(WINDOWS)
     assert asked == [3] * (scoring.RETRIES + 1) and process_scorer.restarts == scoring.RETRIES + 1
+
+
+def test_a_scorer_removes_the_copy_a_killed_worker_left_and_names_its_own_after_its_process(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.reload import copy_prefix
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = tmp_path / "tmp" / f"{copy_prefix().replace(f'-{os.getpid()}-', f'-{killed.pid}-')}z9y8x7w6"
+    (stale / "final_moe_model").mkdir(parents=True)
+    killed.kill()
+    killed.wait()
+    scorer = load_scorer(StreamConfig(model=str(folder), device="cpu"))
+    try:
+        assert not stale.exists()
+        assert [p.name[:len(copy_prefix())] for p in (tmp_path / "tmp").iterdir()] == [copy_prefix()]
+    finally:
+        scorer.close()
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_close_stops_the_child_and_removes_the_copy(process_scorer: ProcessScorer) -> None:
