@@ -22,7 +22,9 @@ MODEL_TYPE = "logmoe"
 # Version of the saved folder's layout and config meaning. Raise it when a change makes old folders score
 # differently; a folder written by a newer version is refused rather than silently misread.
 # 2: line rarity (config rarity_buckets, line_counts.json), which a version 1 reader would ignore.
-FORMAT_VERSION = 2
+# 3: token buckets (config token_buckets: the encoder appends a bag of word pieces), which a version 2 reader would
+#    ignore and then find the encoder's size wrong.
+FORMAT_VERSION = 3
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 

@@ -65,6 +65,7 @@ class LogMoEConfig(PretrainedConfig):
         encoder_name_or_path: str = "default",  # line encoder to rebuild at scoring time
         pooling: str = "mean",  # line encoder pooling, see POOLING_MODES
         line_max_length: int = 64,  # encoder tokens per line
+        token_buckets: int = 0,  # > 0: the encoder appends a hashed bag of the line's word pieces (model.encoder)
         threshold: float = 0.5,  # decision threshold on P(anomaly), calibrated by training; 1.0 flags nothing
         early_hop: int = 0,  # open sessions are scored early every early_hop lines (model.early); 0 = never
         early_thresholds: list[list[float]] | None = None,  # [[up_to_lines, threshold], ...] for early windows
@@ -95,6 +96,7 @@ class LogMoEConfig(PretrainedConfig):
         self.encoder_name_or_path = encoder_name_or_path
         self.pooling = pooling
         self.line_max_length = line_max_length
+        self.token_buckets = token_buckets
         self.threshold = threshold
         self.early_hop = early_hop
         self.early_thresholds = early_thresholds
@@ -120,6 +122,7 @@ class LogMoEConfig(PretrainedConfig):
         _check_float("threshold", self.threshold, 0.0, 1.0)
         _check_int("early_hop", self.early_hop, 0)
         _check_int("rarity_buckets", self.rarity_buckets, 0)
+        _check_int("token_buckets", self.token_buckets, 0)
         if self.early_thresholds is not None:
             EarlyThresholds.from_config(self.early_thresholds)  # ValueError naming the bad value
         if self.early_target_fpr is not None:

@@ -3,6 +3,12 @@
 Lines of one template mask to one string, so a stream of millions of lines needs only a few hundred
 encoder calls: each distinct masked line is encoded once, later lines are cache hits. The unique misses of
 a call are encoded together, sorted by length so batches carry little padding.
+
+With token_buckets > 0 each embedding also carries which word pieces the line holds: a bag of its tokenizer ids
+hashed into that many buckets (id mod buckets), 1 where a piece occurs, scaled to the pooled embedding's norm and
+appended to it. A pooled sentence embedding places a never-seen line near lines that read alike as a whole, where
+a failure may share only a few words ("FATAL ... mount FAILED") with the failures training labelled; the bag lets
+the model weigh those words themselves.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ class LineEncoder:
     name_or_path: "default" (all-MiniLM-L6-v2 from its package), a local folder, or a Hugging Face name already
     in the local cache. pooling: "mean" (attention-masked mean of the last hidden states) or "cls".
     max_length: encoder tokens per line (longer lines are truncated). cache_size: most embeddings kept (LRU);
-    0 turns the cache off. batch_size: lines per encoder call.
+    0 turns the cache off. batch_size: lines per encoder call. token_buckets: > 0 appends a hashed bag of the
+    line's word pieces of that size to each embedding (module docstring), so D = the encoder's size + token_buckets.
     """
 
     def __init__(
@@ -77,11 +84,12 @@ class LineEncoder:
         cache_size: int = 65536,
         device: str | torch.device = "auto",
         batch_size: int = 128,
+        token_buckets: int = 0,
     ) -> None:
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {list(POOLING_MODES)}, got {pooling!r}")
         for name, value, minimum in (("max_length", max_length, 2), ("cache_size", cache_size, 0),
-                                     ("batch_size", batch_size, 1)):
+                                     ("batch_size", batch_size, 1), ("token_buckets", token_buckets, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         self.name_or_path = name_or_path
@@ -91,12 +99,15 @@ class LineEncoder:
         self.device = resolve_device(device)
         self._path = resolve_encoder_path(name_or_path)
         self.tokenizer, self.model = _load(name_or_path, self._path, self.device)
-        self.dim: int = int(self.model.config.hidden_size)
+        self.token_buckets = token_buckets
+        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
+        self.dim: int = int(self.model.config.hidden_size) + token_buckets
         self._cache: OrderedDict[str, Tensor] = OrderedDict()  # masked line -> (D,) float32 CPU
         self._max_size = cache_size
         self._hits = 0
         self._misses = 0
-        logger.info("line encoder %s (dim %d, %s pooling) on %s", self._path, self.dim, pooling, self.device)
+        logger.info("line encoder %s (dim %d, %s pooling%s) on %s", self._path, self.dim, pooling,
+                    f", {token_buckets} token buckets" if token_buckets else "", self.device)
 
     @property
     def reference(self) -> str:
@@ -168,11 +179,24 @@ class LineEncoder:
                 return_tensors="pt",
             ).to(self.device)
             with amp:
-                hidden = self.model(**batch).last_hidden_state  # (b, L, D)
-            pooled = self._pool(hidden.float(), batch["attention_mask"])  # (b, D)
+                hidden = self.model(**batch).last_hidden_state  # (b, L, H)
+            pooled = self._pool(hidden.float(), batch["attention_mask"])  # (b, H)
+            if self.token_buckets:
+                pooled = torch.cat([pooled, self._token_bag(batch["input_ids"], batch["attention_mask"], pooled)],
+                                   dim=-1)  # (b, H + buckets)
             for i, row in zip(idx, pooled.cpu()):
                 rows[i] = row.clone()  # own storage, so evicting one line frees it
         return rows  # type: ignore[return-value]  # every slot filled above
+
+    def _token_bag(self, input_ids: Tensor, attention_mask: Tensor, pooled: Tensor) -> Tensor:
+        """input_ids, attention_mask (b, L), pooled (b, H) -> (b, buckets): 1 in the bucket of each word piece the
+        line holds (special tokens and padding left out), scaled so each row has the norm of its pooled row."""
+        real = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))  # (b, L)
+        hits = torch.zeros(input_ids.shape[0], self.token_buckets, device=input_ids.device)  # (b, buckets)
+        hits.scatter_add_(1, input_ids % self.token_buckets, real.float())
+        bag = (hits > 0).float()  # (b, buckets) presence, not counts
+        scale = pooled.norm(dim=-1, keepdim=True) / bag.norm(dim=-1, keepdim=True).clamp(min=1.0)  # (b, 1)
+        return bag * scale
 
     def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """hidden (b, L, D), attention_mask (b, L) -> (b, D)."""

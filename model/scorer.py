@@ -111,6 +111,7 @@ class LogScorer:
                 pooling=config.pooling,
                 max_length=config.line_max_length,
                 device=torch_device,
+                token_buckets=config.token_buckets,
             )
         seen = _load_lines(path / SEEN_LINES_FILE)
         normal = _load_lines(path / NORMAL_LINES_FILE)

@@ -38,7 +38,8 @@ log = logging.getLogger("stream.worker")
 
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 PROBE = [["logmoe model reload check: one line"]]  # scored once by a new model before it goes live
-_ENCODER_KEYS = ("encoder_name_or_path", "pooling", "line_max_length")
+# the config keys that decide how lines are embedded, and what a config without the key means
+_ENCODER_KEYS = {"encoder_name_or_path": None, "pooling": None, "line_max_length": None, "token_buckets": 0}
 
 Signature = tuple[str, tuple[tuple[str, int, int], ...]]  # (resolved folder, ((file, mtime_ns, size), ...))
 
@@ -201,7 +202,7 @@ def reusable_encoder(model_dir: str | Path, running: Scorer) -> Any | None:
         return None  # the load itself will report it
     if not isinstance(new, dict):
         return None
-    same = all(new.get(key) == getattr(config, key, None) for key in _ENCODER_KEYS)
+    same = all(new.get(key, absent) == getattr(config, key, absent) for key, absent in _ENCODER_KEYS.items())
     return encoder if same else None
 
 

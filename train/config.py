@@ -87,6 +87,11 @@ class EncoderSection:
     """Encoder tokens per (masked) line."""
     batch_size: int = 128
     """Lines per encoder batch."""
+    token_buckets: int = 1024
+    """> 0: each line embedding also carries a bag of the line's word pieces hashed into this many buckets
+    (model.encoder), so a never-seen line is read by its words too, not only by the sentence it resembles.
+    Measured on BGL, trained on June to mid-July and scored on September at the threshold of the weeks between
+    (four seeds): F1 0.645 -> 0.751 on average, PR-AUC 0.912 -> 0.940; no loss on real or synthetic HDFS. 0: off."""
     cache_dir: str | None = None
     """Embedding cache folder; None: <output_dir>/.embed_cache. Share one across runs to skip re-encoding."""
 
@@ -96,6 +101,8 @@ class EncoderSection:
         if self.line_max_length < 1 or self.batch_size < 1:
             raise ValueError(f"encoder.line_max_length and batch_size must be >= 1 "
                              f"({self.line_max_length}, {self.batch_size})")
+        if isinstance(self.token_buckets, bool) or not isinstance(self.token_buckets, int) or self.token_buckets < 0:
+            raise ValueError(f"encoder.token_buckets must be an integer >= 0 ({self.token_buckets!r})")
 
 
 @dataclass

@@ -79,9 +79,11 @@ class EmbeddingCache:
         tmp.replace(str(stem) + ".json")
 
 
-def encoder_cache_key(reference: str, pooling: str, max_length: int) -> str:
-    """Everything that changes an embedding: which encoder, how it pools, how many tokens it reads."""
-    return f"{reference}|pooling={pooling}|max_length={max_length}"
+def encoder_cache_key(reference: str, pooling: str, max_length: int, token_buckets: int = 0) -> str:
+    """Everything that changes an embedding: which encoder, how it pools, how many tokens it reads, and the size
+    of the bag of word pieces appended (left out at 0, so caches written before it stay valid)."""
+    key = f"{reference}|pooling={pooling}|max_length={max_length}"
+    return f"{key}|token_buckets={token_buckets}" if token_buckets else key
 
 
 def embed_lines(texts: Sequence[str], encoder: Encoder, cache: EmbeddingCache | None,

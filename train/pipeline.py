@@ -129,7 +129,7 @@ def build_model(cfg: TrainConfig, input_dim: int, encoder_reference: str, finger
 
     config = LogMoEConfig(input_dim=input_dim, **asdict(cfg.model), routing="dense",
                           encoder_name_or_path=encoder_reference, pooling=cfg.encoder.pooling,
-                          line_max_length=cfg.encoder.line_max_length, data_fingerprint=fingerprint,
+                          line_max_length=cfg.encoder.line_max_length, token_buckets=cfg.encoder.token_buckets, data_fingerprint=fingerprint,
                           window_hop=cfg.training.hop)  # evaluation and the worker window with the same hop
     torch.manual_seed(cfg.training.seed)
     return LogMoEForSequenceClassification(config)
@@ -190,9 +190,11 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
 
     clock = time.perf_counter()
     encoder = LineEncoder(cfg.encoder.name_or_path, pooling=cfg.encoder.pooling,
-                          max_length=cfg.encoder.line_max_length, device=device, batch_size=cfg.encoder.batch_size)
+                          max_length=cfg.encoder.line_max_length, device=device, batch_size=cfg.encoder.batch_size,
+                          token_buckets=cfg.encoder.token_buckets)
     cache = EmbeddingCache(cfg.embed_cache_dir, encoder_cache_key(encoder.reference, cfg.encoder.pooling,
-                                                                  cfg.encoder.line_max_length))
+                                                                  cfg.encoder.line_max_length,
+                                                                  cfg.encoder.token_buckets))
     table = embed_lines_across(distinct, encoder, cache, dp)  # (U, D)
     timings["embed_s"] = time.perf_counter() - clock
     row_of = {line: row for row, line in enumerate(distinct)}

@@ -125,11 +125,29 @@ def test_folder_without_weights_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"pooling": "max"}, "pooling"), ({"max_length": 0}, "max_length"), ({"cache_size": -1}, "cache_size"),
-     ({"batch_size": 0}, "batch_size"), ({"device": "tpu"}, "device")],
+     ({"batch_size": 0}, "batch_size"), ({"device": "tpu"}, "device"), ({"token_buckets": -1}, "token_buckets"),
+     ({"token_buckets": 1.5}, "token_buckets")],
 )
 def test_bad_arguments_name_the_value(tiny_encoder_dir: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LineEncoder(str(tiny_encoder_dir), **kwargs)
+
+
+def test_token_buckets_append_the_hashed_word_pieces_of_each_line(tiny_encoder_dir: Path) -> None:
+    plain = LineEncoder(str(tiny_encoder_dir), device="cpu", batch_size=2)
+    bagged = LineEncoder(str(tiny_encoder_dir), device="cpu", batch_size=2, token_buckets=64)
+    assert bagged.dim == plain.dim + 64
+    out, sentence = bagged.encode(LINES), plain.encode(LINES)  # (N, 32 + 64), (N, 32)
+    assert torch.allclose(out[:, :32], sentence)  # the pooled embedding is unchanged
+    tokenizer = bagged.tokenizer
+    for line, row, pooled in zip(LINES, out[:, 32:], sentence):
+        pieces = {i % 64 for i in tokenizer(line)["input_ids"] if i not in tokenizer.all_special_ids}
+        assert set(row.nonzero().flatten().tolist()) == pieces, line  # padding and [CLS]/[SEP] left out
+        assert torch.allclose(row.norm(), pooled.norm())  # as loud as the sentence
+        assert torch.allclose(row[row > 0], row[row > 0][0])  # presence: a repeated piece counts once
+    # batched with longer lines (more padding) or alone: the same bag
+    assert torch.allclose(bagged.encode(LINES[3:4]), LineEncoder(str(tiny_encoder_dir), device="cpu",
+                                                                 token_buckets=64).encode(LINES[3:4]), atol=1e-5)
 
 
 def test_encode_rejects_a_bare_string(encoder: LineEncoder) -> None:

@@ -4,6 +4,7 @@ real (tiny) models, and trimming open sessions to a smaller window."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -27,13 +28,13 @@ from stream_fakes import FakeScorer
 
 
 def write_model(folder: Path, encoder_dir: Path, *, fingerprint: str, max_window: int = 8, seed: int = 0,
-                threshold: float = 0.0) -> Path:
+                threshold: float = 0.0, token_buckets: int = 0) -> Path:
     """A small random LogMoE model over the tiny test encoder (threshold 0: every window alerts)."""
     from model.configuration_logmoe import LogMoEConfig
     from model.modeling_logmoe import LogMoEForSequenceClassification
 
     torch.manual_seed(seed)
-    config = LogMoEConfig(input_dim=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=2,
+    config = LogMoEConfig(input_dim=32 + token_buckets, token_buckets=token_buckets, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_experts=2,
                           expert_intermediate_size=16, max_window=max_window, window_hop=4,
                           encoder_name_or_path=str(encoder_dir), threshold=threshold, data_fingerprint=fingerprint)
     LogMoEForSequenceClassification(config).save_pretrained(folder)
@@ -210,6 +211,15 @@ def test_reload_reuses_the_encoder_when_the_new_model_names_the_same_one(tiny_en
     shutil.copytree(tiny_encoder_dir, other)
     write_model(folder, other, fingerprint="c" * 64)
     assert load_scorer(cfg, running).encoder is not running.encoder
+    write_model(folder, tiny_encoder_dir, fingerprint="d" * 64, token_buckets=16)  # same encoder, wider lines
+    bagged = load_scorer(cfg, running)
+    assert bagged.encoder is not running.encoder and bagged.encoder.dim == 32 + 16
+    assert bagged.score([["INFO one line"]])
+    write_model(folder, tiny_encoder_dir, fingerprint="e" * 64)
+    config = json.loads((folder / "config.json").read_text())
+    del config["token_buckets"]  # written before the key existed: no bag
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_scorer(cfg, running).encoder is running.encoder
 
 
 def test_the_load_is_logged_with_the_configured_folder_not_the_private_copy(

@@ -41,6 +41,7 @@ def test_overrides_reach_nested_sections() -> None:
     ("unsupervised.trim_by=loss", "unsupervised.trim_by must be one of model, rarity ('loss')"),
     ("training.class_weighting=inverse", "training.class_weighting must be one of none, balanced ('inverse')"),
     ("encoder.pooling=max", "encoder.pooling must be one of mean, cls ('max')"),
+    ("encoder.token_buckets=-1", "encoder.token_buckets must be an integer >= 0 (-1)"),
     ("training.backend=mpi", "training.backend must be one of auto, gloo, nccl ('mpi')"),
     ("training.dist_timeout_s=0", "training.dist_timeout_s must be > 0 (0.0)"),
     ("data.eval_label_csv=dev.csv", "unknown key(s) 'eval_label_csv' for DataSection"),

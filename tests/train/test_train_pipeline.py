@@ -74,6 +74,8 @@ def test_outputs_as_the_seed_users_expect(trained: tuple[TrainConfig, dict[str, 
     assert stored["window_hop"] == cfg.training.hop
     assert json.loads((model_dir / "seen_lines.json").read_text())
     assert stored["rarity_buckets"] == cfg.model.rarity_buckets > 0  # the default reads line rarity
+    assert stored["token_buckets"] == cfg.encoder.token_buckets > 0  # and the words of each line
+    assert stored["input_dim"] == 32 + cfg.encoder.token_buckets  # the tiny encoder's 32, then the bag
     masked = [{mask(line) for line in s.lines} for s in load_jsonl(cfg.data.train[0])]
     counts = json.loads((model_dir / "line_counts.json").read_text())
     assert counts == {line: sum(line in m for m in masked) for line in set().union(*masked)}
