@@ -253,14 +253,15 @@ class TrainingSection:
     sessions that already hold a line never seen in a normal session as anomalous. A session still open when the
     data ends (a block written but not yet deleted) is then no surprise: without them, one of two seeds flagged the
     10 such normal blocks of hdfs_real dev (F1 0.904), with them neither did (1.000)."""
-    shuffle_anomalous: float = 0.0
+    shuffle_anomalous: float = 0.5
     """Probability, per step, that an anomalous training window whose lines (as a multiset) no normal training window
     holds is shown in a random order (train/augment.py): its anomaly is in what it holds, so any order of it is
     anomalous too, and the model should not tie the failure to the order it was seen in. Supervised only; 0: off.
-    Measured (bench/results/2026-12-04-shuffle-anomalous.md): 0.5 fixed synthetic HDFS where the seed and the
-    thread count had decided (seed 42, 1 torch thread: dev F1 0.9839 -> 0.9928 without the order anomalies) and
-    left hdfs_real and BGL dev as they were, but on BGL's past -> future protocol it ranked the later month worse in
-    each of three seeds (PR-AUC 0.8947 / 0.9024 / 0.9016 -> 0.7484 / 0.8561 / 0.8651), so it is off by default."""
+    Measured (bench/results/2026-12-04-shuffle-anomalous.md, 2026-12-05-token-buckets.md): without it, synthetic
+    HDFS's dev anomalies "allocateBlock, receiving, receiving" scored like normal blocks in some runs (seed 42, 1
+    torch thread: dev F1 without the order anomalies 0.9839, and 0.8376 once token buckets were on); with 0.5 every
+    run scored 0.9928-0.9973. Without token buckets it ranked BGL's later month worse in three seeds of three, so it
+    was off; with them (the default since 2026-12-05) BGL's later month is a lottery of the seed with or without it."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
