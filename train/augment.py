@@ -7,12 +7,13 @@ in. Synthetic HDFS shows it: train holds 1,746 anomalous blocks "receiving, rece
 "allocateBlock, receiving, receiving"; depending on the seed (and on the number of torch threads, which changes
 the float rounding) the model scored those 151 at 0.0015 and the max-F1 cut fell to 0.0007, where 18 normal blocks
 passed it (seed 42, 1 thread). Windows that share their multiset with a normal window keep their order: their
-anomaly may be the order itself (synthetic HDFS's order anomalies are normal blocks rotated). Off by default
-(`training.shuffle_anomalous`): on BGL's past -> future protocol it ranked the later month worse.
+anomaly may be the order itself (synthetic HDFS's order anomalies are normal blocks rotated). On by default
+(`training.shuffle_anomalous: 0.5`).
 
 Each step, each such window of the batch is shuffled with probability `probability`; the draws depend only on
-(seed, step), so a resumed run shuffles as an uninterrupted one. Shapes: W windows, L the longest, B a batch, T its
-longest window, D the embedding width.
+(seed, step, window), so a resumed run shuffles as an uninterrupted one, and data-parallel processes, each with
+its share of the batch, shuffle each window as one process would. Shapes: W windows, L the longest, B a batch, T
+its longest window, D the embedding width.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class AnomalyShuffle:
                  step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Windows `rows` (B,) as embeddings (B, T, D) and line counts (B, T) or None, each chosen window's real
         lines in a random order (padding stays last); the tensors are changed in place and returned."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        coins = torch.rand(len(rows), generator=generator)  # (B,)
-        chosen = torch.nonzero(self.eligible[rows] & (coins < self.probability)).flatten()
-        for b in chosen.tolist():
-            n = int(self.lengths[rows[b]])
+        for b in torch.nonzero(self.eligible[rows]).flatten().tolist():
+            window = int(rows[b])
+            generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1_000_033 + window) % 2**63)
+            if float(torch.rand(1, generator=generator)) >= self.probability:
+                continue
+            n = int(self.lengths[window])
             order = torch.randperm(n, generator=generator).to(embeds.device)  # (n,)
             embeds[b, :n] = embeds[b, order]
             if counts is not None:

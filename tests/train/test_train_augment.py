@@ -70,6 +70,17 @@ def test_draws_depend_on_seed_and_step_only_and_probability_zero_changes_nothing
     assert AnomalyShuffle(data, 1.0, seed=1)(rows, embeds.clone(), None, step=4)[1] is None
 
 
+def test_a_batch_split_between_processes_is_shuffled_as_one_process_shuffles_it() -> None:
+    data = window_set()
+    rows = torch.tensor([1, 5, 0, 1, 5, 2])
+    shuffle = AnomalyShuffle(data, 0.5, seed=7)
+    for step in range(12):
+        whole = shuffle(rows, *batch_of(data, rows), step=step)[0]  # (6, T, 1)
+        halves = [shuffle(part, *batch_of(data, part), step=step)[0] for part in (rows[:3], rows[3:])]
+        assert torch.equal(torch.cat(halves), whole), step  # what data-parallel ranks do with their shares
+        assert torch.equal(whole[0], whole[3]) and torch.equal(whole[1], whole[4])  # a window's draw is its own
+
+
 def test_a_bad_probability_is_named() -> None:
     with pytest.raises(ValueError, match=r"shuffle probability must be in \[0, 1\] \(1.5\)"):
         AnomalyShuffle(window_set(), 1.5, seed=0)
