@@ -90,8 +90,10 @@ class EncoderSection:
     token_buckets: int = 1024
     """> 0: each line embedding also carries a bag of the line's word pieces hashed into this many buckets
     (model.encoder), so a never-seen line is read by its words too, not only by the sentence it resembles.
-    Measured on BGL, trained on June to mid-July and scored on September at the threshold of the weeks between
-    (four seeds): F1 0.645 -> 0.751 on average, PR-AUC 0.912 -> 0.940; no loss on real or synthetic HDFS. 0: off."""
+    Measured (bench/results/2026-12-05-token-buckets.md): on BGL trained on June to mid-July and scored on
+    September at the threshold of the weeks between, September's new failure (never in training) was caught in 4 of
+    16 runs with it and in none of 10 without, though the seed decides more than the setting; real HDFS unchanged
+    (1.0000). Costs 1.13x the classifier's forward time and 1,024 floats more per cached line. 0: off."""
     cache_dir: str | None = None
     """Embedding cache folder; None: <output_dir>/.embed_cache. Share one across runs to skip re-encoding."""
 
@@ -260,8 +262,9 @@ class TrainingSection:
     Measured (bench/results/2026-12-04-shuffle-anomalous.md, 2026-12-05-token-buckets.md): without it, synthetic
     HDFS's dev anomalies "allocateBlock, receiving, receiving" scored like normal blocks in some runs (seed 42, 1
     torch thread: dev F1 without the order anomalies 0.9839, and 0.8376 once token buckets were on); with 0.5 every
-    run scored 0.9928-0.9973. Without token buckets it ranked BGL's later month worse in three seeds of three, so it
-    was off; with them (the default since 2026-12-05) BGL's later month is a lottery of the seed with or without it."""
+    run scored 0.9928-0.9982. It ranks BGL's later month worse after training on its past (PR-AUC 0.893 -> 0.837 on
+    average with token buckets, over 9 and 7 runs; down in three seeds of three without them), but F1 at the
+    threshold carried over stays where it was (0.626 over 7 runs, 0.607 with neither option)."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
