@@ -511,8 +511,7 @@ def section_scoring(args: argparse.Namespace, device: str = "cpu") -> dict[str, 
                            "cold": cold, "cold_cache": cold_info}
     if device == "cpu":
         cfg = scorer.config
-        seed_encoder = LineEncoder(cfg.encoder_name_or_path, pooling=cfg.pooling, max_length=cfg.line_max_length,
-                                   cache_size=0, device=device)
+        seed_encoder = LineEncoder.for_model(cfg, cache_size=0, device=device)
         seed_encoder.encode(["warm up"])
     warm, seed = [], []
     for r in range(args.repeats):

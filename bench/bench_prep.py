@@ -53,7 +53,8 @@ def logmoe_way(sessions: Sequence, encoder, cache_dir: Path, max_window: int, ho
     masked = mask_sessions(sessions, mask)
     distinct = list(dict.fromkeys(line for lines in masked for line in lines))
     t1 = time.perf_counter()
-    cache = EmbeddingCache(cache_dir, encoder_cache_key(encoder.reference, encoder.pooling, encoder.max_length))
+    cache = EmbeddingCache(cache_dir, encoder_cache_key(encoder.reference, encoder.pooling, encoder.max_length,
+                                                        encoder.token_buckets))
     table = embed_lines(distinct, encoder, cache)  # (U, D)
     t2 = time.perf_counter()
     row_of = {line: row for row, line in enumerate(distinct)}
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     encoder = LineEncoder(cfg.encoder.name_or_path, pooling=cfg.encoder.pooling,
                           max_length=cfg.encoder.line_max_length, cache_size=0, device="cpu",
-                          batch_size=cfg.encoder.batch_size)
+                          batch_size=cfg.encoder.batch_size, token_buckets=cfg.encoder.token_buckets)
     encoder.encode(["warm up the encoder"])  # first forward pays one-time setup; keep it out of both sides
     load_s = time.perf_counter() - t0
 

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,6 +28,8 @@ from model.device import autocast_dtype, resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from model.configuration_logmoe import LogMoEConfig
 
 # The encoder is always read from disk: never let a missing file turn into a hub download that hangs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,7 +102,8 @@ class LineEncoder:
         self._path = resolve_encoder_path(name_or_path)
         self.tokenizer, self.model = _load(name_or_path, self._path, self.device)
         self.token_buckets = token_buckets
-        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
+        self._special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long,
+                                         device=self.device)
         self.dim: int = int(self.model.config.hidden_size) + token_buckets
         self._cache: OrderedDict[str, Tensor] = OrderedDict()  # masked line -> (D,) float32 CPU
         self._max_size = cache_size
@@ -108,6 +111,13 @@ class LineEncoder:
         self._misses = 0
         logger.info("line encoder %s (dim %d, %s pooling%s) on %s", self._path, self.dim, pooling,
                     f", {token_buckets} token buckets" if token_buckets else "", self.device)
+
+    @classmethod
+    def for_model(cls, config: LogMoEConfig, **kwargs: Any) -> LineEncoder:
+        """The encoder a trained model reads, as its config names it (encoder, pooling, tokens per line, token
+        buckets); kwargs: device, cache_size, batch_size."""
+        return cls(config.encoder_name_or_path, pooling=config.pooling, max_length=config.line_max_length,
+                   token_buckets=config.token_buckets, **kwargs)
 
     @property
     def reference(self) -> str:
@@ -191,7 +201,7 @@ class LineEncoder:
     def _token_bag(self, input_ids: Tensor, attention_mask: Tensor, pooled: Tensor) -> Tensor:
         """input_ids, attention_mask (b, L), pooled (b, H) -> (b, buckets): 1 in the bucket of each word piece the
         line holds (special tokens and padding left out), scaled so each row has the norm of its pooled row."""
-        real = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids.to(input_ids.device))  # (b, L)
+        real = attention_mask.bool() & ~torch.isin(input_ids, self._special_ids)  # (b, L)
         hits = torch.zeros(input_ids.shape[0], self.token_buckets, device=input_ids.device)  # (b, buckets)
         hits.scatter_add_(1, input_ids % self.token_buckets, real.float())
         bag = (hits > 0).float()  # (b, buckets) presence, not counts

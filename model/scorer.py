@@ -106,13 +106,7 @@ class LogScorer:
         except (OSError, RuntimeError, ValueError, SafetensorError) as exc:  # truncated, corrupt, wrong shapes
             raise ValueError(f"cannot read the weights in {str(path / WEIGHTS_FILE)!r}: {exc}") from exc
         if encoder is None:
-            encoder = LineEncoder(
-                config.encoder_name_or_path,
-                pooling=config.pooling,
-                max_length=config.line_max_length,
-                device=torch_device,
-                token_buckets=config.token_buckets,
-            )
+            encoder = LineEncoder.for_model(config, device=torch_device)
         seen = _load_lines(path / SEEN_LINES_FILE)
         normal = _load_lines(path / NORMAL_LINES_FILE)
         counts = load_line_counts(path)
