@@ -24,7 +24,9 @@ MODEL_TYPE = "logmoe"
 # 2: line rarity (config rarity_buckets, line_counts.json), which a version 1 reader would ignore.
 # 3: token buckets (config token_buckets: the encoder appends a bag of word pieces), which a version 2 reader would
 #    ignore and then find the encoder's size wrong.
-FORMAT_VERSION = 3
+# 4: novelty calibration (config novelty_calibration: what never-seen lines add to the margin), which a version 3
+#    reader would ignore, scoring those windows lower than the stored threshold was chosen for.
+FORMAT_VERSION = 4
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 

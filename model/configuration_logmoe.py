@@ -8,6 +8,7 @@ from transformers import PretrainedConfig
 
 from model.checkpoint import FORMAT_VERSION, check_format
 from model.early import EarlyThresholds
+from model.novelty import NoveltyCalibration
 
 ROUTING_MODES = ("dense", "top_p")  # "dense" = stage 1 (all experts averaged, no gate), "top_p" = stage 2
 POOLING_MODES = ("mean", "cls")  # how the line encoder pools its token states into one line embedding
@@ -71,6 +72,7 @@ class LogMoEConfig(PretrainedConfig):
         early_thresholds: list[list[float]] | None = None,  # [[up_to_lines, threshold], ...] for early windows
         early_target_fpr: float | None = None,  # share of normal eval sessions the early thresholds may alert
         session_idle: float | None = None,  # seconds the worker waits before closing a session (train.pauses)
+        novelty_calibration: dict[str, Any] | None = None,  # what never-seen lines add to the margin (model.novelty)
         data_fingerprint: str = "",  # sha256 of the training data
         logmoe_format: int = FORMAT_VERSION,  # layout version of the saved folder, see FORMAT_VERSION
         **kwargs: Any,
@@ -102,6 +104,7 @@ class LogMoEConfig(PretrainedConfig):
         self.early_thresholds = early_thresholds
         self.early_target_fpr = early_target_fpr
         self.session_idle = session_idle
+        self.novelty_calibration = novelty_calibration
         self.data_fingerprint = data_fingerprint
         self.logmoe_format = logmoe_format
         kwargs.setdefault("num_labels", 2)
@@ -127,6 +130,8 @@ class LogMoEConfig(PretrainedConfig):
             EarlyThresholds.from_config(self.early_thresholds)  # ValueError naming the bad value
         if self.early_target_fpr is not None:
             _check_float("early_target_fpr", self.early_target_fpr, 0.0, 1.0)
+        if self.novelty_calibration is not None:
+            NoveltyCalibration.from_config(self.novelty_calibration)  # ValueError naming the bad value
         if self.session_idle is not None:
             _check_float("session_idle", self.session_idle, 0.0, float("inf"), low_open=True)
         _check_float("position_init_std", self.position_init_std, 0.0, float("inf"), low_open=True)

@@ -29,6 +29,7 @@ from model.encoder import LineEncoder
 from model.json_files import read_json, write_json_atomic
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.novelty import SEEN, NoveltyCalibration, row_groups, window_flags
 from model.rarity import load_line_counts, row_counts
 from model.window_score import WindowScore
 
@@ -68,6 +69,9 @@ class LogScorer:
         if model.config.rarity_buckets and line_counts is None:
             raise ValueError(f"the model in {model_dir} reads line rarity (rarity_buckets="
                              f"{model.config.rarity_buckets}) but its folder has no {LINE_COUNTS_FILE}")
+        if model.config.novelty_calibration is not None and seen_lines is None:
+            raise ValueError(f"the model in {model_dir} weighs never-seen lines (novelty_calibration) but its folder "
+                             f"has no {SEEN_LINES_FILE}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.line_counts = line_counts  # masked line -> training sessions that held it (model.rarity)
@@ -157,6 +161,26 @@ class LogScorer:
         pairs = self.config.early_thresholds
         return EarlyThresholds.from_config(pairs) if pairs else None
 
+    @property
+    def novelty_calibration(self) -> NoveltyCalibration | None:
+        """What never-seen lines add to each window's margin (model.novelty); None: nothing."""
+        value = self.config.novelty_calibration
+        return None if value is None else NoveltyCalibration.from_config(value)
+
+    def set_novelty_calibration(self, calibration: NoveltyCalibration | None) -> None:
+        """Store `calibration` in the model's config (training fits it on eval) and forget cached results."""
+        if calibration is not None and self.seen_lines is None:
+            raise ValueError("novelty calibration needs the seen lines of training (seen_lines.json)")
+        self.config.novelty_calibration = None if calibration is None else calibration.to_config()
+        self._windows.clear()
+
+    def novelty_flags(self, lines: Sequence[str]) -> list[float]:
+        """(G,) which groups of never-seen lines (model.novelty.GROUPS) the raw lines hold; all 0 without
+        seen_lines.json."""
+        if self.seen_lines is None:
+            return window_flags((), frozenset())
+        return window_flags((mask_cached(line) for line in lines), self.seen_lines)
+
     def is_novel(self, line: str) -> bool:
         """The raw line's masked form never occurred in a normal training session (False without
         normal_lines.json: a model trained before it was written has no novel trigger)."""
@@ -198,10 +222,15 @@ class LogScorer:
             table = torch.cat([table, table.new_zeros(1, table.shape[1])]).to(self.device)  # (U + 1, D) last = pad
             unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
             counts = None if self.line_counts is None else F.pad(row_counts(masked_rows, self.line_counts), (0, 1))
+            novelty = self.novelty_calibration
+            groups = None  # (U + 1,) each row's novelty group, SEEN for seen rows and the padding row
+            if novelty is not None and self.seen_lines is not None:
+                groups = F.pad(row_groups(masked_rows, self.seen_lines), (0, 1), value=SEEN)
             order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                for i, result in zip(batch, self._score_batch(table, [index[i] for i in batch], unseen, counts)):
+                scored = self._score_batch(table, [index[i] for i in batch], unseen, counts, novelty, groups)
+                for i, result in zip(batch, scored):
                     results[todo[i]] = result
                     self._remember(todo[i], result)
         return [results[key] for key in keys]
@@ -249,10 +278,10 @@ class LogScorer:
         return list(row_of), index
 
     @torch.inference_mode()
-    def _score_batch(self, table: Tensor, index: list[Tensor], unseen: Tensor | None,
-                     counts: Tensor | None) -> list[WindowScore]:
+    def _score_batch(self, table: Tensor, index: list[Tensor], unseen: Tensor | None, counts: Tensor | None,
+                     novelty: NoveltyCalibration | None, groups: Tensor | None) -> list[WindowScore]:
         """table (U + 1, D) with a zero padding row last; index: b windows' rows (n_i,); unseen (U,) bool; counts
-        (U + 1,) training sessions per row, or None."""
+        (U + 1,) training sessions per row, or None; groups (U + 1,) each row's novelty group for `novelty`."""
         pad = table.shape[0] - 1
         ids = pad_sequence(index, batch_first=True, padding_value=pad)  # (b, T)
         line_counts = None if counts is None else counts[ids].to(self.device)  # (b, T)
@@ -263,8 +292,13 @@ class LogScorer:
         amp = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with amp:
             out = self.model(inputs_embeds=inputs, attention_mask=attention_mask, line_counts=line_counts)
-        probs = out.logits.float().softmax(dim=-1)[:, 1].cpu()  # (b,)
+        logits = out.logits.float()  # (b, 2)
+        probs = logits.softmax(dim=-1)[:, 1].cpu()  # (b,)
         line_scores = out.line_scores.float().cpu()  # (b, T)
+        if novelty is not None and groups is not None:
+            margin = (logits[:, 1] - logits[:, 0]).cpu()  # (b,)
+            margin, line_scores = novelty.apply(margin, line_scores, groups[ids.cpu()])  # (b,), (b, T)
+            probs = torch.sigmoid(margin)  # (b,)
         experts = out.window_experts.float().cpu()  # (b,)
         return [
             WindowScore(

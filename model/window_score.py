@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class WindowScore:
     """score: P(anomaly) of the window. line_scores: each real line's exact additive share of the anomaly logit
     margin (positive pushes towards anomalous), one per line; with the model's base (bias and line-count term) they
-    add up to the margin. experts_per_token: mean experts that ran per line of
+    add up to the margin (with a novelty calibration, model.novelty: to the calibrated margin, each never-seen line
+    carrying its share of its group's weight). experts_per_token: mean experts that ran per line of
     this window, averaged over the layers. unseen_fraction: share of the window's masked lines not
     seen in training (None when the model folder has no seen_lines.json)."""
 

@@ -30,6 +30,7 @@ import torch
 
 from model.early import EarlyRule
 from model.masking import mask
+from model.novelty import GROUPS, fit_novelty
 from model.rarity import row_counts, save_line_counts, session_counts
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
@@ -70,8 +71,9 @@ def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> d
     config = asdict(cfg)
     for key in ("output_dir", "resume"):
         config.pop(key)
+    calibration_only = ("early_calibration", "early_target_fpr", "novelty_calibration")  # read after training
     for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints", "backend",
-                "dist_timeout_s", "early_calibration", "early_target_fpr"):  # the last two only calibrate the model
+                "dist_timeout_s", *calibration_only):
         config["training"].pop(key)
     if not cfg.training.train_on_prefixes:  # then early_hop does not change the training windows either
         config["training"].pop("train_on_prefixes")
@@ -370,6 +372,14 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
+    if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
+        novelty = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels)
+        if novelty is not None:
+            logger.info("novelty calibration on eval: margin x %.3f %+.3f, never-seen lines add %s", novelty.scale,
+                        novelty.bias, ", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, novelty.weights)))
+            scorer.set_novelty_calibration(novelty)
+            model.config.novelty_calibration = novelty.to_config()
+            scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     if cfg.training.threshold_objective == "rate":
         threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
     else:

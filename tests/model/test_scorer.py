@@ -12,6 +12,7 @@ from model.configuration_logmoe import LogMoEConfig
 from model.encoder import LineEncoder
 from model.masking import mask
 from model.modeling_logmoe import LogMoEForSequenceClassification
+from model.novelty import NoveltyCalibration
 from model.rarity import save_line_counts
 from model.scorer import LogScorer, WindowScore
 
@@ -263,3 +264,29 @@ def test_the_window_cache_keeps_the_most_recently_used_and_can_be_off(model_dir:
     assert len(off_calls) == 2 and off.window_cache_info()["size"] == 0
     with pytest.raises(ValueError, match="window_cache_size must be an integer >= 0"):
         LogScorer.from_pretrained(model_dir, device="cpu", window_cache_size=-1)
+
+
+def test_novelty_calibration_adds_what_never_seen_lines_say_to_the_margin(scorer: LogScorer, tmp_path: Path) -> None:
+    folder = tmp_path / "novelty"
+    scorer.model.save_pretrained(folder)
+    windows = [SESSION[:5], SESSION]  # SESSION[5] (WARN ... exception) is the only line training never held
+    plain = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder).score_detailed(windows)
+    calibration = NoveltyCalibration(scale=0.5, bias=-0.25, weights=(0.0, 3.0, 1.0, 0.0))  # error group: "exception"
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "novelty_calibration": calibration.to_config()}))
+    with pytest.raises(ValueError, match="weighs never-seen lines .* has no seen_lines.json"):
+        LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
+    LogScorer.save_seen_lines(folder, (mask(line) for line in SESSION[:5]))
+    calibrated = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
+    assert calibrated.novelty_flags(SESSION) == [0.0, 1.0, 0.0, 0.0]
+    results = calibrated.score_detailed(windows)
+
+    def logit(p: float) -> float:
+        return float(torch.logit(torch.tensor(p, dtype=torch.float64)))
+
+    for result, before, added in zip(results, plain, (0.0, 3.0)):
+        assert logit(result.score) == pytest.approx(0.5 * logit(before.score) - 0.25 + added, abs=1e-4)
+        assert result.line_scores[:5] == pytest.approx([0.5 * s for s in before.line_scores[:5]], abs=1e-6)
+    assert results[1].line_scores[5] == pytest.approx(0.5 * plain[1].line_scores[5] + 3.0, abs=1e-6)
+    calibrated.set_novelty_calibration(None)  # the cached results are dropped with it
+    assert calibrated.score(windows) == pytest.approx([r.score for r in plain], abs=1e-6)

@@ -316,3 +316,29 @@ def test_shuffle_anomalous_reorders_the_training_batches_of_every_step(
     assert train(cfg)["status"] == "interrupted"
     state = json.loads((tmp_path / "moe_results" / "checkpoint-001" / "trainer_state.json").read_text())
     assert steps == (list(range(state["global_step"])) if expect_calls else [])
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_never_seen_fatal_lines_of_the_eval_failures_are_weighed_into_the_stored_score(
+        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, calibrate: bool) -> None:
+    # the eval period's failures, and no normal session, end with a fatal line training never held
+    new_failure = "2026-03-14T09:00:01.000Z FATAL storage[77]: mount of volume vol-3 failed, giving up"
+    eval_file = tmp_path / "dev_new_failure.jsonl"
+    with eval_file.open("w", encoding="utf-8") as out:
+        for line in (world / "dev.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record["label"] != "正常":
+                record["log_sequence"] += "\n" + new_failure
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    cfg = make_config(tmp_path / "run", f'data.eval=["{eval_file}"]', "training.epochs_stage1=1",
+                      "training.epochs_stage2=1", f"training.novelty_calibration={str(calibrate).lower()}")
+    result = train(cfg)
+    model_dir = cfg.output_path / "final_moe_model"
+    stored = json.loads((model_dir / "config.json").read_text())["novelty_calibration"]
+    if not calibrate:
+        assert stored is None
+        return
+    assert stored["weights"]["fatal"] > 0 and stored["weights"]["error"] == stored["weights"]["warn"] == 0.0
+    metrics = evaluate(EvalConfig(model=str(model_dir), data=[str(eval_file)], device="cpu"))
+    assert metrics["f1"] == result["eval"]["f1"] and metrics["threshold"] == result["eval"]["threshold"]
+    assert metrics["pr_auc"] == pytest.approx(1.0)  # the new line now tells every failure apart

@@ -1,0 +1,128 @@
+"""Novelty calibration: what a never-seen line is worth, learned on the eval period.
+
+A line that training never held is evidence the classifier cannot weigh from its training data alone: inside the
+training period almost every line recurs, so hardly any training window holds a new one. A later period holds many,
+and what they mean depends on what they say: on BGL a new FATAL line is nearly always a new failure category (73 of
+82 anomalous windows of the later part of train hold one, 15 of 1,196 normal ones do), while new INFO or ERROR lines
+are mostly the workload drifting. The eval data is such a later period, labelled, so training fits there
+
+    margin' = scale * margin + bias + sum_g weight_g * [the window holds a never-seen line of group g]
+
+by L2-regularised logistic regression on the eval sessions (margin: the logit of the session's score, the highest
+of its windows'; a session holds a group when any of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'). Groups are read from the words of the masked line,
+first match wins: "fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error" (error, err, a
+word ending in exception), "warn" (warn, warning), "other" (a never-seen line without those words). A group no eval
+session holds keeps weight 0 (its feature is all zero, so the penalty holds it there). Each weight is shared out among the window's never-seen lines of its group, so line shares still add
+up to the margin (with scale applied to the classifier's shares).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+GROUPS = ("fatal", "error", "warn", "other")
+_GROUP_WORDS = (
+    ("fatal", re.compile(r"\b(fatal|critical|crit|severe|panic|emerg|alert|failure)\b", re.IGNORECASE)),
+    ("error", re.compile(r"\b(error|err)\b|exception\b", re.IGNORECASE)),  # IOException too
+    ("warn", re.compile(r"\b(warn|warning)\b", re.IGNORECASE)),
+)
+SEEN = -1  # the group index of a line training held (and of padding)
+REGULARISATION_C = 10.0  # inverse L2 strength of the fit (sklearn's C): weak, the weights are few
+
+
+def line_group(masked_line: str) -> int:
+    """The index in GROUPS of a never-seen masked line: the first group whose words it holds, else "other"."""
+    for index, (_, words) in enumerate(_GROUP_WORDS):
+        if words.search(masked_line):
+            return index
+    return len(GROUPS) - 1
+
+
+def row_groups(masked_rows: Sequence[str], seen: frozenset[str]) -> Tensor:
+    """(U,) int64: the group of each never-seen row, SEEN for rows training held."""
+    return torch.tensor([SEEN if line in seen else line_group(line) for line in masked_rows], dtype=torch.long)
+
+
+def window_flags(lines: Iterable[str], seen: frozenset[str]) -> list[float]:
+    """(G,) 1.0 for each group of which the masked lines hold a never-seen line, else 0.0."""
+    flags = [0.0] * len(GROUPS)
+    for line in set(lines):
+        if line not in seen:
+            flags[line_group(line)] = 1.0
+    return flags
+
+
+@dataclass(frozen=True)
+class NoveltyCalibration:
+    scale: float
+    bias: float
+    weights: tuple[float, ...]  # (G,) in GROUPS order
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"novelty_calibration scale must be a finite number > 0, got {self.scale!r}")
+        if not math.isfinite(self.bias):
+            raise ValueError(f"novelty_calibration bias must be finite, got {self.bias!r}")
+        if len(self.weights) != len(GROUPS) or not all(math.isfinite(w) for w in self.weights):
+            raise ValueError(f"novelty_calibration weights must be {len(GROUPS)} finite numbers ({', '.join(GROUPS)})"
+                             f", got {self.weights!r}")
+
+    @classmethod
+    def from_config(cls, value: Mapping[str, Any]) -> NoveltyCalibration:
+        """From the config's {"scale", "bias", "weights": {group: weight}}; ValueError naming a bad value."""
+        if not isinstance(value, Mapping) or set(value) != {"scale", "bias", "weights"}:
+            raise ValueError(f"novelty_calibration must map scale, bias and weights, got {value!r}")
+        weights = value["weights"]
+        if not isinstance(weights, Mapping) or set(weights) != set(GROUPS):
+            raise ValueError(f"novelty_calibration weights must name the groups {list(GROUPS)}, got {weights!r}")
+        try:
+            return cls(float(value["scale"]), float(value["bias"]), tuple(float(weights[g]) for g in GROUPS))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"novelty_calibration: {exc}") from None
+
+    def to_config(self) -> dict[str, Any]:
+        return {"scale": self.scale, "bias": self.bias, "weights": dict(zip(GROUPS, self.weights))}
+
+    def apply(self, margin: Tensor, line_scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """margin (b,) and line_scores (b, T) of the classifier, groups (b, T) each line's group or SEEN ->
+        the calibrated margin (b,) and line shares (b, T), which still add up to it with scale * base + bias."""
+        weights = torch.tensor(self.weights, dtype=margin.dtype, device=margin.device)  # (G,)
+        hits = F.one_hot(groups.clamp(min=0), len(GROUPS)).to(margin.dtype)  # (b, T, G)
+        hits = hits * (groups != SEEN)[..., None]  # seen lines and padding hit nothing
+        present = (hits.sum(dim=1) > 0).to(margin.dtype)  # (b, G)
+        per_line = weights / hits.sum(dim=1).clamp(min=1)  # (b, G) a group's weight shared by its lines
+        shares = (hits * per_line[:, None, :]).sum(dim=-1)  # (b, T)
+        return self.scale * margin + self.bias + present @ weights, self.scale * line_scores + shares
+
+
+def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]],
+                labels: Sequence[int]) -> NoveltyCalibration | None:
+    """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly), flags (n, G) window_flags, labels
+    (n,). None when there is nothing to learn (one class, or no never-seen line in any session) or the fit does not
+    rank by the classifier (scale <= 0): the classifier's score is then kept as it is."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels, dtype=np.int64)
+    flagged = np.asarray(flags, dtype=np.float64).reshape(len(y), len(GROUPS))  # (n, G)
+    if not 0 < int(y.sum()) < len(y) or not flagged.any():
+        return None
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    margin = np.log(p) - np.log1p(-p)  # (n,)
+    fit = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit(np.column_stack([margin, flagged]), y)
+    scale, weights = float(fit.coef_[0][0]), tuple(float(w) for w in fit.coef_[0][1:])
+    if scale <= 0:
+        logger.warning("novelty calibration skipped: the fit gave the classifier's margin scale %.3g", scale)
+        return None
+    return NoveltyCalibration(scale, float(fit.intercept_[0]), weights)

@@ -1,0 +1,96 @@
+"""Novelty calibration: groups of never-seen lines, the calibrated margin and its line shares, the fit on eval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.novelty import GROUPS, SEEN, NoveltyCalibration, fit_novelty, line_group, row_groups, window_flags
+
+FATAL, ERROR, WARN, OTHER = range(len(GROUPS))
+
+
+@pytest.mark.parametrize(("line", "group"), [
+    ("<NUM> <TS> <ID> RAS KERNEL FATAL Lustre mount FAILED : <ID> : point <PATH>", FATAL),
+    ("<TS> RAS KERNEL FAILURE machine check", FATAL),
+    ("kernel: critical temperature reached", FATAL),
+    ("<TS> ERROR dfs.DataNode: writeBlock received exception java.io.IOException", ERROR),
+    ("<TS> INFO org.apache.Client: got java.io.IOException: Connection reset", ERROR),
+    ("<TS> WARN dfs.DataNode: slow flush", WARN),
+    ("<TS> INFO dfs.DataNode: Receiving block <ID>", OTHER),
+    ("errors=0 terror alerted", OTHER),  # words inside other words do not count
+])
+def test_a_never_seen_line_is_grouped_by_its_first_matching_words(line: str, group: int) -> None:
+    assert line_group(line) == group
+
+
+def test_rows_and_windows_flag_only_lines_training_never_held() -> None:
+    seen = frozenset({"INFO a", "FATAL known"})
+    rows = ["INFO a", "FATAL new", "WARN new", "FATAL known", "INFO new"]
+    assert row_groups(rows, seen).tolist() == [SEEN, FATAL, WARN, SEEN, OTHER]
+    assert window_flags(["INFO a", "FATAL known"], seen) == [0.0, 0.0, 0.0, 0.0]
+    assert window_flags(["INFO a", "FATAL new", "FATAL other new"], seen) == [1.0, 0.0, 0.0, 0.0]
+    assert window_flags(["INFO new", "WARN new"], seen) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_the_calibrated_margin_adds_each_present_group_once_and_shares_it_among_its_lines() -> None:
+    calibration = NoveltyCalibration(scale=0.5, bias=-1.0, weights=(4.0, 0.0, 2.0, -1.0))
+    margin = torch.tensor([2.0, -6.0])  # (b,)
+    line_scores = torch.tensor([[1.0, 0.5, 0.5, 0.0], [-2.0, -2.0, -1.0, -1.0]])  # (b, T), window 0 padded at 3
+    base = margin - line_scores.sum(dim=1)
+    groups = torch.tensor([[SEEN, FATAL, FATAL, SEEN], [OTHER, SEEN, WARN, SEEN]])
+    calibrated, shares = calibration.apply(margin, line_scores, groups)
+    assert calibrated.tolist() == pytest.approx([0.5 * 2 - 1 + 4, 0.5 * -6 - 1 + 2 - 1])
+    assert shares[0].tolist() == pytest.approx([0.5, 0.25 + 2, 0.25 + 2, 0.0])
+    assert shares[1].tolist() == pytest.approx([-1 - 1, -1, -0.5 + 2, -0.5])
+    assert (shares.sum(dim=1) + 0.5 * base - 1.0).tolist() == pytest.approx(calibrated.tolist())
+
+
+def test_config_round_trip_and_bad_values_are_named() -> None:
+    calibration = NoveltyCalibration(1.5, -0.5, (3.0, 0.0, 0.0, -1.0))
+    assert NoveltyCalibration.from_config(calibration.to_config()) == calibration
+    with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0.0"):
+        NoveltyCalibration.from_config({**calibration.to_config(), "scale": 0})
+    with pytest.raises(ValueError, match="must name the groups .* got \\{'fatal': 1\\}"):
+        NoveltyCalibration.from_config({**calibration.to_config(), "weights": {"fatal": 1}})
+    with pytest.raises(ValueError, match="must map scale, bias and weights"):
+        NoveltyCalibration.from_config({"scale": 1})
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        NoveltyCalibration(1.0, 0.0, (float("nan"), 0.0, 0.0, 0.0))
+
+
+def _eval_period(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """400 sessions: the classifier ranks the known failures; a new failure category (a never-seen fatal line)
+    scores like normal sessions, and new plain lines come with normal drift."""
+    n = 400
+    labels = np.zeros(n, dtype=int)
+    labels[:40] = 1
+    scores = rng.uniform(1e-4, 1e-2, n)
+    scores[:20] = rng.uniform(0.9, 0.999, 20)  # known failures, ranked
+    flags = np.zeros((n, len(GROUPS)))
+    flags[20:40, FATAL] = 1.0  # the new category: never-seen fatal lines, low classifier scores
+    flags[40:60, FATAL] = rng.uniform(size=20) < 0.1  # a few normal sessions hold one too
+    flags[60:160, OTHER] = 1.0  # drift: new plain lines in normal sessions
+    return scores, flags, labels
+
+
+def test_the_fit_raises_what_a_new_fatal_line_says_and_leaves_absent_groups_at_zero() -> None:
+    scores, flags, labels = _eval_period(np.random.default_rng(0))
+    calibration = fit_novelty(scores, flags, labels)
+    assert calibration is not None and calibration.scale > 0
+    fatal, error, warn, other = calibration.weights
+    assert fatal > 3.0 and other < fatal and error == 0.0 and warn == 0.0
+    margin = torch.tensor(np.log(scores) - np.log1p(-scores), dtype=torch.float32)
+    groups = torch.full((len(scores), 1), SEEN)
+    groups[flags[:, FATAL] > 0, 0] = FATAL
+    calibrated, _ = calibration.apply(margin, torch.zeros(len(scores), 1), groups)
+    new_category = calibrated[20:40].min()
+    assert new_category > torch.quantile(calibrated[60:], 0.9)  # now above nearly all normal sessions
+    assert calibrated[:20].min() > calibrated[160:].max()  # the known failures keep their rank
+
+
+def test_nothing_is_fitted_without_never_seen_lines_or_without_both_classes() -> None:
+    scores, flags, labels = _eval_period(np.random.default_rng(1))
+    assert fit_novelty(scores, np.zeros_like(flags), labels) is None
+    assert fit_novelty(scores, flags, np.zeros_like(labels)) is None
