@@ -16,12 +16,14 @@ FATAL, ERROR, WARN, OTHER = range(len(GROUPS))
     ("<TS> RAS KERNEL FAILURE machine check", FATAL),
     ("kernel: critical temperature reached", FATAL),
     ("<TS> ERROR dfs.DataNode: writeBlock received exception java.io.IOException", ERROR),
-    ("<TS> INFO org.apache.Client: got java.io.IOException: Connection reset", ERROR),
-    ("<TS> WARN dfs.DataNode: slow flush", WARN),
+    ("java.io.IOException: Connection reset by peer", ERROR),  # a stack trace line: no level, an exception
+    ("<TS> WARN dfs.DataNode: slow flush, error count <NUM>", WARN),
+    ("<TS> RAS KERNEL INFO critical input interrupt (unit=<HEX>): warning for torus z+ wire", OTHER),
+    ("<TS> INFO org.apache.Client: got java.io.IOException: Connection reset", OTHER),
     ("<TS> INFO dfs.DataNode: Receiving block <ID>", OTHER),
     ("errors=0 terror alerted", OTHER),  # words inside other words do not count
 ])
-def test_a_never_seen_line_is_grouped_by_its_first_matching_words(line: str, group: int) -> None:
+def test_a_never_seen_line_is_grouped_by_its_first_level_word(line: str, group: int) -> None:
     assert line_group(line) == group
 
 

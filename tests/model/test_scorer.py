@@ -271,14 +271,14 @@ def test_novelty_calibration_adds_what_never_seen_lines_say_to_the_margin(scorer
     scorer.model.save_pretrained(folder)
     windows = [SESSION[:5], SESSION]  # SESSION[5] (WARN ... exception) is the only line training never held
     plain = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder).score_detailed(windows)
-    calibration = NoveltyCalibration(scale=0.5, bias=-0.25, weights=(0.0, 3.0, 1.0, 0.0))  # error group: "exception"
+    calibration = NoveltyCalibration(scale=0.5, bias=-0.25, weights=(0.0, 1.0, 3.0, 0.0))  # warn group: "WARN ..."
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "novelty_calibration": calibration.to_config()}))
     with pytest.raises(ValueError, match="weighs never-seen lines .* has no seen_lines.json"):
         LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
     LogScorer.save_seen_lines(folder, (mask(line) for line in SESSION[:5]))
     calibrated = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
-    assert calibrated.novelty_flags(SESSION) == [0.0, 1.0, 0.0, 0.0]
+    assert calibrated.novelty_flags(SESSION) == [0.0, 0.0, 1.0, 0.0]
     results = calibrated.score_detailed(windows)
 
     def logit(p: float) -> float:
