@@ -267,7 +267,7 @@ class TrainingSection:
     threshold carried over stays where it was (0.626 over 7 runs, 0.607 with neither option)."""
     novelty_calibration: bool = True
     """After training, fit on the labelled eval sessions what a line training never held adds to a window's score,
-    by what the line says (model.novelty: fatal / error / warn / other words), together with a scale on the
+    by the level it states (model.novelty: fatal / error / warn / other, from its first level word), with a scale on the
     classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
     Nothing is fitted (scores stay the classifier's) when the eval sessions hold no never-seen line or one class only,
     or under the unsupervised objective. Measured on BGL trained on its past, threshold carried to the next month
