@@ -271,8 +271,9 @@ class TrainingSection:
     classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
     Nothing is fitted (scores stay the classifier's) when the eval sessions hold no never-seen line or one class only,
     or under the unsupervised objective. Measured on BGL trained on its past, threshold carried to the next month
-    (bench/results/2026-12-05-novelty-calibration.md): F1 0.596 -> 0.848 on average over six seeds, each seed up
-    (0.857 over 13), with more false alarms; real and synthetic HDFS eval data hold no never-seen line, so nothing changes there."""
+    (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
+    0.878), with about as many false alarms; real and synthetic HDFS eval data hold no never-seen line, so nothing
+    changes there."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
