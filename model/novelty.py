@@ -115,22 +115,54 @@ class NoveltyCalibration:
         return self.scale * margin + self.bias + present @ weights, self.scale * line_scores + shares
 
 
-def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]],
-                labels: Sequence[int]) -> NoveltyCalibration | None:
+@dataclass(frozen=True)
+class CrossFit:
+    """Novelty evidence from inside the training period: the later part of train, scored by an auxiliary classifier
+    trained on the earlier part, with never-seen meaning not in that earlier part. scores (n,) P(anomaly), flags
+    (n, G) window_flags, labels (n,)."""
+
+    scores: Sequence[float]
+    flags: Sequence[Sequence[float]]
+    labels: Sequence[int]
+
+
+def _margins(scores: Sequence[float]) -> np.ndarray:
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)  # (n,)
+
+
+def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int],
+                crossfit: CrossFit | None = None) -> NoveltyCalibration | None:
     """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly), flags (n, G) window_flags, labels
-    (n,). None when there is nothing to learn (one class, or no never-seen line in any session) or the fit does not
-    rank by the classifier (scale <= 0): the classifier's score is then kept as it is."""
+    (n,). With crossfit, its sessions join the fit: the group weights are shared by both, while each classifier
+    keeps a scale and bias of its own (their margins need not be alike) and the eval classifier's are returned.
+    None when there is nothing to learn (eval holds one class, or no session a never-seen line) or the fit does
+    not rank by the classifier (scale <= 0): the classifier's score is then kept as it is."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(labels, dtype=np.int64)
     flagged = np.asarray(flags, dtype=np.float64).reshape(len(y), len(GROUPS))  # (n, G)
-    if not 0 < int(y.sum()) < len(y) or not flagged.any():
+    if not 0 < int(y.sum()) < len(y):
         return None
-    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-    margin = np.log(p) - np.log1p(-p)  # (n,)
-    fit = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit(np.column_stack([margin, flagged]), y)
-    scale, weights = float(fit.coef_[0][0]), tuple(float(w) for w in fit.coef_[0][1:])
+    margin = _margins(scores)
+    if crossfit is None:
+        columns = np.column_stack([margin, flagged])  # (n, 1 + G)
+    else:
+        y_cross = np.asarray(crossfit.labels, dtype=np.int64)
+        flagged_cross = np.asarray(crossfit.flags, dtype=np.float64).reshape(len(y_cross), len(GROUPS))  # (m, G)
+        is_eval = np.concatenate([np.ones(len(y)), np.zeros(len(y_cross))])  # (n + m,)
+        both = np.concatenate([margin, _margins(crossfit.scores)])  # (n + m,)
+        # eval margin, cross-fit margin, eval's bias over the cross-fit's (the intercept), then the shared groups
+        columns = np.column_stack([both * is_eval, both * (1 - is_eval), is_eval,
+                                   np.concatenate([flagged, flagged_cross])])  # (n + m, 3 + G)
+        y, flagged = np.concatenate([y, y_cross]), columns[:, 3:]
+    if not flagged.any():
+        return None
+    fit = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit(columns, y)
+    coef = fit.coef_[0]
+    scale, bias = float(coef[0]), float(fit.intercept_[0]) + (float(coef[2]) if crossfit is not None else 0.0)
+    weights = tuple(float(w) for w in coef[-len(GROUPS):])
     if scale <= 0:
         logger.warning("novelty calibration skipped: the fit gave the classifier's margin scale %.3g", scale)
         return None
-    return NoveltyCalibration(scale, float(fit.intercept_[0]), weights)
+    return NoveltyCalibration(scale, bias, weights)

@@ -274,6 +274,16 @@ class TrainingSection:
     (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
     0.878), with about as many false alarms; real and synthetic HDFS eval data hold no never-seen line, so nothing
     changes there."""
+    novelty_crossfit: float = 0.3
+    """With novelty_calibration: the share of train, last in the order its files hold it (time, for logs), on which
+    the fit also learns what never-seen lines are worth. An auxiliary classifier is trained on the rest of train
+    (the same settings; its epoch chosen on that share), scores that share, and the calibration is fitted over those
+    sessions and the eval sessions together: the group weights shared, a scale and bias per classifier, the final
+    model's stored. It runs only when that share holds a line the rest of train does not and both parts hold both
+    classes (not on real or synthetic HDFS, whose lines all recur); it then adds about 0.7 of a training run. Why:
+    the final model is chosen and calibrated on eval, and when eval's never-seen lines are failures it already
+    knows, the fit learns little of what a new one is worth; inside the training period, failures new to the
+    earlier part show it (bench/results/2026-12-05-novelty-crossfit.md). 0: off."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None
@@ -326,6 +336,8 @@ class TrainingSection:
             raise ValueError(f"training.target_rate must be in (0, 1) ({self.target_rate})")
         if not 0.0 <= self.shuffle_anomalous <= 1.0:
             raise ValueError(f"training.shuffle_anomalous must be in [0, 1] ({self.shuffle_anomalous})")
+        if not 0.0 <= self.novelty_crossfit < 1.0:
+            raise ValueError(f"training.novelty_crossfit must be in [0, 1) ({self.novelty_crossfit})")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(f"training.stop_after_epochs must be >= 1 or null ({self.stop_after_epochs})")
 

@@ -30,7 +30,7 @@ import torch
 
 from model.early import EarlyRule
 from model.masking import mask
-from model.novelty import GROUPS, fit_novelty
+from model.novelty import GROUPS, CrossFit, fit_novelty
 from model.rarity import row_counts, save_line_counts, session_counts
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig
@@ -53,6 +53,7 @@ from train.split import split_sessions
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final_moe_model"
+CROSSFIT_DIR = "novelty_crossfit"  # the auxiliary run of training.novelty_crossfit, inside output_dir
 
 
 def data_fingerprint(sessions: Sequence[Session]) -> str:
@@ -71,7 +72,7 @@ def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> d
     config = asdict(cfg)
     for key in ("output_dir", "resume"):
         config.pop(key)
-    calibration_only = ("early_calibration", "early_target_fpr", "novelty_calibration")  # read after training
+    calibration_only = ("early_calibration", "early_target_fpr", "novelty_calibration", "novelty_crossfit")  # read after training
     for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints", "backend",
                 "dist_timeout_s", *calibration_only):
         config["training"].pop(key)
@@ -163,7 +164,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return _train(cfg, dp)
 
 
-def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
+RunData = tuple[list[Session], list[Session], dict[str, Any]]  # train sessions, eval sessions, what load_run_data says
+
+
+def _train(cfg: TrainConfig, dp: DataParallel, data: RunData | None = None) -> dict[str, Any]:
+    """train() in one process of the run; data: the sessions to use instead of cfg.data's files."""
     from model.encoder import LineEncoder
 
     timings: dict[str, float] = {}
@@ -174,7 +179,7 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
     seed_everything(cfg.training.seed)
     device = dp.device
 
-    train_sessions, eval_sessions, data_info = dp.agree(lambda: load_run_data(cfg))
+    train_sessions, eval_sessions, data_info = data if data is not None else dp.agree(lambda: load_run_data(cfg))
     known_labels = None
     if cfg.training.objective == "unsupervised":  # labels ignored: kept aside for the trimming report only
         known_labels = [s.label if s.labelled else None for s in train_sessions]
@@ -267,6 +272,10 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
                            shuffle)
     timings["train_s"] = time.perf_counter() - clock
     total_epochs = len(schedule(cfg.training))
+    crossfit, crossfit_report = None, None
+    if trainer.epochs_done == total_epochs:
+        crossfit, crossfit_report = _crossfit(cfg, dp, encoder, train_sessions, train_masked,
+                                                   data_info["eval_labelled"])
     if not dp.is_main:  # rank 0 evaluates and writes the results
         done = trainer.epochs_done == total_epochs
         return {"status": "complete" if done else "interrupted", "rank": dp.rank, "world_size": dp.world_size}
@@ -276,7 +285,7 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
 
     clock = time.perf_counter()
     metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, line_counts, device,
-                               data_info["eval_labelled"])
+                               data_info["eval_labelled"], crossfit)
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
@@ -291,6 +300,8 @@ def _train(cfg: TrainConfig, dp: DataParallel) -> dict[str, Any]:
         "world_size": dp.world_size,
         "threshold": metrics["threshold"],
         "early": early,
+        "novelty_calibration": model.config.novelty_calibration,
+        "novelty_crossfit": crossfit_report,
         "session_pauses": pauses.to_dict(),
         "final_eval_loss": window_check.loss,
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -347,9 +358,59 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
         shutil.rmtree(previous)
 
 
+def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: list[Session],
+              train_masked: list[tuple[str, ...]], eval_labelled: bool) -> tuple[CrossFit | None, dict[str, Any] | None]:
+    """training.novelty_crossfit: train an auxiliary model on the earlier part of train (every rank takes part),
+    score the later part with it (rank 0) and return that evidence for the novelty fit, with what was done (None,
+    None when the setting does not apply). Its outputs go to output_dir/novelty_crossfit; its checkpoints and model
+    are deleted once it has scored."""
+    from model.scorer import LogScorer
+
+    t = cfg.training
+    if not (t.novelty_calibration and t.novelty_crossfit and t.objective == "supervised" and eval_labelled):
+        return None, None
+    cut = round(len(train_sessions) * (1 - t.novelty_crossfit))
+    earlier, later = train_sessions[:cut], train_sessions[cut:]
+    known = {line for lines in train_masked[:cut] for line in lines}
+    report: dict[str, Any] = {
+        "fraction": t.novelty_crossfit, "earlier": label_counts(earlier), "later": label_counts(later),
+        "later_with_never_seen": sum(any(line not in known for line in lines) for lines in train_masked[cut:])}
+    why_not = ("the later part holds no line the earlier part does not" if not report["later_with_never_seen"] else
+               next((f"the {name} part holds one class only" for name, part in (("earlier", earlier), ("later", later))
+                     if label_counts(part)["n_anomalous"] in (0, len(part))), None))
+    if why_not is not None:
+        logger.info("novelty cross-fit skipped: %s (%s)", why_not, report)
+        return None, {**report, "status": f"skipped: {why_not}"}
+    logger.info("novelty cross-fit: training on the earlier %d training sessions, scoring the later %d (%d hold a "
+                "line the earlier ones do not)", len(earlier), len(later), report["later_with_never_seen"])
+    folder = cfg.output_path / CROSSFIT_DIR
+    aux_cfg = replace(cfg, output_dir=str(folder), resume=False,
+                      encoder=replace(cfg.encoder, cache_dir=str(cfg.embed_cache_dir)),
+                      training=replace(t, novelty_calibration=False, novelty_crossfit=0.0, early_calibration="off",
+                                       stop_after_epochs=None))
+    info = {"split": f"novelty cross-fit: the earlier {1 - t.novelty_crossfit:g} of train, the later "
+                     f"{t.novelty_crossfit:g} as eval", "train": report["earlier"], "eval": report["later"],
+            "eval_labelled": True, "skipped": {}}
+    clock = time.perf_counter()
+    aux = _train(aux_cfg, dp, (earlier, later, info))
+    if not dp.is_main:
+        return None, None
+    scorer = LogScorer.from_pretrained(folder / FINAL_DIR, device=str(dp.device), encoder=encoder,
+                                       batch_size=t.eval_batch_size)
+    scores = score_sessions(scorer, later, t.hop, t.eval_batch_size)
+    flags = [scorer.novelty_flags(s.lines) for s in later]
+    del scorer  # its weights map files in the folder
+    for done in ("moe_results", FINAL_DIR):
+        shutil.rmtree(folder / done)
+    report.update(status="fitted with eval", seconds=round(time.perf_counter() - clock, 3),
+                  later_scored={k: aux["eval"][k] for k in ("f1", "precision", "recall", "pr_auc")})
+    return CrossFit(scores.scores, flags, [s.label for s in later]), report
+
+
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
               train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], line_counts: dict[str, int],
-              device: torch.device, eval_labelled: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+              device: torch.device, eval_labelled: bool = True,
+              crossfit: CrossFit | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
     (threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
     seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
@@ -373,10 +434,12 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
     if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
-        novelty = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels)
+        novelty = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels,
+                              crossfit)
         if novelty is not None:
-            logger.info("novelty calibration on eval: margin x %.3f %+.3f, never-seen lines add %s", novelty.scale,
-                        novelty.bias, ", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, novelty.weights)))
+            logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",
+                        " and the cross-fit" if crossfit is not None else "", novelty.scale, novelty.bias,
+                        ", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, novelty.weights)))
             scorer.set_novelty_calibration(novelty)
             model.config.novelty_calibration = novelty.to_config()
             scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)

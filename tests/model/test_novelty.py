@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.novelty import GROUPS, SEEN, NoveltyCalibration, fit_novelty, line_group, row_groups, window_flags
+from model.novelty import (GROUPS, SEEN, CrossFit, NoveltyCalibration, fit_novelty, line_group, row_groups,
+                           window_flags)
 
 FATAL, ERROR, WARN, OTHER = range(len(GROUPS))
 
@@ -96,3 +97,27 @@ def test_nothing_is_fitted_without_never_seen_lines_or_without_both_classes() ->
     scores, flags, labels = _eval_period(np.random.default_rng(1))
     assert fit_novelty(scores, np.zeros_like(flags), labels) is None
     assert fit_novelty(scores, flags, np.zeros_like(labels)) is None
+
+
+def _scored_part(rng: np.random.Generator, n: int, inflate: float, new_category: bool) -> CrossFit:
+    """n sessions labelled from a latent risk z, scored sigmoid(inflate * z); with new_category, 8% more failures
+    that only a never-seen fatal line shows (the classifier scores them as it scores anything)."""
+    z = rng.normal(-3.0, 2.5, n)
+    labels = (rng.uniform(size=n) < 1 / (1 + np.exp(-z))).astype(int)
+    flags = np.zeros((n, len(GROUPS)))
+    if new_category:
+        new = rng.uniform(size=n) < 0.08
+        labels[new], flags[new, FATAL] = 1, 1.0
+    return CrossFit(1 / (1 + np.exp(-inflate * z)), flags, labels)
+
+
+def test_the_crossfit_teaches_what_eval_cannot_and_eval_keeps_its_own_scale() -> None:
+    rng = np.random.default_rng(0)
+    evaluated = _scored_part(rng, 600, 8.0, new_category=False)  # an overconfident final model, no new lines
+    crossfit = _scored_part(rng, 1200, 1.0, new_category=True)
+    assert fit_novelty(evaluated.scores, evaluated.flags, evaluated.labels) is None  # eval alone: nothing to learn
+    calibration = fit_novelty(evaluated.scores, evaluated.flags, evaluated.labels, crossfit)
+    assert calibration is not None
+    assert calibration.weights[FATAL] > 5.0 and calibration.weights[OTHER] == 0.0
+    # the eval margins are 8x the true log-odds: the eval scale undoes that, whatever the cross-fit's margins
+    assert 0.1 < calibration.scale < 0.2
