@@ -7,6 +7,7 @@ Outputs under cfg.output_dir (the seed's layout plus metrics and plots):
                      seen_lines.json, normal_lines.json, line_counts.json (with model.rarity_buckets > 0)
   metrics.json       final eval metrics (computed with LogScorer, as `logmoe evaluate` does), data counts, timings
   plots/             loss_curves.png, pr_curve.png, confusion_matrix.png
+  novelty_crossfit/  the auxiliary run of training.novelty_crossfit, when it runs: its metrics.json, logs, plots
 
 Under torchrun (or `logmoe train --nproc N`) every process runs `train(cfg)`: a data-parallel run
 (train/distributed.py). The ranks mask and embed their shares of the data (train/sharded_prep.py), train under

@@ -2,6 +2,7 @@
 a fast CPU training config on the tiny encoder."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.jsonl / dev.jsonl / stream.log / stream_labels.csv of a 360-session synthetic world."""
     out = tmp_path_factory.mktemp("world")
     write_world(out, sessions=360, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def new_failure_train(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world's train.jsonl where, in its last 0.3 (training.novelty_crossfit's default share), every fourth
+    normal session ends with a fatal line no earlier session holds and is a failure: a category new to the later
+    part of train, which eval (the world's dev.jsonl) never shows."""
+    new_failure = "2026-03-14T09:00:01.000Z FATAL storage[77]: mount of volume vol-3 failed, giving up"
+    records = [json.loads(line) for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    cut = round(len(records) * 0.7)
+    for n, record in enumerate(records[cut:]):
+        if record["label"] == "正常" and n % 4 == 0:
+            record.update(log_sequence=record["log_sequence"] + "\n" + new_failure, label="异常")
+    out = tmp_path_factory.mktemp("new_failure") / "train.jsonl"
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return out
 
 

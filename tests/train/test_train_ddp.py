@@ -206,3 +206,18 @@ def test_a_rank_that_stops_answering_ends_the_run_with_an_error(fast_settings: l
     assert "training.dist_timeout_s (15 s)" in lines[0] and "continue it with --resume" in lines[0]
     assert (tmp_path / "moe_results" / "checkpoint-001").is_dir()  # what --resume continues from
     assert not (tmp_path / "final_moe_model").exists()
+
+
+def test_a_two_process_run_trains_the_novelty_crossfit_model_too(fast_settings: list[str], new_failure_train: Path,
+                                                                 tmp_path: Path) -> None:
+    """Both ranks train the auxiliary model (its batches are split like the main one's); rank 0 alone scores with
+    it and fits: one result printed, the calibration stored."""
+    done = run_bounded([sys.executable, "-m", "model.cli", "train", "--nproc", "2", "--config", "configs/train.yaml",
+                        "--json", *cli_settings([*fast_settings, f"output_dir={tmp_path}",
+                                                 f'data.train=["{new_failure_train}"]', "training.epochs_stage1=1",
+                                                 "training.epochs_stage2=1"])], TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["novelty_crossfit"]["status"] == "fitted with eval"
+    stored = json.loads((tmp_path / "final_moe_model" / "config.json").read_text())["novelty_calibration"]
+    assert stored["weights"]["fatal"] > 0

@@ -346,23 +346,13 @@ def test_never_seen_fatal_lines_of_the_eval_failures_are_weighed_into_the_stored
 
 @pytest.mark.parametrize("crossfit", [0.3, 0.0])
 def test_a_failure_new_in_the_later_part_of_train_teaches_the_novelty_fit_that_eval_cannot(
-        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, crossfit: float) -> None:
-    # in the last 0.3 of train, normal sessions that end with a fatal line the earlier sessions never held are a
-    # failure; eval holds no such line, so only the cross-fit shows what one is worth
-    new_failure = "2026-03-14T09:00:01.000Z FATAL storage[77]: mount of volume vol-3 failed, giving up"
-    records = [json.loads(line) for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    cut = round(len(records) * 0.7)
-    for n, record in enumerate(records[cut:]):
-        if record["label"] == "正常" and n % 4 == 0:
-            record.update(log_sequence=record["log_sequence"] + "\n" + new_failure, label="异常")
-    train_file = tmp_path / "train_new_failure.jsonl"
-    train_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    cfg = make_config(tmp_path / "run", f'data.train=["{train_file}"]', "training.epochs_stage1=1",
+        make_config: Callable[..., TrainConfig], new_failure_train: Path, tmp_path: Path, crossfit: float) -> None:
+    cfg = make_config(tmp_path, f'data.train=["{new_failure_train}"]', "training.epochs_stage1=1",
                       "training.epochs_stage2=1", f"training.novelty_crossfit={crossfit}")
     result = train(cfg)
     stored = json.loads((cfg.output_path / "final_moe_model" / "config.json").read_text())["novelty_calibration"]
     if not crossfit:
-        assert stored is None and result["novelty_crossfit"] is None  # eval alone: nothing to fit
+        assert stored is None and result["novelty_crossfit"] is None  # eval alone holds no never-seen line
         return
     assert result["novelty_crossfit"]["status"] == "fitted with eval"
     assert result["novelty_crossfit"]["later_with_never_seen"] > 0
