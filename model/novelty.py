@@ -126,16 +126,24 @@ class CrossFit:
     labels: Sequence[int]
 
 
+@dataclass(frozen=True)
+class NoveltyFit:
+    calibration: NoveltyCalibration  # the final (eval) classifier's: what the model stores
+    crossfit_scores: tuple[float, ...] | None  # (m,) the cross-fit sessions' calibrated P(anomaly), on the same
+    # scale as eval's once calibrated (each classifier's own scale and bias applied), for choosing the threshold
+
+
 def _margins(scores: Sequence[float]) -> np.ndarray:
     p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)  # (n,)
 
 
 def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int],
-                crossfit: CrossFit | None = None) -> NoveltyCalibration | None:
+                crossfit: CrossFit | None = None) -> NoveltyFit | None:
     """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly), flags (n, G) window_flags, labels
     (n,). With crossfit, its sessions join the fit: the group weights are shared by both, while each classifier
-    keeps a scale and bias of its own (their margins need not be alike) and the eval classifier's are returned.
+    keeps a scale and bias of its own (their margins need not be alike); the eval classifier's are the calibration,
+    and the cross-fit sessions' calibrated scores come with it.
     None when there is nothing to learn (eval holds one class, or no session a never-seen line) or the fit does
     not rank by the classifier (scale <= 0): the classifier's score is then kept as it is."""
     from sklearn.linear_model import LogisticRegression
@@ -165,4 +173,7 @@ def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], label
     if scale <= 0:
         logger.warning("novelty calibration skipped: the fit gave the classifier's margin scale %.3g", scale)
         return None
-    return NoveltyCalibration(scale, bias, weights)
+    crossfit_scores = None
+    if crossfit is not None:
+        crossfit_scores = tuple(float(p) for p in fit.predict_proba(columns[len(scores):])[:, 1])  # (m,)
+    return NoveltyFit(NoveltyCalibration(scale, bias, weights), crossfit_scores)

@@ -279,7 +279,7 @@ class TrainingSection:
     the fit also learns what never-seen lines are worth. An auxiliary classifier is trained on the rest of train
     (the same settings; its epoch chosen on that share), scores that share, and the calibration is fitted over those
     sessions and the eval sessions together: the group weights shared, a scale and bias per classifier, the final
-    model's stored. It runs only when that share holds a line the rest of train does not and both parts hold both
+    model's stored; the threshold is then chosen on both sets of calibrated scores. It runs only when that share holds a line the rest of train does not and both parts hold both
     classes (not on real or synthetic HDFS, whose lines all recur); it then adds about 0.7 of a training run. Why:
     the final model is chosen and calibrated on eval, and when eval's never-seen lines are failures it already
     knows, the fit learns little of what a new one is worth; inside the training period, failures new to the

@@ -285,8 +285,10 @@ def _train(cfg: TrainConfig, dp: DataParallel, data: RunData | None = None) -> d
                 "output_dir": str(out)}
 
     clock = time.perf_counter()
-    metrics, early = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines, line_counts, device,
-                               data_info["eval_labelled"], crossfit)
+    metrics, early, crossfit_metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines,
+                                                 line_counts, device, data_info["eval_labelled"], crossfit)
+    if crossfit_metrics is not None:
+        crossfit_report["at_threshold"] = crossfit_metrics
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
@@ -411,12 +413,15 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
               train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], line_counts: dict[str, int],
               device: torch.device, eval_labelled: bool = True,
-              crossfit: CrossFit | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Save the final model, score eval with LogScorer (the worker's scorer), calibrate and store the threshold
-    (threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
+              crossfit: CrossFit | None = None
+              ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Save the final model, score eval with LogScorer (the worker's scorer), fit the novelty calibration (on eval,
+    and the cross-fit sessions when given), calibrate and store the threshold (on eval and the cross-fit sessions'
+    calibrated scores; threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
     seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
     returns the eval metrics at the stored threshold (without labels: no precision, recall, F1) and what early
-    scoring does on eval (None when early_calibration is off)."""
+    scoring does on eval (None when early_calibration is off), and the cross-fit sessions' metrics at the stored
+    threshold (None without them)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -434,21 +439,24 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
                                        batch_size=cfg.training.eval_batch_size)
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
+    crossfit_scores: tuple[list[int], list[float]] = ([], [])  # labels, calibrated scores
     if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
-        novelty = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels,
-                              crossfit)
-        if novelty is not None:
+        fitted = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels, crossfit)
+        if fitted is not None:
+            novelty = fitted.calibration
             logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",
                         " and the cross-fit" if crossfit is not None else "", novelty.scale, novelty.bias,
                         ", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, novelty.weights)))
             scorer.set_novelty_calibration(novelty)
             model.config.novelty_calibration = novelty.to_config()
             scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
+            if fitted.crossfit_scores is not None:
+                crossfit_scores = (list(crossfit.labels), list(fitted.crossfit_scores))
     if cfg.training.threshold_objective == "rate":
         threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
-    else:
-        threshold = calibrate_threshold(labels, scores.scores, cfg.training.threshold_objective,
-                                        cfg.training.target_fpr)
+    else:  # on eval, and on the cross-fit sessions too: a later period the final model's eval did not show
+        threshold = calibrate_threshold(labels + crossfit_scores[0], scores.scores + crossfit_scores[1],
+                                        cfg.training.threshold_objective, cfg.training.target_fpr)
     model.config.threshold = threshold
     early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines, eval_labelled)
     model.save_pretrained(staging)
@@ -458,10 +466,14 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
         metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
         labels = []
+    crossfit_metrics = None
+    if crossfit_scores[0]:
+        at = classification_metrics(crossfit_scores[0], crossfit_scores[1], threshold)
+        crossfit_metrics = {k: at[k] for k in ("precision", "recall", "f1", "pr_auc", "confusion_matrix")}
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
     if eval_labelled:
         plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
-    return metrics, early
+    return metrics, early, crossfit_metrics
 
 
 def _calibrate_early(cfg: TrainConfig, model: Any, scorer: Any, eval_sessions: list[Session],

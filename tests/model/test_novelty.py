@@ -80,8 +80,10 @@ def _eval_period(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
 
 def test_the_fit_raises_what_a_new_fatal_line_says_and_leaves_absent_groups_at_zero() -> None:
     scores, flags, labels = _eval_period(np.random.default_rng(0))
-    calibration = fit_novelty(scores, flags, labels)
-    assert calibration is not None and calibration.scale > 0
+    fitted = fit_novelty(scores, flags, labels)
+    assert fitted is not None and fitted.crossfit_scores is None
+    calibration = fitted.calibration
+    assert calibration.scale > 0
     fatal, error, warn, other = calibration.weights
     assert fatal > 3.0 and other < fatal and error == 0.0 and warn == 0.0
     margin = torch.tensor(np.log(scores) - np.log1p(-scores), dtype=torch.float32)
@@ -116,8 +118,13 @@ def test_the_crossfit_teaches_what_eval_cannot_and_eval_keeps_its_own_scale() ->
     evaluated = _scored_part(rng, 600, 8.0, new_category=False)  # an overconfident final model, no new lines
     crossfit = _scored_part(rng, 1200, 1.0, new_category=True)
     assert fit_novelty(evaluated.scores, evaluated.flags, evaluated.labels) is None  # eval alone: nothing to learn
-    calibration = fit_novelty(evaluated.scores, evaluated.flags, evaluated.labels, crossfit)
-    assert calibration is not None
+    fitted = fit_novelty(evaluated.scores, evaluated.flags, evaluated.labels, crossfit)
+    assert fitted is not None and fitted.crossfit_scores is not None
+    calibration = fitted.calibration
     assert calibration.weights[FATAL] > 5.0 and calibration.weights[OTHER] == 0.0
     # the eval margins are 8x the true log-odds: the eval scale undoes that, whatever the cross-fit's margins
     assert 0.1 < calibration.scale < 0.2
+    # the cross-fit sessions come back calibrated: the new category now above nearly all of its normal sessions
+    calibrated, labels = np.asarray(fitted.crossfit_scores), np.asarray(crossfit.labels)
+    new = np.asarray(crossfit.flags)[:, FATAL] > 0
+    assert calibrated.shape == labels.shape and calibrated[new].min() > np.quantile(calibrated[labels == 0], 0.9)
