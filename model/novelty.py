@@ -15,8 +15,14 @@ emerg, alert, failure), "error" (error, err, or a word ending in exception), "wa
 debug, trace, notice, or no level word). So "KERNEL INFO critical input interrupt ... warning" is "other": on BGL
 September's normal windows that hold a never-seen line of the fatal group go from 29 to 19 of 211 with this rule
 (against any such word anywhere in the line), its anomalous ones stay at 69 of 72. A group no eval session holds
-keeps weight 0 (its feature is all zero, so the penalty holds it there). Each weight is shared out among the window's never-seen lines of its group, so line shares still add
-up to the margin (with scale applied to the classifier's shares).
+keeps weight 0 (its feature is all zero, so the penalty holds it there). Each weight is shared out among the
+window's never-seen lines of its group, so line shares still add up to the margin (with scale applied to the
+classifier's shares).
+
+An eval period whose failures the final model already knows shows little of what a new line is worth. `CrossFit`
+adds evidence from inside the training period (train.pipeline, training.novelty_crossfit): the later part of train,
+scored by a classifier trained on the earlier part. Both sets are fitted together, the group weights shared and
+each classifier with a scale and bias of its own; their calibrated scores come back for choosing the threshold.
 """
 
 from __future__ import annotations
