@@ -277,13 +277,14 @@ class TrainingSection:
     novelty_crossfit: float = 0.3
     """With novelty_calibration: the share of train, last in the order its files hold it (time, for logs), on which
     the fit also learns what never-seen lines are worth. An auxiliary classifier is trained on the rest of train
-    (the same settings; its epoch chosen on that share), scores that share, and the calibration is fitted over those
-    sessions and the eval sessions together: the group weights shared, a scale and bias per classifier, the final
-    model's stored; the threshold is then chosen on both sets of calibrated scores. It runs only when that share holds a line the rest of train does not and both parts hold both
-    classes (not on real or synthetic HDFS, whose lines all recur); it then adds about 0.7 of a training run. Why:
-    the final model is chosen and calibrated on eval, and when eval's never-seen lines are failures it already
-    knows, the fit learns little of what a new one is worth; inside the training period, failures new to the
-    earlier part show it (bench/results/2026-12-05-novelty-crossfit.md). 0: off."""
+    (the same settings; its epoch chosen on that share) and scores that share; the calibration is fitted over those
+    sessions and the eval sessions together (the group weights shared, a scale and bias per classifier, the final
+    model's stored), and the threshold is chosen on both sets of calibrated scores. It runs only when that
+    share holds a line the rest of train does not and both parts hold both classes (not on real or synthetic HDFS,
+    whose lines all recur); it then costs about one more training run (BGL: x1.9, since small data trains
+    min_steps_per_epoch steps either way). Why: the final model is chosen and calibrated on eval, and when eval's
+    failures are all known to it, the fit learns little of what a new line is worth; inside the training period,
+    failures new to the earlier part show it (bench/results/2026-12-05-novelty-crossfit.md). 0: off."""
     keep_checkpoints: int = 2
     """Epoch checkpoints kept in moe_results/ (older ones are deleted)."""
     stop_after_epochs: int | None = None

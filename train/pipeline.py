@@ -288,7 +288,7 @@ def _train(cfg: TrainConfig, dp: DataParallel, data: RunData | None = None) -> d
     metrics, early, crossfit_metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines,
                                                  line_counts, device, data_info["eval_labelled"], crossfit)
     if crossfit_metrics is not None:
-        crossfit_report.update(crossfit_metrics)
+        crossfit_report["at_threshold"] = crossfit_metrics
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
@@ -405,18 +405,9 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
     del scorer  # its weights map files in the folder
     for done in ("moe_results", FINAL_DIR):
         shutil.rmtree(folder / done)
-    report.update(status="trained", seconds=round(time.perf_counter() - clock, 3),
+    report.update(status="trained and scored", seconds=round(time.perf_counter() - clock, 3),
                   later_scored={k: aux["eval"][k] for k in ("f1", "precision", "recall", "pr_auc")})
     return CrossFit(scores.scores, flags, [s.label for s in later]), report
-
-
-def novel_misses(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
-    """Failures only a never-seen line tells: anomalous sessions (scores (n,) the classifier's, flags (n, G)
-    model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1 cut of these
-    scores. They are what the novelty fit learns from; the cross-fit sessions join it only when they hold more of
-    them than eval does, since sessions without them only dilute what eval shows."""
-    cut = calibrate_threshold(labels, scores)
-    return sum(1 for score, flag, label in zip(scores, flags, labels) if label and any(flag) and score < cut)
 
 
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
@@ -429,9 +420,8 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     calibrated scores; threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
     seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
     returns the eval metrics at the stored threshold (without labels: no precision, recall, F1) and what early
-    scoring does on eval (None when early_calibration is off), and what became of the cross-fit sessions (None
-    without them): the failures only novelty tells in each set, whether they were used, and their metrics at the
-    stored threshold when they were."""
+    scoring does on eval (None when early_calibration is off), and the cross-fit sessions' metrics at the stored
+    threshold (None without them)."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -450,19 +440,8 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
     crossfit_scores: tuple[list[int], list[float]] = ([], [])  # labels, calibrated scores
-    crossfit_metrics: dict[str, Any] | None = None
     if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
-        eval_flags = [scorer.novelty_flags(s.lines) for s in eval_sessions]
-        if crossfit is not None:
-            misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
-                      "crossfit": novel_misses(crossfit.scores, crossfit.flags, crossfit.labels)}
-            crossfit_metrics = {"novel_misses": misses, "used": misses["crossfit"] > misses["eval"]}
-            logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions: %s",
-                        misses["eval"], misses["crossfit"], "fitting on both" if crossfit_metrics["used"] else
-                        "fitting on eval alone")
-            if not crossfit_metrics["used"]:
-                crossfit = None
-        fitted = fit_novelty(scores.scores, eval_flags, labels, crossfit)
+        fitted = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels, crossfit)
         if fitted is not None:
             novelty = fitted.calibration
             logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",
@@ -487,10 +466,10 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
         metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
         labels = []
-    if crossfit_metrics is not None and crossfit_scores[0]:
+    crossfit_metrics = None
+    if crossfit_scores[0]:
         at = classification_metrics(crossfit_scores[0], crossfit_scores[1], threshold)
-        crossfit_metrics["at_threshold"] = {k: at[k] for k in ("precision", "recall", "f1", "pr_auc",
-                                                               "confusion_matrix")}
+        crossfit_metrics = {k: at[k] for k in ("precision", "recall", "f1", "pr_auc", "confusion_matrix")}
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
     if eval_labelled:
         plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")

@@ -218,6 +218,6 @@ def test_a_two_process_run_trains_the_novelty_crossfit_model_too(fast_settings: 
                                                  "training.epochs_stage2=1"])], TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["world_size"] == 2 and result["novelty_crossfit"]["used"]
+    assert result["world_size"] == 2 and result["novelty_crossfit"]["status"] == "trained and scored"
     stored = json.loads((tmp_path / "final_moe_model" / "config.json").read_text())["novelty_calibration"]
     assert stored["weights"]["fatal"] > 0
