@@ -4,7 +4,8 @@ calibration view is the later part of train, dev is the future), one group of fi
 retrained.
 
 For each group: every run alone (the max-F1 cut on the calibration view, `train.metrics.calibrate_threshold`, and
-F1 / PR-AUC on the future at it); ensembles of k runs (the mean of their probabilities, and the mean of their
+F1 / PR-AUC on the future at it; also F1 at the threshold the model stored, which is that cut unless training's
+novelty cross-fit chose it over more sessions); ensembles of k runs (the mean of their probabilities, and the mean of their
 logits), over every k-subset; and choosing among k runs the one with the best calibration F1 (ties: PR-AUC), which
 is what training k seeds and keeping the best on the eval set would do. With --bgl-log (BGL's dev_labelled.log,
 cut into the same windows of --bgl-window lines as dev.jsonl) also each run's recall per alert category of the
@@ -39,6 +40,7 @@ class Run:
     cal_scores: np.ndarray  # (n_cal,)
     labels: np.ndarray  # (n_future,)
     scores: np.ndarray  # (n_future,)
+    stored: float | None  # the threshold the model stored (differs from the calibration's cut with a cross-fit)
 
 
 def load_run(path: Path, set_name: str) -> Run:
@@ -54,9 +56,11 @@ def load_run(path: Path, set_name: str) -> Run:
     cal, future = views
     by_view = result["scores"]["by_method"][METHOD]
     seed = payload["machine"].get("command", "").split("--seed ")
+    stored = result.get("logmoe", {}).get(METHOD, {}).get("stored_threshold")
     return Run(path.name, int(seed[1].split()[0]) if len(seed) > 1 else None,
                np.asarray(result["scores"]["labels"][cal]), np.asarray(by_view[cal], dtype=np.float64),
-               np.asarray(result["scores"]["labels"][future]), np.asarray(by_view[future], dtype=np.float64))
+               np.asarray(result["scores"]["labels"][future]), np.asarray(by_view[future], dtype=np.float64),
+               None if stored is None else float(stored))
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -89,10 +93,15 @@ def summary(values: Sequence[float], goal: float) -> list[object]:
 
 
 def group_tables(name: str, runs: list[Run], ks: Sequence[int], goal: float) -> list[str]:
+    from train.metrics import classification_metrics
+
     alone = [carried(r.cal_labels, r.cal_scores, r.labels, r.scores) for r in runs]
+    at_stored = ["-" if r.stored is None else f"{classification_metrics(r.labels, r.scores, r.stored)['f1']:.4f}"
+                 for r in runs]
     per_run = markdown_table(
-        ["group", "run", "seed", "calibration F1", "future F1", "future PR-AUC"],
-        [[name, r.name, r.seed, f"{c:.4f}", f"{f:.4f}", f"{p:.4f}"] for r, (c, f, p) in zip(runs, alone)])
+        ["group", "run", "seed", "calibration F1", "future F1", "future PR-AUC", "future F1 at the stored threshold"],
+        [[name, r.name, r.seed, f"{c:.4f}", f"{f:.4f}", f"{p:.4f}", stored]
+         for r, (c, f, p), stored in zip(runs, alone, at_stored)])
     rows: list[list[object]] = [[name, "one run", 1, *summary([f for _, f, _ in alone], goal)]]
     for k in ks:
         subsets = list(itertools.combinations(range(len(runs)), k))
