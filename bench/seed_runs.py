@@ -3,13 +3,13 @@ future better than one run? Reads the --json-out files of `bench/bench_real.py -
 calibration view is the later part of train, dev is the future), one group of files per config, so no model is
 retrained.
 
-For each group: every run alone (the max-F1 cut on the calibration view, `train.metrics.calibrate_threshold`, and
-F1 / PR-AUC on the future at it; also F1 at the threshold the model stored, which is that cut unless training's
-novelty cross-fit chose it over more sessions); ensembles of k runs (the mean of their probabilities, and the mean of their
+For each group: every run alone (the max-F1 cut on the calibration view, `train.metrics.calibrate_threshold`, and F1
+/ PR-AUC on the future at it; also F1 at the threshold the model stored, which is that cut unless training's novelty
+cross-fit chose it over more sessions); ensembles of k runs (the mean of their probabilities, and the mean of their
 logits), over every k-subset; and choosing among k runs the one with the best calibration F1 (ties: PR-AUC), which
-is what training k seeds and keeping the best on the eval set would do. With --bgl-log (BGL's dev_labelled.log,
-cut into the same windows of --bgl-window lines as dev.jsonl) also each run's recall per alert category of the
-future, and F1 with the windows of the --leave-out categories removed.
+is what training k seeds and keeping the best on the eval set would do. With --bgl-log (BGL's dev_labelled.log, cut
+into the same windows of --bgl-window lines as dev.jsonl) also each run's recall per alert category of the future,
+and F1 with the windows of the --leave-out categories removed.
 
     .venv/bin/python bench/seed_runs.py --group NAME 'GLOB' [--group NAME 'GLOB' ...] [--ks 3,5] [--set bgl]
         [--bgl-log ../shared/data/bgl/dev_labelled.log --leave-out KERNMNTF]

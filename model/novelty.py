@@ -8,16 +8,16 @@ are mostly the workload drifting. The eval data is such a later period, labelled
 
     margin' = scale * margin + bias + sum_g weight_g * [the window holds a never-seen line of group g]
 
-by L2-regularised logistic regression on the eval sessions (margin: the logit of the session's score, the highest
-of its windows'; a session holds a group when any of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'). A never-seen line's group is the level its first
-level word names, as logs state their level before the message: "fatal" (fatal, critical, crit, severe, panic,
-emerg, alert, failure), "error" (error, err, or a word ending in exception), "warn" (warn, warning), "other" (info,
-debug, trace, notice, or no level word). So "KERNEL INFO critical input interrupt ... warning" is "other": on BGL
-September's normal windows that hold a never-seen line of the fatal group go from 29 to 19 of 211 with this rule
-(against any such word anywhere in the line), its anomalous ones stay at 69 of 72. A group no eval session holds
-keeps weight 0 (its feature is all zero, so the penalty holds it there). Each weight is shared out among the
-window's never-seen lines of its group, so line shares still add up to the margin (with scale applied to the
-classifier's shares).
+by L2-regularised logistic regression on the eval sessions (margin: the logit of the session's score, the highest of
+its windows'; a session holds a group when any of its lines does), and the scorer applies it to every window;
+P(anomaly) = sigmoid(margin'). A never-seen line's group is the level its first level word names, as logs state
+their level before the message: "fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error"
+(error, err, or a word ending in exception), "warn" (warn, warning), "other" (info, debug, trace, notice, or no
+level word). So "KERNEL INFO critical input interrupt ... warning" is "other": on BGL September's normal windows
+that hold a never-seen line of the fatal group go from 29 to 19 of 211 with this rule (against any such word
+anywhere in the line), its anomalous ones stay at 69 of 72. A group no eval session holds keeps weight 0 (its
+feature is all zero, so the penalty holds it there). Each weight is shared out among the window's never-seen lines
+of its group, so line shares still add up to the margin (with scale applied to the classifier's shares).
 
 An eval period whose failures the final model already knows shows little of what a new line is worth. `CrossFit`
 adds evidence from inside the training period (train.pipeline, training.novelty_crossfit): the later part of train,

@@ -266,11 +266,12 @@ class TrainingSection:
     average with token buckets, over 9 and 7 runs; down in three seeds of three without them), but F1 at the
     threshold carried over stays where it was (0.626 over 7 runs, 0.607 with neither option)."""
     novelty_calibration: bool = True
-    """After training, fit on the labelled eval sessions what a line training never held adds to a window's score,
-    by the level it states (model.novelty: fatal / error / warn / other, from its first level word), with a scale on the
-    classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
-    Nothing is fitted (scores stay the classifier's) when the eval sessions hold one class only, when neither they nor
-    the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised objective. Measured on BGL trained on its past, threshold carried to the next month
+    """After training, fit on the labelled eval sessions what a line training never held adds to a window's score, by
+    the level it states (model.novelty: fatal / error / warn / other, from its first level word), with a scale on
+    the classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
+    Nothing is fitted (scores stay the classifier's) when the eval sessions hold one class only, when neither they
+    nor the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised objective.
+    Measured on BGL trained on its past, threshold carried to the next month
     (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
     0.878), with about as many false alarms; real and synthetic HDFS eval data hold no never-seen line, so nothing
     changes there."""

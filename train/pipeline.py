@@ -73,7 +73,8 @@ def run_identity(cfg: TrainConfig, fingerprint: str, eval_fingerprint: str) -> d
     config = asdict(cfg)
     for key in ("output_dir", "resume"):
         config.pop(key)
-    calibration_only = ("early_calibration", "early_target_fpr", "novelty_calibration", "novelty_crossfit")  # read after training
+    # read after training: they change no training step of the model itself
+    calibration_only = ("early_calibration", "early_target_fpr", "novelty_calibration", "novelty_crossfit")
     for key in ("stop_after_epochs", "device", "logging_steps", "eval_batch_size", "keep_checkpoints", "backend",
                 "dist_timeout_s", *calibration_only):
         config["training"].pop(key)
@@ -133,7 +134,8 @@ def build_model(cfg: TrainConfig, input_dim: int, encoder_reference: str, finger
 
     config = LogMoEConfig(input_dim=input_dim, **asdict(cfg.model), routing="dense",
                           encoder_name_or_path=encoder_reference, pooling=cfg.encoder.pooling,
-                          line_max_length=cfg.encoder.line_max_length, token_buckets=cfg.encoder.token_buckets, data_fingerprint=fingerprint,
+                          line_max_length=cfg.encoder.line_max_length, token_buckets=cfg.encoder.token_buckets,
+                          data_fingerprint=fingerprint,
                           window_hop=cfg.training.hop)  # evaluation and the worker window with the same hop
     torch.manual_seed(cfg.training.seed)
     return LogMoEForSequenceClassification(config)
@@ -362,7 +364,8 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
 
 
 def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: list[Session],
-              train_masked: list[tuple[str, ...]], eval_labelled: bool) -> tuple[CrossFit | None, dict[str, Any] | None]:
+              train_masked: list[tuple[str, ...]],
+              eval_labelled: bool) -> tuple[CrossFit | None, dict[str, Any] | None]:
     """training.novelty_crossfit: train an auxiliary model on the earlier part of train (every rank takes part),
     score the later part with it (rank 0) and return that evidence for the novelty fit, with what was done (None,
     None when the setting does not apply). Its outputs go to output_dir/novelty_crossfit; its checkpoints and model
