@@ -290,7 +290,7 @@ def _train(cfg: TrainConfig, dp: DataParallel, data: RunData | None = None) -> d
     metrics, early, crossfit_metrics = _finalize(cfg, model, encoder, eval_sessions, train_masked, normal_lines,
                                                  line_counts, device, data_info["eval_labelled"], crossfit)
     if crossfit_metrics is not None:
-        crossfit_report["at_threshold"] = crossfit_metrics
+        crossfit_report.update(crossfit_metrics)
     timings["final_eval_s"] = time.perf_counter() - clock
     window_check = score_windows(model, table.to(device), eval_set, cfg.training.eval_batch_size)
     result = {
@@ -413,18 +413,30 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
     return CrossFit(scores.scores, flags, [s.label for s in later]), report
 
 
+def novel_misses(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
+    """Failures only a never-seen line tells: anomalous sessions (scores (n,) the classifier's, flags (n, G)
+    model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1 cut of these
+    scores. Where eval holds as many as the cross-fit sessions, its max-F1 cut already sits where such failures
+    are, and the threshold is chosen on eval alone: over both sets, the cross-fit's few failures moved it either way
+    on BGL's past -> future protocol (bench/results/2026-12-05-novelty-crossfit.md)."""
+    cut = calibrate_threshold(labels, scores)
+    return sum(1 for score, flag, label in zip(scores, flags, labels) if label and any(flag) and score < cut)
+
+
 def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Session],
               train_masked: list[tuple[str, ...]], normal_lines: frozenset[str], line_counts: dict[str, int],
               device: torch.device, eval_labelled: bool = True,
               crossfit: CrossFit | None = None
               ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Save the final model, score eval with LogScorer (the worker's scorer), fit the novelty calibration (on eval,
-    and the cross-fit sessions when given), calibrate and store the threshold (on eval and the cross-fit sessions'
-    calibrated scores; threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write
+    and the cross-fit sessions when given), calibrate and store the threshold (on eval, and the cross-fit sessions'
+    calibrated scores too where they hold more failures only novelty tells; threshold_objective rate: from the eval
+    windows' scores alone) and the early thresholds, write
     seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
     returns the eval metrics at the stored threshold (without labels: no precision, recall, F1) and what early
-    scoring does on eval (None when early_calibration is off), and the cross-fit sessions' metrics at the stored
-    threshold (None without them)."""
+    scoring does on eval (None when early_calibration is off), and what became of the cross-fit sessions (None
+    without them): the failures only novelty tells in each set, whether the threshold was chosen over both, and
+    the cross-fit sessions' metrics at the stored threshold."""
     from model.scorer import LogScorer
 
     # Build the model in a sibling folder and move it into place once it is complete and calibrated: a worker
@@ -443,8 +455,16 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
     labels = [s.label for s in eval_sessions]
     crossfit_scores: tuple[list[int], list[float]] = ([], [])  # labels, calibrated scores
+    crossfit_metrics: dict[str, Any] | None = None
+    over_both = False  # the threshold chosen over eval and the cross-fit sessions
     if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
-        fitted = fit_novelty(scores.scores, [scorer.novelty_flags(s.lines) for s in eval_sessions], labels, crossfit)
+        eval_flags = [scorer.novelty_flags(s.lines) for s in eval_sessions]
+        if crossfit is not None:
+            misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
+                      "crossfit": novel_misses(crossfit.scores, crossfit.flags, crossfit.labels)}
+            over_both = misses["crossfit"] > misses["eval"]
+            crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
+        fitted = fit_novelty(scores.scores, eval_flags, labels, crossfit)
         if fitted is not None:
             novelty = fitted.calibration
             logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",
@@ -457,9 +477,10 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
                 crossfit_scores = (list(crossfit.labels), list(fitted.crossfit_scores))
     if cfg.training.threshold_objective == "rate":
         threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
-    else:  # on eval, and on the cross-fit sessions too: a later period the final model's eval did not show
-        threshold = calibrate_threshold(labels + crossfit_scores[0], scores.scores + crossfit_scores[1],
-                                        cfg.training.threshold_objective, cfg.training.target_fpr)
+    else:  # over the cross-fit sessions too when they hold the failures only novelty tells, and eval does not
+        extra = crossfit_scores if over_both else ([], [])
+        threshold = calibrate_threshold(labels + extra[0], scores.scores + extra[1], cfg.training.threshold_objective,
+                                        cfg.training.target_fpr)
     model.config.threshold = threshold
     early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines, eval_labelled)
     model.save_pretrained(staging)
@@ -469,10 +490,10 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
         metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
         labels = []
-    crossfit_metrics = None
-    if crossfit_scores[0]:
+    if crossfit_metrics is not None and crossfit_scores[0]:
         at = classification_metrics(crossfit_scores[0], crossfit_scores[1], threshold)
-        crossfit_metrics = {k: at[k] for k in ("precision", "recall", "f1", "pr_auc", "confusion_matrix")}
+        crossfit_metrics["at_threshold"] = {k: at[k] for k in ("precision", "recall", "f1", "pr_auc",
+                                                               "confusion_matrix")}
     plot_pr_curve(labels, scores.scores, threshold, metrics["pr_auc"], cfg.output_path / "plots" / "pr_curve.png")
     if eval_labelled:
         plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")

@@ -18,7 +18,7 @@ from train.config import EvalConfig, TrainConfig
 from train.data import load_jsonl
 from train.evaluation import evaluate, load_scorer, score_sessions
 from train.metrics import calibrate_threshold
-from train.pipeline import data_fingerprint, publish_dir, rarity_rows, train
+from train.pipeline import data_fingerprint, novel_misses, publish_dir, rarity_rows, train
 
 pytestmark = pytest.mark.slow
 
@@ -357,8 +357,39 @@ def test_a_failure_new_in_the_later_part_of_train_teaches_the_novelty_fit_that_e
     assert result["novelty_crossfit"]["status"] == "trained and scored"
     assert result["novelty_crossfit"]["later_with_never_seen"] > 0
     assert stored["weights"]["fatal"] > 0 and stored == result["novelty_calibration"]
-    # the threshold was chosen on these sessions too (measured: F1 0.88 there; 0.68 with a threshold from eval alone)
+    # eval shows no failure only novelty tells, the cross-fit sessions do: the threshold was chosen on them too
+    # (measured: F1 0.88 there; 0.68 with a threshold from eval alone)
+    assert result["novelty_crossfit"]["novel_misses"]["eval"] == 0 < result["novelty_crossfit"]["novel_misses"][
+        "crossfit"] and result["novelty_crossfit"]["threshold_over_both"]
     assert result["novelty_crossfit"]["at_threshold"]["f1"] > 0.8
     aux = cfg.output_path / "novelty_crossfit"
     assert (aux / "metrics.json").exists() and not (aux / "final_moe_model").exists()
     assert not (aux / "moe_results").exists()
+
+
+def test_novel_misses_counts_failures_with_a_never_seen_line_under_the_max_f1_cut() -> None:
+    scores = [0.9, 0.8, 0.3, 0.28, 0.26, 0.24, 0.22, 0.2, 0.15, 0.1, 0.05, 0.03, 0.02]
+    labels = [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1]
+    new = {0: 0, 9: 0, 11: 3, 12: 3}  # session -> the group of its never-seen line
+    flags = [[1.0 if new.get(n) == g else 0.0 for g in range(4)] for n in range(len(scores))]
+    assert calibrate_threshold(labels, scores) > 0.3  # the max-F1 cut takes the two top failures only
+    # missed and holding a never-seen line: 0.1 and 0.02; not 0.9 (caught), 0.05 (no new line), 0.03 (normal)
+    assert novel_misses(scores, flags, labels) == 2
+
+
+def test_the_threshold_stays_on_eval_when_eval_shows_as_many_failures_only_novelty_tells(
+        make_config: Callable[..., TrainConfig], new_failure_train: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from train import pipeline
+
+    monkeypatch.setattr(pipeline, "novel_misses", lambda scores, flags, labels: 3)  # the same in both sets
+    cfg = make_config(tmp_path, f'data.train=["{new_failure_train}"]', "training.epochs_stage1=1",
+                      "training.epochs_stage2=1")
+    result = train(cfg)
+    crossfit = result["novelty_crossfit"]
+    assert crossfit["novel_misses"] == {"eval": 3, "crossfit": 3} and not crossfit["threshold_over_both"]
+    assert result["novelty_calibration"]["weights"]["fatal"] > 0  # the weights still learn from the cross-fit
+    sessions = load_jsonl(cfg.data.eval[0])  # the threshold is the one calibration picks on the eval scores alone
+    scores = score_sessions(load_scorer(str(cfg.output_path / "final_moe_model"), "cpu", 256), sessions,
+                            hop=cfg.training.hop).scores
+    assert result["threshold"] == pytest.approx(calibrate_threshold([s.label for s in sessions], scores), abs=1e-6)
