@@ -280,7 +280,8 @@ class TrainingSection:
     the fit also learns what never-seen lines are worth. An auxiliary classifier is trained on the rest of train
     (the same settings; its epoch chosen on that share) and scores that share; the calibration is fitted over those
     sessions and the eval sessions together (the group weights shared, a scale and bias per classifier, the final
-    model's stored), and the threshold is chosen on both sets of calibrated scores. It runs only when that
+    model's stored), and where they hold more failures only a never-seen line tells than eval does
+    (train.pipeline.novel_misses), the threshold is chosen on both sets of calibrated scores. It runs only when that
     share holds a line the rest of train does not and both parts hold both classes (not on real or synthetic HDFS,
     whose lines all recur); it then costs about one more training run (BGL: x1.9, since small data trains
     min_steps_per_epoch steps either way). Why: the final model is chosen and calibrated on eval, and when eval's

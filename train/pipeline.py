@@ -463,6 +463,8 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
             misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
                       "crossfit": novel_misses(crossfit.scores, crossfit.flags, crossfit.labels)}
             over_both = misses["crossfit"] > misses["eval"]
+            logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions; threshold "
+                        "on %s", misses["eval"], misses["crossfit"], "both" if over_both else "eval alone")
             crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
         fitted = fit_novelty(scores.scores, eval_flags, labels, crossfit)
         if fitted is not None:
