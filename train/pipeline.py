@@ -382,8 +382,8 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
         "fraction": t.novelty_crossfit, "earlier": label_counts(earlier), "later": label_counts(later),
         "later_with_never_seen": sum(any(line not in known for line in lines) for lines in train_masked[cut:])}
     why_not = ("the later part holds no line the earlier part does not" if not report["later_with_never_seen"] else
-               next((f"the {name} part holds one class only" for name, part in (("earlier", earlier), ("later", later))
-                     if label_counts(part)["n_anomalous"] in (0, len(part))), None))
+               next((f"the {part} part holds one class only" for part in ("earlier", "later")
+                     if report[part]["n_anomalous"] in (0, report[part]["n"])), None))
     if why_not is not None:
         logger.info("novelty cross-fit skipped: %s (%s)", why_not, report)
         return None, {**report, "status": f"skipped: {why_not}"}
