@@ -363,6 +363,19 @@ def publish_dir(staging: Path, final_dir: Path) -> None:
         shutil.rmtree(previous)
 
 
+def _crossfit_skip_reason(report: dict[str, Any], world_size: int) -> str | None:
+    """Why the cross-fit cannot run on the split `report` describes (None: it can): nothing new to learn from, an
+    auxiliary run too small for the processes, or a part without both classes."""
+    if not report["later_with_never_seen"]:
+        return "the later part holds no line the earlier part does not"
+    if report["earlier"]["n"] < world_size:  # a session gives at least one window: each process needs one
+        return f"the earlier part has fewer sessions ({report['earlier']['n']}) than processes ({world_size})"
+    for part in ("earlier", "later"):
+        if report[part]["n_anomalous"] in (0, report[part]["n"]):
+            return f"the {part} part holds one class only"
+    return None
+
+
 def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: list[Session],
               train_masked: list[tuple[str, ...]],
               eval_labelled: bool) -> tuple[CrossFit | None, dict[str, Any] | None]:
@@ -381,9 +394,7 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
     report: dict[str, Any] = {
         "fraction": t.novelty_crossfit, "earlier": label_counts(earlier), "later": label_counts(later),
         "later_with_never_seen": sum(any(line not in known for line in lines) for lines in train_masked[cut:])}
-    why_not = ("the later part holds no line the earlier part does not" if not report["later_with_never_seen"] else
-               next((f"the {part} part holds one class only" for part in ("earlier", "later")
-                     if report[part]["n_anomalous"] in (0, report[part]["n"])), None))
+    why_not = _crossfit_skip_reason(report, dp.world_size)
     if why_not is not None:
         logger.info("novelty cross-fit skipped: %s (%s)", why_not, report)
         return None, {**report, "status": f"skipped: {why_not}"}

@@ -393,3 +393,20 @@ def test_the_threshold_stays_on_eval_when_eval_shows_as_many_failures_only_novel
     scores = score_sessions(load_scorer(str(cfg.output_path / "final_moe_model"), "cpu", 256), sessions,
                             hop=cfg.training.hop).scores
     assert result["threshold"] == pytest.approx(calibrate_threshold([s.label for s in sessions], scores), abs=1e-6)
+
+
+@pytest.mark.parametrize(("report", "world_size", "reason"), [
+    ({"later_with_never_seen": 0, "earlier": {"n": 9, "n_anomalous": 2}, "later": {"n": 4, "n_anomalous": 1}}, 1,
+     "the later part holds no line the earlier part does not"),
+    ({"later_with_never_seen": 2, "earlier": {"n": 1, "n_anomalous": 1}, "later": {"n": 4, "n_anomalous": 1}}, 2,
+     "the earlier part has fewer sessions (1) than processes (2)"),
+    ({"later_with_never_seen": 2, "earlier": {"n": 9, "n_anomalous": 2}, "later": {"n": 4, "n_anomalous": 4}}, 1,
+     "the later part holds one class only"),
+    ({"later_with_never_seen": 2, "earlier": {"n": 9, "n_anomalous": 0}, "later": {"n": 4, "n_anomalous": 1}}, 1,
+     "the earlier part holds one class only"),
+    ({"later_with_never_seen": 2, "earlier": {"n": 9, "n_anomalous": 2}, "later": {"n": 4, "n_anomalous": 1}}, 2, None),
+])
+def test_the_crossfit_says_why_it_cannot_run(report: dict[str, Any], world_size: int, reason: str | None) -> None:
+    from train.pipeline import _crossfit_skip_reason
+
+    assert _crossfit_skip_reason(report, world_size) == reason
