@@ -270,11 +270,14 @@ class TrainingSection:
     the level it states (model.novelty: fatal / error / warn / other, from its first level word), with a scale on
     the classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
     Nothing is fitted (scores stay the classifier's) when the eval sessions hold one class only, when neither they
-    nor the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised objective.
-    Measured on BGL trained on its past, threshold carried to the next month
+    nor the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised objective with
+    threshold_objective rate (its default), so a model calibrated by alert rate reads no label; with f1 or fpr the
+    unsupervised model is calibrated on eval's labels as a supervised one is (without the cross-fit, which needs
+    training labels). Measured on BGL trained on its past, threshold carried to the next month
     (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
-    0.878), with about as many false alarms; real and synthetic HDFS eval data hold no never-seen line, so nothing
-    changes there."""
+    0.878), with about as many false alarms; an unsupervised model the same way (threshold_objective f1;
+    bench/results/2026-12-05-unsupervised-novelty.md): 0.279 -> 0.844 over 5 seeds, where never-seen lines weighed
+    alone give 0.872. Real and synthetic HDFS eval data hold no never-seen line, so nothing changes there."""
     novelty_crossfit: float = 0.3
     """With novelty_calibration: the share of train, last in the order its files hold it (time, for logs), on which
     the fit also learns what never-seen lines are worth. An auxiliary classifier is trained on the rest of train

@@ -34,7 +34,7 @@ from model.masking import mask
 from model.novelty import GROUPS, CrossFit, fit_novelty
 from model.rarity import row_counts, save_line_counts, session_counts
 from train.checkpoint import load_latest_checkpoint
-from train.config import TrainConfig
+from train.config import TrainConfig, TrainingSection
 from train.data import Session, label_counts
 from train.distributed import (AllRanksError, DataParallel, check_batch_split, check_enough_windows, data_parallel,
                                world_from_env)
@@ -468,7 +468,7 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     crossfit_scores: tuple[list[int], list[float]] = ([], [])  # labels, calibrated scores
     crossfit_metrics: dict[str, Any] | None = None
     over_both = False  # the threshold chosen over eval and the cross-fit sessions
-    if cfg.training.novelty_calibration and cfg.training.objective == "supervised" and eval_labelled:
+    if fits_novelty(cfg.training, eval_labelled):
         eval_flags = [scorer.novelty_flags(s.lines) for s in eval_sessions]
         if crossfit is not None:
             misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
@@ -511,6 +511,13 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     if eval_labelled:
         plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
     return metrics, early, crossfit_metrics
+
+
+def fits_novelty(t: TrainingSection, eval_labelled: bool) -> bool:
+    """Whether training fits the novelty calibration: it needs labelled eval data; under the unsupervised objective
+    only when the threshold comes from those labels too (threshold_objective f1 or fpr), so a model calibrated by
+    alert rate stays free of labels."""
+    return t.novelty_calibration and eval_labelled and (t.objective == "supervised" or t.threshold_objective != "rate")
 
 
 def _calibrate_early(cfg: TrainConfig, model: Any, scorer: Any, eval_sessions: list[Session],

@@ -318,9 +318,16 @@ def test_shuffle_anomalous_reorders_the_training_batches_of_every_step(
     assert steps == (list(range(state["global_step"])) if expect_calls else [])
 
 
-@pytest.mark.parametrize("calibrate", [True, False])
+UNSUPERVISED = ("training.objective=unsupervised", "unsupervised.unseen_lines=16")
+
+
+@pytest.mark.parametrize(("settings", "calibrate"), [
+    ((), True), (("training.novelty_calibration=false",), False),
+    # unsupervised: fitted when the threshold comes from eval's labels, not when it is the label-free alert rate
+    ((*UNSUPERVISED, "training.threshold_objective=f1"), True), (UNSUPERVISED, False)])
 def test_never_seen_fatal_lines_of_the_eval_failures_are_weighed_into_the_stored_score(
-        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, calibrate: bool) -> None:
+        make_config: Callable[..., TrainConfig], world: Path, tmp_path: Path, settings: tuple[str, ...],
+        calibrate: bool) -> None:
     # the eval period's failures, and no normal session, end with a fatal line training never held
     new_failure = "2026-03-14T09:00:01.000Z FATAL storage[77]: mount of volume vol-3 failed, giving up"
     eval_file = tmp_path / "dev_new_failure.jsonl"
@@ -331,7 +338,7 @@ def test_never_seen_fatal_lines_of_the_eval_failures_are_weighed_into_the_stored
                 record["log_sequence"] += "\n" + new_failure
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     cfg = make_config(tmp_path / "run", f'data.eval=["{eval_file}"]', "training.epochs_stage1=1",
-                      "training.epochs_stage2=1", f"training.novelty_calibration={str(calibrate).lower()}")
+                      "training.epochs_stage2=1", *settings)
     result = train(cfg)
     model_dir = cfg.output_path / "final_moe_model"
     stored = json.loads((model_dir / "config.json").read_text())["novelty_calibration"]
