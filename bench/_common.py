@@ -275,6 +275,35 @@ class CountBaseline:
         return self.pipeline.predict_proba(self._docs(data))[:, 1]
 
 
+class NoveltyRuleBaseline:
+    """Never-seen lines alone, no classifier: which level groups (model.novelty.GROUPS) of lines the training split
+    never held a session holds, weighed by a logistic regression fitted on the labelled calibration split, as
+    logmoe's novelty calibration weighs them beside its classifier's margin. It reads no training label, so beside an
+    unsupervised logmoe calibrated the same way it shows how much of that score the calibration labels alone give."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.threshold = 0.5
+
+    def _flags(self, data: Prepared) -> np.ndarray:
+        from model.novelty import window_flags
+
+        return np.asarray([window_flags(lines, self.seen) for lines in data.masked])  # (sessions, groups)
+
+    def fit(self, train: Prepared, calibration: Prepared) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        from model.novelty import REGULARISATION_C
+        from train.metrics import calibrate_threshold
+
+        self.seen = frozenset(line for lines in train.masked for line in lines)
+        self.model = LogisticRegression(C=REGULARISATION_C).fit(self._flags(calibration), calibration.labels)
+        self.threshold = calibrate_threshold(calibration.labels, self.score(calibration), "f1")
+
+    def score(self, data: Prepared) -> np.ndarray:
+        return self.model.predict_proba(self._flags(data))[:, 1]
+
+
 class LogMoE:
     """logmoe trained by train.train(cfg) on JSONL files, scored through LogScorer like the worker."""
 
@@ -309,9 +338,22 @@ class LogMoE:
         self.threshold = float(self.scorer.threshold)
         self.hop = self.scorer.window_hop  # the model owns its hop (training.hop), as the worker reads it
 
-    def score(self, data: Prepared) -> np.ndarray:
+    @property
+    def novelty_calibrated(self) -> bool:
+        """Training fitted and stored a novelty calibration (model.novelty)."""
+        return self.scorer.novelty_calibration is not None
+
+    def score(self, data: Prepared, novelty: bool = True) -> np.ndarray:
+        """Session scores (the highest of their windows'); novelty=False: without the stored novelty calibration."""
         from model.windowing import session_windows
 
+        stored = self.scorer.novelty_calibration
+        if not novelty and stored is not None:
+            self.scorer.set_novelty_calibration(None)
+            try:
+                return self.score(data)
+            finally:
+                self.scorer.set_novelty_calibration(stored)
         windows: list[list[str]] = []
         owner: list[int] = []
         for i, s in enumerate(data.sessions):

@@ -8,7 +8,8 @@ Data sets (../shared/data, see its README), each trained on its train split and 
 
 Methods, fitted on the same train split: logmoe (`train.train` with configs/train.yaml and no override, scored
 through `model.LogScorer` over `model.windowing.session_windows`, the worker's path), and a DecisionTree and a
-LogisticRegression on masked-line counts. Every threshold is chosen the same way: max F1 on the data set's dev
+LogisticRegression on masked-line counts; "novelty-baseline": never-seen lines alone (which level groups of lines
+train never held a session holds, weighed on the labelled dev split; no classifier). Every threshold is chosen the same way: max F1 on the data set's dev
 split (`train.metrics.calibrate_threshold`, which logmoe's training runs on its eval file); the drifted views keep
 the clean threshold. PR-AUC needs no threshold. Training time is each method's own fit, in the same run.
 
@@ -22,7 +23,10 @@ Unsupervised methods fit the same train split without its labels: logmoe with `t
 (and any --set-unsupervised overrides), and PCA (SPE of tf-idf counts) and an isolation forest on masked-line counts,
 as loglizer does. Each is shown at two kinds of threshold: label-free, flagging a share of the dev sessions
 (`train.metrics.rate_threshold`, --rates; every session here is one window, so it is the worker's alert rate), and
-max F1 on the labelled dev split, as for the supervised methods.
+max F1 on the labelled dev split, as for the supervised methods. logmoe trains with
+`training.threshold_objective=f1` on that labelled split, so training also fits the novelty calibration there
+(`training.novelty_calibration`); the label-free and max-F1 rows read its scores without it, and one more row
+("+ novelty calibration") with it, at the threshold training stored.
 
     .venv/bin/python bench/bench_real.py [--sets hdfs_real,bgl,hdfs] [--methods ...] [--quick] [--json-out F]
 """
@@ -39,16 +43,16 @@ from typing import Any
 
 
 from _common import (
-    REPO_ROOT, CountAnomalyBaseline, CountBaseline, LabelledSession, LogMoE, Method, add_run_options,
-    baseline_estimators, default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header, start_run,
-    write_hdfs_jsonl, write_json,
+    REPO_ROOT, CountAnomalyBaseline, CountBaseline, LabelledSession, LogMoE, Method, NoveltyRuleBaseline,
+    add_run_options, baseline_estimators, default_data_dir, load_hdfs_jsonl, markdown_table, prepare, print_header,
+    start_run, write_hdfs_jsonl, write_json,
 )
 from drift import DRIFT_RULES, drift_sessions, rules_for_fraction
 
 logger = logging.getLogger("bench.real")
 
 SETS = ("hdfs_real", "bgl", "hdfs")
-METHODS = ("logmoe", "logmoe-unsupervised", "supervised-baselines", "unsupervised-baselines")
+METHODS = ("logmoe", "logmoe-unsupervised", "supervised-baselines", "unsupervised-baselines", "novelty-baseline")
 REWORDED_FRACTION = 0.3  # share of the drift rules applied for the "reworded statements" view
 
 
@@ -133,10 +137,13 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
         supervised += [CountBaseline("masked-line counts + DecisionTree", "masked", estimators["DecisionTree"]),
                        CountBaseline("masked-line counts + LogisticRegression", "masked",
                                      estimators["LogisticRegression"])]
+    if "novelty-baseline" in wanted:
+        supervised.append(NoveltyRuleBaseline("never-seen line levels + LogisticRegression (calibration labels only)"))
     if "logmoe-unsupervised" in wanted:
         unsupervised.append(LogMoE(data.train_files, data.eval_files, args.out_dir / data.name / "logmoe_unsupervised",
                                    args.seed, args.config,
-                                   ["training.objective=unsupervised", *args.overrides, *args.unsupervised_overrides],
+                                   ["training.objective=unsupervised", "training.threshold_objective=f1",
+                                    *args.overrides, *args.unsupervised_overrides],
                                    name="logmoe unsupervised"))
     if "unsupervised-baselines" in wanted:
         unsupervised += [CountAnomalyBaseline("masked-line counts + PCA (unsupervised)", "pca", args.seed),
@@ -154,26 +161,35 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
         method.fit(train, calibration)
         seconds = time.perf_counter() - started
         scores = {name: method.score(view) for name, view in views.items()}
+        rules: dict[str, tuple[float, dict[str, Any]]]  # row suffix -> threshold, the scores it applies to
+        free = scores  # the scores without a novelty calibration fitted on labels
         if method in supervised:
-            rules = {"": method.threshold}
+            rules = {"": (method.threshold, scores)}
         else:  # label-free rates of the calibration sessions, then max F1 on the labelled calibration split
             first = next(iter(views))
             where = "calibration" if args.calibrate_on == "later-train" else "dev"
-            rules = {f", rate {rate:g} of {where}": rate_threshold(scores[first], rate) for rate in args.rates}
-            rules[f", max F1 on {where}"] = calibrate_threshold(calibration.labels, scores[first], "f1")
-        own_best = {name: classification_metrics(view.labels, scores[name],
-                                                 calibrate_threshold(view.labels, scores[name], "f1"))["f1"]
-                    for name, view in views.items()}  # each view's F1 at its own best cut, whatever the rule
+            calibrated = isinstance(method, LogMoE) and method.novelty_calibrated
+            free = {name: method.score(view, novelty=False) for name, view in views.items()} if calibrated else scores
+            rules = {f", rate {rate:g} of {where}": (rate_threshold(free[first], rate), free) for rate in args.rates}
+            rules[f", max F1 on {where}"] = (calibrate_threshold(calibration.labels, free[first], "f1"), free)
+            if calibrated:  # the novelty calibration was fitted on those labels too
+                rules[f", max F1 on {where} + novelty calibration"] = (method.threshold, scores)
         if isinstance(method, LogMoE):
             extra[method.name] = {"stored_threshold": method.threshold,
-                                  **{k: method.train_metrics.get(k) for k in ("unsupervised", "timings")}}
-        for rule, threshold in rules.items():
+                                  **{k: method.train_metrics.get(k)
+                                     for k in ("unsupervised", "timings", "novelty_calibration")}}
+        for rule, (threshold, by_view) in rules.items():
             fit_seconds[method.name + rule] = seconds
             logger.info("%s: %s%s fitted in %.1f s (threshold %.4f)", data.name, method.name, rule, seconds, threshold)
-            for name, view in views.items():
-                results[name][method.name + rule] = {**classification_metrics(view.labels, scores[name], threshold),
-                                                     "max_f1": own_best[name]}
+            for name, view in views.items():  # max F1: each view's F1 at its own best cut, whatever the rule
+                own_best = calibrate_threshold(view.labels, by_view[name], "f1")
+                results[name][method.name + rule] = {**classification_metrics(view.labels, by_view[name], threshold),
+                                                     "max_f1": classification_metrics(view.labels, by_view[name],
+                                                                                      own_best)["f1"]}
         saved[method.name] = {name: [float(x) for x in values] for name, values in scores.items()}
+        if free is not scores:
+            saved[method.name + " (without novelty calibration)"] = {
+                name: [float(x) for x in values] for name, values in free.items()}
     labels = {name: [int(x) for x in view.labels] for name, view in views.items()}
     return {"results": results, "fit_seconds": fit_seconds, "logmoe": extra,
             "scores": {"labels": labels, "by_method": saved}}
