@@ -276,7 +276,7 @@ class TrainingSection:
     training labels). Measured on BGL trained on its past, threshold carried to the next month
     (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
     0.878), with about as many false alarms; an unsupervised model the same way (threshold_objective f1;
-    bench/results/2026-12-05-unsupervised-novelty.md): 0.279 -> 0.844 over 5 seeds, where never-seen lines weighed
+    bench/results/2026-12-05-unsupervised-novelty.md): 0.236 -> 0.840 over 7 seeds, where never-seen lines weighed
     alone give 0.872. Real and synthetic HDFS eval data hold no never-seen line, so nothing changes there."""
     novelty_crossfit: float = 0.3
     """With novelty_calibration: the share of train, last in the order its files hold it (time, for logs), on which
