@@ -7,11 +7,12 @@ Data sets (../shared/data, see its README), each trained on its train split and 
   30% of the wording-drift rules of bench/drift.py applied to dev + order_dev ("reworded statements").
 
 Methods, fitted on the same train split: logmoe (`train.train` with configs/train.yaml and no override, scored
-through `model.LogScorer` over `model.windowing.session_windows`, the worker's path), and a DecisionTree and a
-LogisticRegression on masked-line counts; "novelty-baseline": never-seen lines alone (which level groups of lines
-train never held a session holds, weighed on the labelled dev split; no classifier). Every threshold is chosen the same way: max F1 on the data set's dev
-split (`train.metrics.calibrate_threshold`, which logmoe's training runs on its eval file); the drifted views keep
-the clean threshold. PR-AUC needs no threshold. Training time is each method's own fit, in the same run.
+through `model.LogScorer` over `model.windowing.session_windows`, the worker's path), a DecisionTree and a
+LogisticRegression on masked-line counts, and "novelty-baseline": never-seen lines alone (which level groups of lines
+train never held a session holds, weighed on the labelled dev split; no classifier). Every threshold is chosen the
+same way: max F1 on the data set's dev split (`train.metrics.calibrate_threshold`, which logmoe's training runs on
+its eval file); the drifted views keep the clean threshold. PR-AUC needs no threshold. Training time is each
+method's own fit, in the same run.
 
 `--calibrate-on later-train` measures what a dev threshold is worth on a later period, with data this machine has:
 each method fits the earlier part of a time-ordered train split (hdfs_real, bgl), logmoe selects its epoch and every
@@ -186,13 +187,17 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
                 results[name][method.name + rule] = {**classification_metrics(view.labels, by_view[name], threshold),
                                                      "max_f1": classification_metrics(view.labels, by_view[name],
                                                                                       own_best)["f1"]}
-        saved[method.name] = {name: [float(x) for x in values] for name, values in scores.items()}
+        saved[method.name] = as_lists(scores)
         if free is not scores:
-            saved[method.name + " (without novelty calibration)"] = {
-                name: [float(x) for x in values] for name, values in free.items()}
+            saved[method.name + " (without novelty calibration)"] = as_lists(free)
     labels = {name: [int(x) for x in view.labels] for name, view in views.items()}
     return {"results": results, "fit_seconds": fit_seconds, "logmoe": extra,
             "scores": {"labels": labels, "by_method": saved}}
+
+
+def as_lists(scores: dict[str, Any]) -> dict[str, list[float]]:
+    """view -> session scores, as JSON lists."""
+    return {name: [float(x) for x in values] for name, values in scores.items()}
 
 
 def table(name: str, out: dict[str, Any]) -> str:

@@ -439,11 +439,11 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
               device: torch.device, eval_labelled: bool = True,
               crossfit: CrossFit | None = None
               ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
-    """Save the final model, score eval with LogScorer (the worker's scorer), fit the novelty calibration (on eval,
-    and the cross-fit sessions when given), calibrate and store the threshold (on eval, and the cross-fit sessions'
-    calibrated scores too where they hold more failures only novelty tells; threshold_objective rate: from the eval
-    windows' scores alone) and the early thresholds, write
-    seen_lines.json, normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
+    """Save the final model, score eval with LogScorer (the worker's scorer), fit the novelty calibration where
+    fits_novelty says so (on eval, and the cross-fit sessions when given), calibrate and store the threshold (on
+    eval, and the cross-fit sessions' calibrated scores too where they hold more failures only novelty tells;
+    threshold_objective rate: from the eval windows' scores alone) and the early thresholds, write seen_lines.json,
+    normal_lines.json, line_counts.json (a model that reads line rarity) and the eval plots;
     returns the eval metrics at the stored threshold (without labels: no precision, recall, F1) and what early
     scoring does on eval (None when early_calibration is off), and what became of the cross-fit sessions (None
     without them): the failures only novelty tells in each set, whether the threshold was chosen over both, and
