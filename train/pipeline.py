@@ -473,10 +473,6 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
         if crossfit is not None:
             misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
                       "crossfit": novel_misses(crossfit.scores, crossfit.flags, crossfit.labels)}
-            over_both = misses["crossfit"] > misses["eval"]
-            logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions; threshold "
-                        "on %s", misses["eval"], misses["crossfit"], "both" if over_both else "eval alone")
-            crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
         fitted = fit_novelty(scores.scores, eval_flags, labels, crossfit)
         if fitted is not None:
             novelty = fitted.calibration
@@ -488,6 +484,12 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
             scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)
             if fitted.crossfit_scores is not None:
                 crossfit_scores = (list(crossfit.labels), list(fitted.crossfit_scores))
+        if crossfit is not None:  # both only where the threshold comes from labels, over calibrated cross-fit scores
+            over_both = (misses["crossfit"] > misses["eval"] and bool(crossfit_scores[0])
+                         and cfg.training.threshold_objective != "rate")
+            logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions; threshold "
+                        "on %s", misses["eval"], misses["crossfit"], "both" if over_both else "eval alone")
+            crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
     if cfg.training.threshold_objective == "rate":
         threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
     else:  # over the cross-fit sessions too when they hold the failures only novelty tells, and eval does not

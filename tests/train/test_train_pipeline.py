@@ -402,6 +402,29 @@ def test_the_threshold_stays_on_eval_when_eval_shows_as_many_failures_only_novel
     assert result["threshold"] == pytest.approx(calibrate_threshold([s.label for s in sessions], scores), abs=1e-6)
 
 
+def test_the_threshold_is_said_to_be_chosen_over_the_crossfit_only_when_it_was(
+        make_config: Callable[..., TrainConfig], new_failure_train: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from train import pipeline
+
+    misses = iter([0, 5, 0, 5])  # eval, then the cross-fit sessions (these hold the failures only novelty tells)
+    monkeypatch.setattr(pipeline, "novel_misses", lambda scores, flags, labels: next(misses))
+    settings = [f'data.train=["{new_failure_train}"]', "training.epochs_stage1=1", "training.epochs_stage2=1"]
+    # a threshold by alert rate is not chosen over anything labelled, however the cross-fit sessions look
+    by_rate = train(make_config(tmp_path / "rate", *settings, "training.threshold_objective=rate"))
+    assert by_rate["novelty_calibration"] is not None and by_rate["novelty_crossfit"]["threshold_over_both"] is False
+    monkeypatch.setattr(pipeline, "fit_novelty", lambda *args: None)  # e.g. a fit that gave the margin scale <= 0
+    cfg = make_config(tmp_path / "f1", *settings)
+    result = train(cfg)
+    crossfit = result["novelty_crossfit"]
+    assert crossfit["novel_misses"] == {"eval": 0, "crossfit": 5} and crossfit["threshold_over_both"] is False
+    assert result["novelty_calibration"] is None and "at_threshold" not in crossfit
+    sessions = load_jsonl(cfg.data.eval[0])  # no calibrated cross-fit scores to choose over: eval alone
+    scores = score_sessions(load_scorer(str(cfg.output_path / "final_moe_model"), "cpu", 256), sessions,
+                            hop=cfg.training.hop).scores
+    assert result["threshold"] == pytest.approx(calibrate_threshold([s.label for s in sessions], scores), abs=1e-6)
+
+
 @pytest.mark.parametrize(("report", "world_size", "reason"), [
     ({"later_with_never_seen": 0, "earlier": {"n": 9, "n_anomalous": 2}, "later": {"n": 4, "n_anomalous": 1}}, 1,
      "the later part holds no line the earlier part does not"),
