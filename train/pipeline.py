@@ -386,7 +386,7 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
     from model.scorer import LogScorer
 
     t = cfg.training
-    if not (t.novelty_calibration and t.novelty_crossfit and t.objective == "supervised" and eval_labelled):
+    if not (t.novelty_crossfit and t.objective == "supervised" and fits_novelty(t, eval_labelled)):
         return None, None
     cut = round(len(train_sessions) * (1 - t.novelty_crossfit))
     earlier, later = train_sessions[:cut], train_sessions[cut:]
