@@ -274,7 +274,9 @@ def format_metrics(m: dict[str, Any], title: str) -> str:
         f"  experts/line {num(m.get('experts_per_token'))}",
     ]
     if m["confusion_matrix"] is None:  # unlabelled eval data: what share of its windows the threshold flags
-        lines.append(f"  alert rate   {num(m.get('alert_rate'))}")
+        apart = m.get("rate_outliers")
+        lines.append(f"  alert rate   {num(m.get('alert_rate'))}"
+                     + (f" ({apart} windows set apart by a gap in the scores)" if apart else ""))
     else:
         (tn, fp), (fn, tp) = m["confusion_matrix"]
         lines += ["  confusion    predicted normal  predicted anomalous",

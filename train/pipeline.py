@@ -44,7 +44,7 @@ from train.embeddings import (EmbeddingCache, build_window_set, concat_window_se
                               pack_windows)
 from train.evaluation import score_sessions, session_metrics
 from train.loop import Epoch, EvalResult, schedule, score_windows, train_stages
-from train.metrics import calibrate_threshold, classification_metrics, rate_threshold
+from train.metrics import calibrate_threshold, classification_metrics, gap_outliers, rate_threshold
 from train.pauses import measure_pauses
 from train.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curve
 from train.sharded_prep import embed_lines_across, mask_sessions_across
@@ -490,8 +490,12 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
             logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions; threshold "
                         "on %s", misses["eval"], misses["crossfit"], "both" if over_both else "eval alone")
             crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
+    outliers = None  # eval windows set apart above a gap in the scores (threshold_objective rate)
     if cfg.training.threshold_objective == "rate":
-        threshold = rate_threshold(scores.window_scores, cfg.training.target_rate)
+        threshold = rate_threshold(scores.window_scores, cfg.training.target_rate, cfg.training.rate_gap)
+        outliers = gap_outliers(scores.window_scores, cfg.training.rate_gap)
+        logger.info("rate threshold %.4f (target_rate %g): %d of %d eval windows set apart by a gap in the scores",
+                    threshold, cfg.training.target_rate, outliers, len(scores.window_scores))
     else:  # over the cross-fit sessions too when they hold the failures only novelty tells, and eval does not
         extra = crossfit_scores if over_both else ([], [])
         threshold = calibrate_threshold(labels + extra[0], scores.scores + extra[1], cfg.training.threshold_objective,
@@ -502,6 +506,7 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     del scorer  # its weights map files in staging/
     publish_dir(staging, final_dir)
     metrics = session_metrics(eval_sessions, scores, threshold)
+    metrics["rate_outliers"] = outliers
     if not eval_labelled:  # the placeholder labels say nothing: keep only what needs none
         metrics.update(accuracy=None, precision=None, recall=None, f1=None, confusion_matrix=None, n_anomalous=None)
         labels = []

@@ -36,6 +36,8 @@ def test_overrides_reach_nested_sections() -> None:
     ("training.threshold_objective=auc", "training.threshold_objective must be one of f1, fpr, rate ('auc')"),
     ("training.objective=semi", "training.objective must be one of supervised, unsupervised ('semi')"),
     ("training.target_rate=0", "training.target_rate must be in (0, 1) (0.0)"),
+    ("training.rate_gap=-1", "training.rate_gap must be a finite number >= 0 (-1.0)"),
+    ("training.rate_gap=.nan", "training.rate_gap must be a finite number >= 0 (nan)"),
     ("unsupervised.perturbations=[swap]", "unsupervised.perturbations must be a non-empty list of shuffle, move"),
     ("unsupervised.trim_fraction=0.5", "unsupervised.trim_fraction must be in [0, 0.5) (0.5)"),
     ("unsupervised.trim_by=loss", "unsupervised.trim_by must be one of model, rarity ('loss')"),

@@ -4,6 +4,7 @@ leaves out planted anomalies, and train -> evaluate round-trips without labels."
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from train.config import DataSection, TrainConfig, TrainingSection, UnsupervisedSection
 from train.data import Session, load_jsonl
 from train.embeddings import WindowSet
-from train.metrics import rate_threshold
+from train.metrics import gap_outliers, rate_threshold
 from train.sources import load_source
 from train.unsupervised import (PerturbationObjective, Perturber, kept_session_counts, pack, rarity_trim_mask,
                                 trim_mask, unseen_statements)
@@ -211,6 +212,37 @@ def test_rate_threshold_flags_the_share_asked_for_and_never_more() -> None:
         rate_threshold(scores, 1.5)
 
 
+def scores_at(log_odds: list[float]) -> list[float]:
+    return [1.0 / (1.0 + math.exp(-z)) for z in log_odds]
+
+
+def flagged(scores: list[float], threshold: float) -> int:
+    return sum(s >= threshold for s in scores)
+
+
+def test_a_rate_threshold_never_cuts_inside_a_group_a_gap_sets_apart() -> None:
+    bulk = [-4.0 + 2.0 * i / 969 for i in range(970)]  # log-odds evenly over [-4, -2]: interquartile range ~1
+    apart = scores_at(bulk + [3.0 + i / 29 for i in range(30)])  # 30 windows 5 IQR above the rest
+    assert gap_outliers(apart, 3.0) == 30
+    assert flagged(apart, rate_threshold(apart, 0.01, gap=3.0)) == 30  # the rate's cut moved down into the gap
+    assert flagged(apart, rate_threshold(apart, 0.01)) == 10  # gap 0: 1% of all windows, inside the 30
+    assert flagged(apart, rate_threshold(apart, 0.05, gap=3.0)) == 50  # a rate that flags more: unchanged
+    near = scores_at(bulk + [i / 29 for i in range(30)])  # a step of 2 IQR is no gap at 3
+    assert gap_outliers(near, 3.0) == 0 and gap_outliers(near, 1.5) == 30
+    # two groups above the bulk: the lowest gap ends it, so both are flagged
+    two = scores_at(bulk + [3.0 + i / 19 for i in range(20)] + [12.0 + i / 9 for i in range(10)])  # steps: 5, 8 IQR
+    assert gap_outliers(two, 3.0) == 30
+    # a group of more than 5% of the windows is not a group set apart: the rate alone
+    many = scores_at(bulk[:800] + [3.0 + i / 199 for i in range(200)])
+    assert gap_outliers(many, 3.0) == 0 and flagged(many, rate_threshold(many, 0.01, gap=3.0)) == 10
+    # a tied bulk (no interquartile range): any step above it is a gap
+    tied = [0.01] * 95 + [0.6, 0.7, 0.8, 0.9, 0.95]
+    assert gap_outliers(tied, 3.0) == 5 and flagged(tied, rate_threshold(tied, 0.01, gap=3.0)) == 5
+    assert gap_outliers(tied[:19], 3.0) == 0  # too few scores for a share of 5% to hold one
+    with pytest.raises(ValueError, match=r"gap must be a finite number >= 0 \(-1.0\)"):
+        gap_outliers(tied, -1.0)
+
+
 def test_unseen_statements_are_new_and_made_of_the_lines_words() -> None:
     lines = ["PacketResponder <NUM> for block <BLK> terminating", "Receiving block <BLK> src: <IP> dest: <IP>",
              "Deleting block <BLK> file <PATH>"]
@@ -271,12 +303,14 @@ def unlabelled_run(make_config: Callable[..., TrainConfig], world: Path, tmp_pat
     train_file, dev_file = strip_labels(world / "train.jsonl", out / "train.jsonl"), strip_labels(
         world / "dev.jsonl", out / "dev.jsonl")
     cfg = make_config(out / "run", f'data.train=["{train_file}"]', f'data.eval=["{dev_file}"]',
-                      "training.objective=unsupervised", "training.target_rate=0.1", "unsupervised.unseen_lines=64")
+                      "training.objective=unsupervised", "training.target_rate=0.02", "unsupervised.unseen_lines=64",
+                      "training.rate_gap=0.2")  # a gap this narrow sets some of the tiny model's windows apart
     return cfg, train(cfg)
 
 
 @pytest.mark.slow
 def test_unlabelled_train_then_evaluate_round_trip(unlabelled_run: tuple[TrainConfig, dict], world: Path) -> None:
+    from train.cli import format_metrics
     from train.config import EvalConfig
     from train.evaluation import evaluate, load_scorer, score_sessions
 
@@ -285,13 +319,18 @@ def test_unlabelled_train_then_evaluate_round_trip(unlabelled_run: tuple[TrainCo
     stored = json.loads((model_dir / "config.json").read_text())
     assert result["objective"] == "unsupervised" and stored["threshold"] == result["threshold"]
     assert result["eval"]["f1"] is None and result["eval"]["n_anomalous"] is None  # no labels, no F1
-    # the stored threshold flags int(10%) of the eval windows, scored as the worker scores them
+    # the stored threshold flags int(2%) of the eval windows, scored as the worker scores them, or more: every
+    # window of the group a gap in the scores sets apart
     sessions = load_jsonl(cfg.data.eval[0], require_labels=False)
     scores = score_sessions(load_scorer(str(model_dir), "cpu", 256), sessions, hop=cfg.training.hop)
     flagged = sum(s >= stored["threshold"] for s in scores.window_scores)
     ranked = sorted(scores.window_scores, reverse=True)
-    k = int(0.1 * len(ranked))  # scores tied across the cut are all left unflagged (train.metrics.rate_threshold)
-    assert flagged == (k if ranked[k - 1] != ranked[k] else sum(s > ranked[k] for s in ranked))
+    k = int(0.02 * len(ranked))  # scores tied across the cut are all left unflagged (train.metrics.rate_threshold)
+    by_rate = k if ranked[k - 1] != ranked[k] else sum(s > ranked[k] for s in ranked)
+    apart = gap_outliers(scores.window_scores, cfg.training.rate_gap)
+    assert result["eval"]["rate_outliers"] == apart > by_rate  # this run checks that the whole group is flagged
+    assert flagged == apart
+    assert f"({apart} windows set apart by a gap in the scores)" in format_metrics(result["eval"], "eval")
     assert result["eval"]["alert_rate"] == pytest.approx(flagged / len(scores.window_scores))
     # the same model on the labelled dev file: evaluate scores at the stored threshold, flagging the same windows
     metrics = evaluate(EvalConfig(model=str(model_dir), data=[str(world / "dev.jsonl")], device="cpu"))
@@ -331,7 +370,7 @@ def test_labels_in_the_training_file_are_ignored(unlabelled_run: tuple[TrainConf
 
     cfg, result = unlabelled_run
     labelled = make_config(tmp_path, f'data.eval=["{cfg.data.eval[0]}"]', "training.objective=unsupervised",
-                           "training.target_rate=0.1", "unsupervised.unseen_lines=64")  # train.jsonl with labels
+                           "training.target_rate=0.02", "unsupervised.unseen_lines=64")  # train.jsonl with labels
     again = train(labelled)
     assert again["data_fingerprint"] == result["data_fingerprint"]
     first = load_file(str(cfg.output_path / "final_moe_model" / "model.safetensors"))
