@@ -369,8 +369,10 @@ class LogMoE:
 class CountAnomalyBaseline:
     """A classical unsupervised detector on per-session masked-line counts, fitted without labels, as loglizer
     does: "pca" (tf-idf weighted, zero-mean counts; the squared residual outside the principal components that
-    explain 95% of the variance, the SPE of Xu et al.) or "iforest" (an isolation forest on the raw counts). The
-    score is unbounded (higher: more anomalous); lines never seen in training count for nothing, as in loglizer."""
+    explain 95% of the variance, the SPE of Xu et al.) or "iforest" (an isolation forest on the raw counts). Higher is
+    more anomalous: for pca SPE / (1 + SPE), in [0, 1) with log-odds log SPE, for iforest the forest's anomaly score,
+    in (0, 1], so the label-free threshold (`train.metrics.rate_threshold` with a gap) reads every method's score as
+    a probability-like number. Lines never seen in training count for nothing, as in loglizer."""
 
     def __init__(self, name: str, kind: str, seed: int) -> None:
         if kind not in ("pca", "iforest"):
@@ -402,4 +404,5 @@ class CountAnomalyBaseline:
             return -self.forest.score_samples(counts)
         centred = counts * self.idf - self.mean  # (S, F)
         residual = centred - centred @ self.components.T @ self.components  # (S, F)
-        return (residual ** 2).sum(axis=1)
+        spe = (residual ** 2).sum(axis=1)  # (S,)
+        return spe / (1.0 + spe)

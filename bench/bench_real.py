@@ -23,8 +23,9 @@ optimistic "max F1" at that view's own best threshold, so ranking and threshold 
 Unsupervised methods fit the same train split without its labels: logmoe with `training.objective=unsupervised`
 (and any --set-unsupervised overrides), and PCA (SPE of tf-idf counts) and an isolation forest on masked-line counts,
 as loglizer does. Each is shown at two kinds of threshold: label-free, flagging a share of the dev sessions
-(`train.metrics.rate_threshold`, --rates; every session here is one window, so it is the worker's alert rate), and
-max F1 on the labelled dev split, as for the supervised methods. logmoe trains with
+(`train.metrics.rate_threshold`, --rates; every session here is one window, so it is the worker's alert rate), never
+cutting inside a group of top sessions a gap in the scores sets apart (--rate-gaps, default `training.rate_gap`'s;
+0 is the plain rate), and max F1 on the labelled dev split, as for the supervised methods. logmoe trains with
 `training.threshold_objective=f1` on that labelled split, so training also fits the novelty calibration there
 (`training.novelty_calibration`); the label-free and max-F1 rows read its scores without it, and one more row
 ("+ novelty calibration") with it, at the threshold training stored.
@@ -171,7 +172,8 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
             where = "calibration" if args.calibrate_on == "later-train" else "dev"
             calibrated = isinstance(method, LogMoE) and method.novelty_calibrated
             free = {name: method.score(view, novelty=False) for name, view in views.items()} if calibrated else scores
-            rules = {f", rate {rate:g} of {where}": (rate_threshold(free[first], rate), free) for rate in args.rates}
+            rules = {f", rate {rate:g} of {where}{gap_label(gap)}": (rate_threshold(free[first], rate, gap), free)
+                     for rate in args.rates for gap in args.rate_gaps}
             rules[f", max F1 on {where}"] = (calibrate_threshold(calibration.labels, free[first], "f1"), free)
             if calibrated:  # the novelty calibration was fitted on those labels too
                 rules[f", max F1 on {where} + novelty calibration"] = (method.threshold, scores)
@@ -193,6 +195,13 @@ def run_set(data: DataSet, args: argparse.Namespace) -> dict[str, Any]:
     labels = {name: [int(x) for x in view.labels] for name, view in views.items()}
     return {"results": results, "fit_seconds": fit_seconds, "logmoe": extra,
             "scores": {"labels": labels, "by_method": saved}}
+
+
+def gap_label(gap: float) -> str:
+    """The row suffix of a rate threshold with `gap` (nothing for the default of `training.rate_gap`)."""
+    from train.config import TrainingSection
+
+    return "" if gap == TrainingSection().rate_gap else f", gap {gap:g}"
 
 
 def as_lists(scores: dict[str, Any]) -> dict[str, list[float]]:
@@ -227,6 +236,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--rates", type=lambda text: [float(x) for x in text.split(",")], default=[0.01, 0.03],
                         help="alert rates of the label-free thresholds (default 0.01,0.03)")
+    parser.add_argument("--rate-gaps", type=lambda text: [float(x) for x in text.split(",")], default=None,
+                        help="rate_gap of the label-free thresholds, one row each (default: training.rate_gap's "
+                             "default; 0: the plain rate)")
     parser.add_argument("--calibrate-on", choices=("dev", "later-train"), default="dev",
                         help="dev (default): fit on train, thresholds on dev; later-train: fit on the earlier train, "
                              "thresholds on the rest of train, dev scored as the future (hdfs_real, bgl)")
@@ -245,6 +257,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if not 0.0 < args.later_fraction < 1.0:
         parser.error(f"--later-fraction must be in (0, 1) ({args.later_fraction})")
+    if args.rate_gaps is None:
+        from train.config import TrainingSection
+
+        args.rate_gaps = [TrainingSection().rate_gap]
+    bad = [g for g in args.rate_gaps if not g >= 0.0]
+    if bad:
+        parser.error(f"--rate-gaps must be >= 0 ({bad})")
     if args.calibrate_on == "later-train" and "hdfs" in args.sets.split(","):
         parser.error("--calibrate-on later-train needs a train split in time order: hdfs_real or bgl, not the "
                      "synthetic hdfs (split by event sequence)")
