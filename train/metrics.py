@@ -106,6 +106,10 @@ RATE_OUTLIER_SHARE = 0.05
 """The largest share of the windows `gap_outliers` sets apart: "unlabelled" logs hold a few percent of anomalies
 (real HDFS 3%), and the cap bounds how far above target_rate the gap can take the alert rate. At 0.10, PCA's
 scores of real HDFS dev had a gap under their top 9.6%, mostly normal blocks (bench/results/2026-12-05-rate-gap.md)."""
+MIN_GAP_LOG_ODDS = 1.0
+"""A gap must also be this wide in log-odds (the odds e times apart on its two sides): where the scores' bulk is very
+tight a few interquartile ranges are a step inside the normal tail (real HDFS, seed 7: IQR 0.022, so 3.1 IQR was
+0.07 and set 3 normal blocks apart with the 47 anomalies; the gap that parts them is 2.25 wide)."""
 LOG_ODDS_FLOOR = 1e-7
 """Scores are clipped to [LOG_ODDS_FLOOR, 1 - LOG_ODDS_FLOOR] before their log-odds are taken: float32 resolves
 probabilities near 1.0 only to ~6e-8, so closer to the ends a difference is rounding, not evidence."""
@@ -137,8 +141,8 @@ def rate_threshold(scores: Sequence[float], target_rate: float, gap: float = 0.0
 def gap_outliers(scores: Sequence[float], gap: float) -> int:
     """How many of the highest scores stand apart from the rest: above the lowest step between consecutive sorted
     log-odds, among the top RATE_OUTLIER_SHARE of the scores, that is at least `gap` times the interquartile range
-    of all the log-odds (any step at all where that range is 0). 0 where there is no such step, where gap is 0, or
-    where the scores are too few for the share to hold one window (under 20)."""
+    of all the log-odds and at least MIN_GAP_LOG_ODDS. 0 where there is no such step, where gap is 0, or where the
+    scores are too few for the share to hold one window (under 20)."""
     if not (math.isfinite(gap) and gap >= 0.0):
         raise ValueError(f"gap must be a finite number >= 0 ({gap})")
     p = np.clip(np.sort(np.asarray(scores, dtype=np.float64)), LOG_ODDS_FLOOR, 1.0 - LOG_ODDS_FLOOR)  # (n,) ascending
@@ -148,7 +152,7 @@ def gap_outliers(scores: Sequence[float], gap: float) -> int:
     z = np.log(p) - np.log1p(-p)  # (n,) log-odds
     q25, q75 = np.quantile(z, [0.25, 0.75])
     steps = np.diff(z[n - top - 1:])  # (top,) the steps between the top + 1 highest scores
-    wide = np.flatnonzero(steps >= gap * (q75 - q25) if q75 > q25 else steps > 0.0)
+    wide = np.flatnonzero(steps >= max(gap * (q75 - q25), MIN_GAP_LOG_ODDS))
     return int(top - wide[0]) if len(wide) else 0
 
 

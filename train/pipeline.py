@@ -490,16 +490,9 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
             logger.info("failures only a never-seen line tells: %d in eval, %d in the cross-fit sessions; threshold "
                         "on %s", misses["eval"], misses["crossfit"], "both" if over_both else "eval alone")
             crossfit_metrics = {"novel_misses": misses, "threshold_over_both": over_both}
-    outliers = None  # eval windows set apart above a gap in the scores (threshold_objective rate)
-    if cfg.training.threshold_objective == "rate":
-        threshold = rate_threshold(scores.window_scores, cfg.training.target_rate, cfg.training.rate_gap)
-        outliers = gap_outliers(scores.window_scores, cfg.training.rate_gap)
-        logger.info("rate threshold %.4f (target_rate %g): %d of %d eval windows set apart by a gap in the scores",
-                    threshold, cfg.training.target_rate, outliers, len(scores.window_scores))
-    else:  # over the cross-fit sessions too when they hold the failures only novelty tells, and eval does not
-        extra = crossfit_scores if over_both else ([], [])
-        threshold = calibrate_threshold(labels + extra[0], scores.scores + extra[1], cfg.training.threshold_objective,
-                                        cfg.training.target_fpr)
+    extra = crossfit_scores if over_both else ([], [])  # the failures only novelty tells, where eval lacks them
+    threshold, outliers = choose_threshold(cfg.training, scores.window_scores, labels + extra[0],
+                                           scores.scores + extra[1])
     model.config.threshold = threshold
     early = _calibrate_early(cfg, model, scorer, eval_sessions, scores.scores, normal_lines, eval_labelled)
     model.save_pretrained(staging)
@@ -518,6 +511,20 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     if eval_labelled:
         plot_confusion_matrix(metrics["confusion_matrix"], cfg.output_path / "plots" / "confusion_matrix.png")
     return metrics, early, crossfit_metrics
+
+
+def choose_threshold(t: TrainingSection, window_scores: Sequence[float], labels: Sequence[int],
+                     session_scores: Sequence[float]) -> tuple[float, int | None]:
+    """The threshold training stores, and for threshold_objective rate how many eval windows a gap in the scores set
+    apart (None otherwise): rate reads the window scores alone (train.metrics.rate_threshold, no label), f1 and fpr
+    the labelled session scores (train.metrics.calibrate_threshold)."""
+    if t.threshold_objective != "rate":
+        return calibrate_threshold(labels, session_scores, t.threshold_objective, t.target_fpr), None
+    threshold = rate_threshold(window_scores, t.target_rate, t.rate_gap)
+    outliers = gap_outliers(window_scores, t.rate_gap)
+    logger.info("rate threshold %.4f (target_rate %g): %d of %d eval windows set apart by a gap in the scores",
+                threshold, t.target_rate, outliers, len(window_scores))
+    return threshold, outliers
 
 
 def fits_novelty(t: TrainingSection, eval_labelled: bool) -> bool:

@@ -147,3 +147,13 @@ def test_the_issue_command_trains(world: Path, tmp_path: Path, monkeypatch: pyte
     assert "model: runs/train/final_moe_model" in capsys.readouterr().out
     stored = json.loads((tmp_path / "runs" / "train" / "final_moe_model" / "config.json").read_text())
     assert stored["top_p"] == 0.9
+
+
+def test_unlabelled_metrics_print_the_alert_rate_and_what_a_gap_set_apart() -> None:
+    from train.cli import format_metrics
+
+    unlabelled = {"n": 200, "n_anomalous": None, "threshold": 0.3, "accuracy": None, "precision": None, "recall": None,
+                  "f1": None, "pr_auc": None, "roc_auc": None, "confusion_matrix": None, "alert_rate": 0.035}
+    assert "  alert rate   0.0350\n" in format_metrics(unlabelled, "eval") + "\n"
+    text = format_metrics({**unlabelled, "rate_outliers": 7}, "eval")
+    assert "  alert rate   0.0350 (7 windows set apart by a gap in the scores)" in text and "confusion" not in text
