@@ -244,8 +244,9 @@ class TrainingSection:
     """threshold_objective=rate: the cut never falls inside a group of the highest eval scores set apart from the rest
     by a gap (in log-odds, within the top 5% of windows) at least rate_gap times the interquartile range of all the
     scores: where target_rate would flag part of that group, the whole group is flagged (train.metrics.rate_threshold).
-    0: target_rate alone. On real HDFS (3% of blocks anomalous, set apart by 10-50 IQR) a plain 1% rate cut inside
-    the group and missed every anomaly of the next period; on BGL no gap over 0.12 IQR appeared, nothing changes."""
+    0: target_rate alone. On real HDFS (3% of blocks anomalous, set apart by 19-100 IQR) a plain 1% rate cut inside
+    the group and missed every anomaly of the next period; on BGL no step over 0.15 IQR appeared: nothing changes.
+    A gap must also be 1.0 wide in log-odds (train.metrics.MIN_GAP_LOG_ODDS)."""
     early_hop: int = 3
     """The worker scores an open session's prefix every early_hop lines until it is max_window lines long (and at
     once on a line never seen in a normal training session, model.early); stored in the model, and the early
