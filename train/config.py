@@ -232,8 +232,8 @@ class TrainingSection:
     threshold_objective: str | None = None
     """f1: the threshold maximising F1 on eval; fpr: the lowest threshold whose false-positive rate <= target_fpr
     (1.0, which flags nothing, when even the top score breaks it; see model.decision); both need labelled eval data;
-    rate: the threshold that flags target_rate of the eval windows, no labels needed. None: f1 for the supervised
-    objective, rate for the unsupervised one."""
+    rate: the threshold that flags target_rate of the eval windows (never cutting inside a group rate_gap finds set
+    apart), no labels needed. None: f1 for the supervised objective, rate for the unsupervised one."""
     target_fpr: float = 0.01
     """Target false-positive rate for threshold_objective=fpr."""
     target_rate: float = 0.01
