@@ -145,10 +145,11 @@ def gap_outliers(scores: Sequence[float], gap: float) -> int:
     scores are too few for the share to hold one window (under 20)."""
     if not (math.isfinite(gap) and gap >= 0.0):
         raise ValueError(f"gap must be a finite number >= 0 ({gap})")
-    p = np.clip(np.sort(np.asarray(scores, dtype=np.float64)), LOG_ODDS_FLOOR, 1.0 - LOG_ODDS_FLOOR)  # (n,) ascending
-    n, top = len(p), int(RATE_OUTLIER_SHARE * len(p))
-    if gap == 0.0 or top < 1:
+    n = len(scores)
+    top = int(RATE_OUTLIER_SHARE * n)
+    if gap == 0.0 or top < 1:  # the plain rate: nothing to sort
         return 0
+    p = np.clip(np.sort(np.asarray(scores, dtype=np.float64)), LOG_ODDS_FLOOR, 1.0 - LOG_ODDS_FLOOR)  # (n,) ascending
     z = np.log(p) - np.log1p(-p)  # (n,) log-odds
     q25, q75 = np.quantile(z, [0.25, 0.75])
     steps = np.diff(z[n - top - 1:])  # (top,) the steps between the top + 1 highest scores
