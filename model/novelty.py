@@ -6,18 +6,26 @@ and what they mean depends on what they say: on BGL a new FATAL line is nearly a
 82 anomalous windows of the later part of train hold one, 15 of 1,196 normal ones do), while new INFO or ERROR lines
 are mostly the workload drifting. The eval data is such a later period, labelled, so training fits there
 
-    margin' = scale * margin + bias + sum_g weight_g * [the window holds a never-seen line of group g]
+    margin' = scale * seen_margin + bias + sum_g weight_g * [the window holds a never-seen line of group g]
 
-by L2-regularised logistic regression on the eval sessions (margin: the logit of the session's score, the highest of
-its windows'; a session holds a group when any of its lines does), and the scorer applies it to every window;
-P(anomaly) = sigmoid(margin'). A never-seen line's group is the level its first level word names, as logs state
+by L2-regularised logistic regression on the eval sessions, each class weighed as a whole (seen_margin: the logit
+of the session's score from the lines training held, the highest of its windows'; a session holds a group when any
+of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'), at odds as if both classes were equally
+common (the threshold is chosen on these scores). What the classifier
+says about a never-seen line is left out (seen_margin: its margin less those lines' shares): trained without that
+line, the classifier extrapolates, and where to is set by the random seed. On BGL's past -> future protocol an all-
+"Lustre mount FAILED" window, a category new in the later month, got shares summing to -3.2 in one seed and about
+0 in another; with the shares left in, F1 on the later month ranged 0.57-0.93 over ten seeds (mean 0.84), with the
+group weight in their place 0.88-0.91 (mean 0.89; bench/results/2026-12-05-never-seen-shares.md). A never-seen line's group is the level its first level word names, as logs state
 their level before the message: "fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error"
 (error, err, or a word ending in exception), "warn" (warn, warning), "other" (info, debug, trace, notice, or no
 level word). So "KERNEL INFO critical input interrupt ... warning" is "other": on BGL September's normal windows
 that hold a never-seen line of the fatal group go from 29 to 19 of 211 with this rule (against any such word
 anywhere in the line), its anomalous ones stay at 69 of 72. A group no eval session holds keeps weight 0 (its
 feature is all zero, so the penalty holds it there). Each weight is shared out among the window's never-seen lines
-of its group, so line shares still add up to the margin (with scale applied to the classifier's shares).
+of its group, which carry that share alone, so line shares still add up to the margin (with scale applied to the
+classifier's shares of the seen lines). A model calibrated before 2026-12-05 stored no `never_seen_shares` and
+added the weights to the whole margin, never-seen shares included ("added"); it is read and scored that way.
 
 An eval period whose failures the final model already knows shows little of what a new line is worth. `CrossFit`
 adds evidence from inside the training period (train.pipeline, training.novelty_crossfit): the later part of train,
@@ -52,6 +60,7 @@ _LEVEL_GROUP = {
 _LEVEL_WORD = re.compile(r"\b(" + "|".join(_LEVEL_GROUP) + r")\b|exception\b", re.IGNORECASE)
 SEEN = -1  # the group index of a line training held (and of padding)
 REGULARISATION_C = 10.0  # inverse L2 strength of the fit (sklearn's C): weak, the weights are few
+SHARES = ("replaced", "added")  # what becomes of a never-seen line's classifier share: see the module docstring
 
 
 def line_group(masked_line: str) -> int:
@@ -83,6 +92,7 @@ class NoveltyCalibration:
     scale: float
     bias: float
     weights: tuple[float, ...]  # (G,) in GROUPS order
+    never_seen_shares: str = "replaced"  # "added": a model calibrated before 2026-12-05
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -92,44 +102,56 @@ class NoveltyCalibration:
         if len(self.weights) != len(GROUPS) or not all(math.isfinite(w) for w in self.weights):
             raise ValueError(f"novelty_calibration weights must be {len(GROUPS)} finite numbers ({', '.join(GROUPS)})"
                              f", got {self.weights!r}")
+        if self.never_seen_shares not in SHARES:
+            raise ValueError(f"novelty_calibration never_seen_shares must be one of {', '.join(SHARES)}, got "
+                             f"{self.never_seen_shares!r}")
 
     @classmethod
     def from_config(cls, value: Mapping[str, Any]) -> NoveltyCalibration:
-        """From the config's {"scale", "bias", "weights": {group: weight}}; ValueError naming a bad value."""
-        if not isinstance(value, Mapping) or set(value) != {"scale", "bias", "weights"}:
-            raise ValueError(f"novelty_calibration must map scale, bias and weights, got {value!r}")
+        """From the config's {"scale", "bias", "weights": {group: weight}, "never_seen_shares"} (without the last:
+        "added", as calibrated before it existed); ValueError naming a bad value."""
+        keys = {"scale", "bias", "weights"}
+        if not isinstance(value, Mapping) or not keys <= set(value) <= keys | {"never_seen_shares"}:
+            raise ValueError(f"novelty_calibration must map scale, bias, weights and never_seen_shares, got {value!r}")
         weights = value["weights"]
         if not isinstance(weights, Mapping) or set(weights) != set(GROUPS):
             raise ValueError(f"novelty_calibration weights must name the groups {list(GROUPS)}, got {weights!r}")
         try:
-            return cls(float(value["scale"]), float(value["bias"]), tuple(float(weights[g]) for g in GROUPS))
+            return cls(float(value["scale"]), float(value["bias"]), tuple(float(weights[g]) for g in GROUPS),
+                       value.get("never_seen_shares", "added"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"novelty_calibration: {exc}") from None
 
     def to_config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "bias": self.bias, "weights": dict(zip(GROUPS, self.weights))}
+        return {"scale": self.scale, "bias": self.bias, "weights": dict(zip(GROUPS, self.weights)),
+                "never_seen_shares": self.never_seen_shares}
 
     def apply(self, margin: Tensor, line_scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
         """margin (b,) and line_scores (b, T) of the classifier, groups (b, T) each line's group or SEEN ->
         the calibrated margin (b,) and line shares (b, T), which still add up to it with scale * base + bias."""
         weights = torch.tensor(self.weights, dtype=margin.dtype, device=margin.device)  # (G,)
-        hits = F.one_hot(groups.clamp(min=0), len(GROUPS)).to(margin.dtype)  # (b, T, G)
-        hits = hits * (groups != SEEN)[..., None]  # seen lines and padding hit nothing
+        new = groups != SEEN  # (b, T) never-seen lines; seen lines and padding are SEEN
+        hits = F.one_hot(groups.clamp(min=0), len(GROUPS)).to(margin.dtype) * new[..., None]  # (b, T, G)
         present = (hits.sum(dim=1) > 0).to(margin.dtype)  # (b, G)
         per_line = weights / hits.sum(dim=1).clamp(min=1)  # (b, G) a group's weight shared by its lines
         shares = (hits * per_line[:, None, :]).sum(dim=-1)  # (b, T)
+        if self.never_seen_shares == "replaced":  # what the classifier says of the seen lines only
+            margin = margin - (line_scores * new).sum(dim=1)  # (b,)
+            line_scores = line_scores.masked_fill(new, 0.0)  # (b, T)
         return self.scale * margin + self.bias + present @ weights, self.scale * line_scores + shares
 
 
 @dataclass(frozen=True)
 class CrossFit:
     """Novelty evidence from inside the training period: the later part of train, scored by an auxiliary classifier
-    trained on the earlier part, with never-seen meaning not in that earlier part. scores (n,) P(anomaly), flags
-    (n, G) window_flags, labels (n,)."""
+    trained on the earlier part, with never-seen meaning not in that earlier part. scores (n,) P(anomaly) from the
+    lines the earlier part held (SEEN_ONLY), flags (n, G) window_flags, labels (n,), classifier_scores (n,) its
+    P(anomaly) from every line (train.pipeline.novel_misses reads these)."""
 
     scores: Sequence[float]
     flags: Sequence[Sequence[float]]
     labels: Sequence[int]
+    classifier_scores: Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,10 @@ class NoveltyFit:
     # scale as eval's once calibrated (each classifier's own scale and bias applied), for choosing the threshold
 
 
+SEEN_ONLY = NoveltyCalibration(1.0, 0.0, (0.0,) * len(GROUPS))
+"""The classifier's score from the lines training held, never-seen lines adding nothing: what fit_novelty reads."""
+
+
 def _margins(scores: Sequence[float]) -> np.ndarray:
     p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)  # (n,)
@@ -146,8 +172,8 @@ def _margins(scores: Sequence[float]) -> np.ndarray:
 
 def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int],
                 crossfit: CrossFit | None = None) -> NoveltyFit | None:
-    """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly), flags (n, G) window_flags, labels
-    (n,). With crossfit, its sessions join the fit: the group weights are shared by both, while each classifier
+    """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly) from the lines training held (the
+    scorer with SEEN_ONLY), flags (n, G) window_flags, labels (n,). With crossfit, its sessions join the fit: the group weights are shared by both, while each classifier
     keeps a scale and bias of its own (their margins need not be alike); the eval classifier's are the calibration,
     and the cross-fit sessions' calibrated scores come with it.
     None when there is nothing to learn (eval holds one class, or no session a never-seen line) or the fit does
@@ -172,7 +198,8 @@ def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], label
         y, flagged = np.concatenate([y, y_cross]), columns[:, 3:]
     if not flagged.any():
         return None
-    fit = LogisticRegression(C=REGULARISATION_C, max_iter=1000).fit(columns, y)
+    # each class weighed as a whole: the few failures, not the many normal sessions, set what a new line is worth
+    fit = LogisticRegression(C=REGULARISATION_C, class_weight="balanced", max_iter=1000).fit(columns, y)
     coef = fit.coef_[0]
     scale, bias = float(coef[0]), float(fit.intercept_[0]) + (float(coef[2]) if crossfit is not None else 0.0)
     weights = tuple(float(w) for w in coef[-len(GROUPS):])

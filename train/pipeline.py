@@ -31,7 +31,7 @@ import torch
 
 from model.early import EarlyRule
 from model.masking import mask
-from model.novelty import GROUPS, CrossFit, fit_novelty
+from model.novelty import GROUPS, SEEN_ONLY, CrossFit, fit_novelty
 from model.rarity import row_counts, save_line_counts, session_counts
 from train.checkpoint import load_latest_checkpoint
 from train.config import TrainConfig, TrainingSection
@@ -415,19 +415,21 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
     scorer = LogScorer.from_pretrained(folder / FINAL_DIR, device=str(dp.device), encoder=encoder,
                                        batch_size=t.eval_batch_size)
     scores = score_sessions(scorer, later, t.hop, t.eval_batch_size)
+    scorer.set_novelty_calibration(SEEN_ONLY)
+    seen_scores = score_sessions(scorer, later, t.hop, t.eval_batch_size)
     flags = [scorer.novelty_flags(s.lines) for s in later]
     del scorer  # its weights map files in the folder
     for done in ("moe_results", FINAL_DIR):
         shutil.rmtree(folder / done)
     report.update(status="trained and scored", seconds=round(time.perf_counter() - clock, 3),
                   later_scored={k: aux["eval"][k] for k in ("f1", "precision", "recall", "pr_auc")})
-    return CrossFit(scores.scores, flags, [s.label for s in later]), report
+    return CrossFit(seen_scores.scores, flags, [s.label for s in later], scores.scores), report
 
 
 def novel_misses(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
-    """Failures only a never-seen line tells: anomalous sessions (scores (n,) the classifier's, flags (n, G)
-    model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1 cut of these
-    scores. Where eval holds as many as the cross-fit sessions, its max-F1 cut already sits where such failures
+    """Failures only a never-seen line tells: anomalous sessions (scores (n,) the classifier's from every line,
+    flags (n, G) model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1
+    cut of these scores. Where eval holds as many as the cross-fit sessions, its max-F1 cut already sits where such failures
     are, and the threshold is chosen on eval alone: over both sets, the cross-fit's few failures moved it either way
     on BGL's past -> future protocol (bench/results/2026-12-05-novelty-crossfit.md)."""
     cut = calibrate_threshold(labels, scores)
@@ -470,10 +472,15 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
     over_both = False  # the threshold chosen over eval and the cross-fit sessions
     if fits_novelty(cfg.training, eval_labelled):
         eval_flags = [scorer.novelty_flags(s.lines) for s in eval_sessions]
+        seen_scores = scores.scores  # the classifier's from the lines training held
+        if crossfit is not None or any(map(any, eval_flags)):
+            scorer.set_novelty_calibration(SEEN_ONLY)
+            seen_scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size).scores
+            scorer.set_novelty_calibration(None)
         if crossfit is not None:
             misses = {"eval": novel_misses(scores.scores, eval_flags, labels),
-                      "crossfit": novel_misses(crossfit.scores, crossfit.flags, crossfit.labels)}
-        fitted = fit_novelty(scores.scores, eval_flags, labels, crossfit)
+                      "crossfit": novel_misses(crossfit.classifier_scores, crossfit.flags, crossfit.labels)}
+        fitted = fit_novelty(seen_scores, eval_flags, labels, crossfit)
         if fitted is not None:
             novelty = fitted.calibration
             logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",

@@ -37,17 +37,31 @@ def test_rows_and_windows_flag_only_lines_training_never_held() -> None:
     assert window_flags(["INFO new", "WARN new"], seen) == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_the_calibrated_margin_adds_each_present_group_once_and_shares_it_among_its_lines() -> None:
+def test_a_never_seen_line_carries_its_groups_weight_in_place_of_what_the_classifier_said() -> None:
     calibration = NoveltyCalibration(scale=0.5, bias=-1.0, weights=(4.0, 0.0, 2.0, -1.0))
     margin = torch.tensor([2.0, -6.0])  # (b,)
     line_scores = torch.tensor([[1.0, 0.5, 0.5, 0.0], [-2.0, -2.0, -1.0, -1.0]])  # (b, T), window 0 padded at 3
     base = margin - line_scores.sum(dim=1)
     groups = torch.tensor([[SEEN, FATAL, FATAL, SEEN], [OTHER, SEEN, WARN, SEEN]])
     calibrated, shares = calibration.apply(margin, line_scores, groups)
+    # the seen lines' margin (2 - 0.5 - 0.5; -6 + 2 + 1), scaled, plus each present group's weight once
+    assert calibrated.tolist() == pytest.approx([0.5 * 1 - 1 + 4, 0.5 * -3 - 1 + 2 - 1])
+    assert shares[0].tolist() == pytest.approx([0.5, 2, 2, 0.0])  # the fatal weight shared by its two lines
+    assert shares[1].tolist() == pytest.approx([-1, -1, 2, -0.5])
+    assert (shares.sum(dim=1) + 0.5 * base - 1.0).tolist() == pytest.approx(calibrated.tolist())
+
+
+def test_a_model_calibrated_before_never_seen_shares_existed_adds_the_weights_to_the_whole_margin() -> None:
+    stored = {"scale": 0.5, "bias": -1.0, "weights": {"fatal": 4.0, "error": 0.0, "warn": 2.0, "other": -1.0}}
+    calibration = NoveltyCalibration.from_config(stored)  # as written before 2026-12-05: no never_seen_shares
+    assert calibration.never_seen_shares == "added"
+    margin = torch.tensor([2.0, -6.0])  # (b,)
+    line_scores = torch.tensor([[1.0, 0.5, 0.5, 0.0], [-2.0, -2.0, -1.0, -1.0]])  # (b, T)
+    groups = torch.tensor([[SEEN, FATAL, FATAL, SEEN], [OTHER, SEEN, WARN, SEEN]])
+    calibrated, shares = calibration.apply(margin, line_scores, groups)
     assert calibrated.tolist() == pytest.approx([0.5 * 2 - 1 + 4, 0.5 * -6 - 1 + 2 - 1])
     assert shares[0].tolist() == pytest.approx([0.5, 0.25 + 2, 0.25 + 2, 0.0])
     assert shares[1].tolist() == pytest.approx([-1 - 1, -1, -0.5 + 2, -0.5])
-    assert (shares.sum(dim=1) + 0.5 * base - 1.0).tolist() == pytest.approx(calibrated.tolist())
 
 
 def test_config_round_trip_and_bad_values_are_named() -> None:
@@ -57,8 +71,10 @@ def test_config_round_trip_and_bad_values_are_named() -> None:
         NoveltyCalibration.from_config({**calibration.to_config(), "scale": 0})
     with pytest.raises(ValueError, match="must name the groups .* got \\{'fatal': 1\\}"):
         NoveltyCalibration.from_config({**calibration.to_config(), "weights": {"fatal": 1}})
-    with pytest.raises(ValueError, match="must map scale, bias and weights"):
+    with pytest.raises(ValueError, match="must map scale, bias, weights and never_seen_shares"):
         NoveltyCalibration.from_config({"scale": 1})
+    with pytest.raises(ValueError, match="never_seen_shares must be one of replaced, added, got 'dropped'"):
+        NoveltyCalibration.from_config({**calibration.to_config(), "never_seen_shares": "dropped"})
     with pytest.raises(ValueError, match="4 finite numbers"):
         NoveltyCalibration(1.0, 0.0, (float("nan"), 0.0, 0.0, 0.0))
 
@@ -110,7 +126,8 @@ def _scored_part(rng: np.random.Generator, n: int, inflate: float, new_category:
     if new_category:
         new = rng.uniform(size=n) < 0.08
         labels[new], flags[new, FATAL] = 1, 1.0
-    return CrossFit(1 / (1 + np.exp(-inflate * z)), flags, labels)
+    scores = 1 / (1 + np.exp(-inflate * z))
+    return CrossFit(scores, flags, labels, scores)
 
 
 def test_the_crossfit_teaches_what_eval_cannot_and_eval_keeps_its_own_scale() -> None:
