@@ -145,3 +145,20 @@ def test_the_crossfit_teaches_what_eval_cannot_and_eval_keeps_its_own_scale() ->
     calibrated, labels = np.asarray(fitted.crossfit_scores), np.asarray(crossfit.labels)
     new = np.asarray(crossfit.flags)[:, FATAL] > 0
     assert calibrated.shape == labels.shape and calibrated[new].min() > np.quantile(calibrated[labels == 0], 0.9)
+
+
+def test_the_fit_weighs_each_class_as_a_whole_not_each_session() -> None:
+    # 2% failures: fitted session by session, the many normal sessions would set what a new line is worth
+    rng = np.random.default_rng(4)
+    labels = (rng.uniform(size=2000) < 0.02).astype(int)
+    z = np.where(labels == 1, rng.normal(1.0, 1.5, labels.size), rng.normal(-3.0, 1.5, labels.size))
+    scores = 1 / (1 + np.exp(-z))
+    flags = np.zeros((labels.size, len(GROUPS)))
+    flags[:, FATAL] = np.where(labels == 1, rng.uniform(size=labels.size) < 0.6, rng.uniform(size=labels.size) < 0.03)
+    fitted = fit_novelty(scores, flags, labels)
+    assert fitted is not None
+    c = fitted.calibration
+    p = 1 / (1 + np.exp(-(c.scale * np.log(scores / (1 - scores)) + c.bias + flags @ np.asarray(c.weights))))
+    # balanced: the failures' mean shortfall equals the normal sessions' mean score (by session: 2% on average)
+    assert np.mean(1 - p[labels == 1]) == pytest.approx(np.mean(p[labels == 0]), abs=0.02)
+    assert np.mean(p) > 0.1

@@ -351,6 +351,41 @@ def test_never_seen_fatal_lines_of_the_eval_failures_are_weighed_into_the_stored
     assert metrics["pr_auc"] == pytest.approx(1.0)  # the new line now tells every failure apart
 
 
+def test_the_novelty_fit_reads_what_the_classifier_says_of_the_lines_training_held(
+        make_config: Callable[..., TrainConfig], world: Path, new_failure_train: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.novelty import SEEN_ONLY
+    from train import pipeline
+
+    new_failure = "2026-03-14T09:00:01.000Z FATAL disk[12]: controller offline, journal lost"  # train has none
+    eval_file = tmp_path / "dev_new_failure.jsonl"  # eval's failures end with it
+    records = [json.loads(line) for line in (world / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    for record in records:
+        if record["label"] != "正常":
+            record["log_sequence"] += "\n" + new_failure
+    eval_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    seen: list[tuple[Any, ...]] = []
+    fit = pipeline.fit_novelty
+    monkeypatch.setattr(pipeline, "fit_novelty", lambda *args: seen.append(args) or fit(*args))
+    cfg = make_config(tmp_path / "run", f'data.train=["{new_failure_train}"]', f'data.eval=["{eval_file}"]',
+                      "training.epochs_stage1=1", "training.epochs_stage2=1")
+    train(cfg)
+    (scores, flags, labels, crossfit), = seen
+    scorer = load_scorer(str(cfg.output_path / "final_moe_model"), "cpu", 256)
+    sessions = load_jsonl(eval_file)
+    scorer.set_novelty_calibration(None)
+    every_line = score_sessions(scorer, sessions, hop=cfg.training.hop)
+    scorer.set_novelty_calibration(SEEN_ONLY)
+    assert scores == pytest.approx(score_sessions(scorer, sessions, hop=cfg.training.hop).scores, abs=1e-6)
+    new = [any(f) for f in flags]
+    assert any(new) and all(abs(a - b) > 1e-6 for a, b, n in zip(scores, every_line.scores, new) if n)
+    # the cross-fit's auxiliary classifier too: seen lines alone for the fit, every line for novel_misses
+    assert crossfit is not None
+    cross_new = [any(f) for f in crossfit.flags]
+    assert any(cross_new) and all(
+        (abs(a - b) > 1e-6) == n for a, b, n in zip(crossfit.scores, crossfit.classifier_scores, cross_new))
+
+
 @pytest.mark.parametrize("crossfit", [0.3, 0.0])
 def test_a_failure_new_in_the_later_part_of_train_teaches_the_novelty_fit_that_eval_cannot(
         make_config: Callable[..., TrainConfig], new_failure_train: Path, tmp_path: Path, crossfit: float) -> None:
