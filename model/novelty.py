@@ -10,22 +10,24 @@ are mostly the workload drifting. The eval data is such a later period, labelled
 
 by L2-regularised logistic regression on the eval sessions, each class weighed as a whole (seen_margin: the logit
 of the session's score from the lines training held, the highest of its windows'; a session holds a group when any
-of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'), at odds as if both classes were equally
-common (the threshold is chosen on these scores). What the classifier
-says about a never-seen line is left out (seen_margin: its margin less those lines' shares): trained without that
-line, the classifier extrapolates, and where to is set by the random seed. On BGL's past -> future protocol an all-
-"Lustre mount FAILED" window, a category new in the later month, got shares summing to -3.2 in one seed and about
-0 in another; with the shares left in, F1 on the later month ranged 0.57-0.93 over ten seeds (mean 0.84), with the
-group weight in their place 0.88-0.91 (mean 0.89; bench/results/2026-12-05-never-seen-shares.md). A never-seen line's group is the level its first level word names, as logs state
-their level before the message: "fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error"
-(error, err, or a word ending in exception), "warn" (warn, warning), "other" (info, debug, trace, notice, or no
-level word). So "KERNEL INFO critical input interrupt ... warning" is "other": on BGL September's normal windows
-that hold a never-seen line of the fatal group go from 29 to 19 of 211 with this rule (against any such word
-anywhere in the line), its anomalous ones stay at 69 of 72. A group no eval session holds keeps weight 0 (its
-feature is all zero, so the penalty holds it there). Each weight is shared out among the window's never-seen lines
-of its group, which carry that share alone, so line shares still add up to the margin (with scale applied to the
-classifier's shares of the seen lines). A model calibrated before 2026-12-05 stored no `never_seen_shares` and
-added the weights to the whole margin, never-seen shares included ("added"); it is read and scored that way.
+of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'), at odds as if both
+classes were equally common (the threshold is chosen on these scores). What the classifier says about a never-seen
+line is left out (seen_margin: its margin less those lines' shares): trained without that line, the classifier
+extrapolates, and the random seed decides where to. On BGL's past -> future protocol the shares of an all-"Lustre
+mount FAILED" window (a category new in the later month) summed to -1.2 to -10.7 over ten seeds, the seen part to
+0.0-0.1; with the shares in, F1 on the later month ranged 0.57-0.93 (mean 0.84), with the group weight in their
+place 0.88-0.91 (mean 0.89; bench/results/2026-12-05-never-seen-shares.md).
+
+A never-seen line's group is the level its first level word names, as logs state their level before the message:
+"fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error" (error, err, or a word ending in
+exception), "warn" (warn, warning), "other" (info, debug, trace, notice, or no level word). So "KERNEL INFO critical
+input interrupt ... warning" is "other": on BGL September's normal windows that hold a never-seen line of the fatal
+group go from 29 to 19 of 211 with this rule (against any such word anywhere in the line), its anomalous ones stay
+at 69 of 72. A group no eval session holds keeps weight 0 (its feature is all zero, so the penalty holds it there).
+Each weight is shared out among the window's never-seen lines of its group, which carry that share alone, so line
+shares still add up to the margin (with scale applied to the classifier's shares of the seen lines). A model
+calibrated before 2026-12-05 stored no `never_seen_shares` and added the weights to the whole margin, never-seen
+shares included ("added"); it is read and scored that way.
 
 An eval period whose failures the final model already knows shows little of what a new line is worth. `CrossFit`
 adds evidence from inside the training period (train.pipeline, training.novelty_crossfit): the later part of train,
@@ -173,9 +175,10 @@ def _margins(scores: Sequence[float]) -> np.ndarray:
 def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int],
                 crossfit: CrossFit | None = None) -> NoveltyFit | None:
     """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly) from the lines training held (the
-    scorer with SEEN_ONLY), flags (n, G) window_flags, labels (n,). With crossfit, its sessions join the fit: the group weights are shared by both, while each classifier
-    keeps a scale and bias of its own (their margins need not be alike); the eval classifier's are the calibration,
-    and the cross-fit sessions' calibrated scores come with it.
+    scorer with SEEN_ONLY), flags (n, G) window_flags, labels (n,). With crossfit, its sessions join the fit: the
+    group weights are shared by both, while each classifier keeps a scale and bias of its own (their margins need
+    not be alike); the eval classifier's are the calibration, and the cross-fit sessions' calibrated scores come
+    with it.
     None when there is nothing to learn (eval holds one class, or no session a never-seen line) or the fit does
     not rank by the classifier (scale <= 0): the classifier's score is then kept as it is."""
     from sklearn.linear_model import LogisticRegression
