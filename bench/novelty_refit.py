@@ -1,8 +1,9 @@
-"""What the novelty calibration makes of a saved model, fitted four ways: does it read the classifier's margin from
+"""What the novelty calibration makes of a saved model, fitted several ways: does it read the classifier's margin from
 every line or from the lines training held only (a never-seen line's share replaced by its group's weight,
-model.novelty), and does the fit weigh each session alike or each class as a whole? Reads the --json-out files of
-`bench/bench_real.py --sets bgl --calibrate-on later-train` and the model each run saved under its --out-dir, so no
-model is retrained. Each way is fitted on the calibration view alone (the later part of train; the cross-fit
+model.novelty), does the fit weigh each session alike or each class as a whole, and is a never-seen line weighed by
+its level group alone or also by whether it is failure-like (its nearest seen line only failures held)? Reads the
+--json-out files of `bench/bench_real.py --sets bgl --calibrate-on later-train` and the model each run saved under
+its --out-dir, so no model is retrained. Each way is fitted on the calibration view alone (the later part of train; the cross-fit
 sessions training also fits on are not saved), the threshold is its max-F1 cut there, and F1 / PR-AUC are on the
 future (dev) at that cut.
 
@@ -23,17 +24,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
 from _common import markdown_table
-from model.novelty import REGULARISATION_C, SEEN_ONLY
+from model.novelty import GROUPS, REGULARISATION_C, SEEN_ONLY
 from model.scorer import LogScorer
 from train.data import load_jsonl
 from train.evaluation import score_sessions
 from train.metrics import calibrate_threshold, classification_metrics
 
-WAYS = {  # name -> (margin from the seen lines only, each class weighed as a whole)
-    "every line, by session (before 2026-12-05)": (False, False),
-    "every line, by class": (False, True),
-    "seen lines, by session": (True, False),
-    "seen lines, by class (now)": (True, True),
+WAYS = {  # name -> (margin from the seen lines only, each class weighed as a whole, failure-like lines apart)
+    "every line, by session, levels (before 2026-12-05)": (False, False, False),
+    "every line, by class, levels": (False, True, False),
+    "seen lines, by session, levels": (True, False, False),
+    "seen lines, by class, levels (603f4dc)": (True, True, False),
+    "seen lines, by session, levels and failure-like": (True, False, True),
+    "seen lines, by class, levels and failure-like (now)": (True, True, True),
 }
 
 
@@ -62,10 +65,15 @@ def _views(path: str, data_dir: str | None) -> dict[str, dict[str, np.ndarray]]:
     return views
 
 
-def _way(seen_only: bool, by_class: bool) -> Callable[[dict[str, dict[str, np.ndarray]]], dict[str, float]]:
+def _way(seen_only: bool, by_class: bool, failure_like: bool
+         ) -> Callable[[dict[str, dict[str, np.ndarray]]], dict[str, float]]:
     def run(views: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-        columns = {v: np.column_stack([views[v]["seen" if seen_only else "every"], views[v]["flags"]])
-                   for v in views}  # (n, 1 + G)
+        columns = {}
+        for v in views:
+            flags = views[v]["flags"]  # (n, F): the level groups like a normal line, then the failure-like ones
+            if not failure_like:
+                flags = np.maximum(flags[:, :len(GROUPS)], flags[:, len(GROUPS):])  # (n, G)
+            columns[v] = np.column_stack([views[v]["seen" if seen_only else "every"], flags])  # (n, 1 + F or G)
         fit = LogisticRegression(C=REGULARISATION_C, class_weight="balanced" if by_class else None,
                                  max_iter=2000).fit(columns["calibration"], views["calibration"]["labels"])
         cal, fut = (fit.predict_proba(columns[v])[:, 1] for v in ("calibration", "future"))
@@ -86,8 +94,8 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in WAYS}
     for path in paths:
         views = _views(path, args.data_dir)
-        for name, (seen_only, by_class) in WAYS.items():
-            results[name].append(_way(seen_only, by_class)(views))
+        for name, way in WAYS.items():
+            results[name].append(_way(*way)(views))
     names = [Path(p).stem for p in paths]
     rows = [[name, *(f"{r['f1']:.4f}" for r in runs), f"{statistics.mean(r['f1'] for r in runs):.3f}",
              f"{min(r['f1'] for r in runs):.3f}-{max(r['f1'] for r in runs):.3f}",

@@ -60,7 +60,9 @@ _LEVEL_GROUP = {
 }
 # the first level word of a line; "exception" also ends a word (IOException), as a line of a stack trace begins
 _LEVEL_WORD = re.compile(r"\b(" + "|".join(_LEVEL_GROUP) + r")\b|exception\b", re.IGNORECASE)
-SEEN = -1  # the group index of a line training held (and of padding)
+FEATURES = 2 * len(GROUPS)
+"""A never-seen line's feature: its group, plus len(GROUPS) when it is failure-like (`feature`)."""
+SEEN = -1  # the feature index of a line training held (and of padding)
 REGULARISATION_C = 10.0  # inverse L2 strength of the fit (sklearn's C): weak, the weights are few
 SHARES = ("replaced", "added")  # what becomes of a never-seen line's classifier share: see the module docstring
 
@@ -75,17 +77,27 @@ def line_group(masked_line: str) -> int:
     return _LEVEL_GROUP[found.group(1).lower()]
 
 
-def row_groups(masked_rows: Sequence[str], seen: frozenset[str]) -> Tensor:
-    """(U,) int64: the group of each never-seen row, SEEN for rows training held."""
-    return torch.tensor([SEEN if line in seen else line_group(line) for line in masked_rows], dtype=torch.long)
+def feature(masked_line: str, failure_like: bool) -> int:
+    """The feature index of a never-seen masked line: its group (line_group), plus len(GROUPS) where failure-like."""
+    return line_group(masked_line) + len(GROUPS) * failure_like
 
 
-def window_flags(lines: Iterable[str], seen: frozenset[str]) -> list[float]:
-    """(G,) 1.0 for each group of which the masked lines hold a never-seen line, else 0.0."""
-    flags = [0.0] * len(GROUPS)
+def row_groups(masked_rows: Sequence[str], seen: frozenset[str], failure_like: frozenset[str] = frozenset()
+               ) -> Tensor:
+    """(U,) int64: the feature of each never-seen row (failure_like: the never-seen lines that are), SEEN for rows
+    training held."""
+    return torch.tensor([SEEN if line in seen else feature(line, line in failure_like) for line in masked_rows],
+                        dtype=torch.long)
+
+
+def window_flags(lines: Iterable[str], seen: frozenset[str], failure_like: frozenset[str] = frozenset()
+                 ) -> list[float]:
+    """(FEATURES,) 1.0 for each feature of which the masked lines hold a never-seen line, else 0.0 (failure_like:
+    the never-seen lines that are)."""
+    flags = [0.0] * FEATURES
     for line in set(lines):
         if line not in seen:
-            flags[line_group(line)] = 1.0
+            flags[feature(line, line in failure_like)] = 1.0
     return flags
 
 
@@ -93,8 +105,9 @@ def window_flags(lines: Iterable[str], seen: frozenset[str]) -> list[float]:
 class NoveltyCalibration:
     scale: float
     bias: float
-    weights: tuple[float, ...]  # (G,) in GROUPS order
+    weights: tuple[float, ...]  # (G,) in GROUPS order: never-seen lines most like a line of normal sessions
     never_seen_shares: str = "replaced"  # "added": a model calibrated before 2026-12-05
+    failure_like_weights: tuple[float, ...] | None = None  # (G,) failure-like lines; None (before 2026-12-05): weights
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -104,38 +117,60 @@ class NoveltyCalibration:
         if len(self.weights) != len(GROUPS) or not all(math.isfinite(w) for w in self.weights):
             raise ValueError(f"novelty_calibration weights must be {len(GROUPS)} finite numbers ({', '.join(GROUPS)})"
                              f", got {self.weights!r}")
+        if self.failure_like_weights is not None and (len(self.failure_like_weights) != len(GROUPS) or not all(
+                math.isfinite(w) for w in self.failure_like_weights)):
+            raise ValueError(f"novelty_calibration failure_like_weights must be {len(GROUPS)} finite numbers "
+                             f"({', '.join(GROUPS)}), got {self.failure_like_weights!r}")
         if self.never_seen_shares not in SHARES:
             raise ValueError(f"novelty_calibration never_seen_shares must be one of {', '.join(SHARES)}, got "
                              f"{self.never_seen_shares!r}")
 
     @classmethod
     def from_config(cls, value: Mapping[str, Any]) -> NoveltyCalibration:
-        """From the config's {"scale", "bias", "weights": {group: weight}, "never_seen_shares"} (without the last:
-        "added", as calibrated before it existed); ValueError naming a bad value."""
+        """From the config's {"scale", "bias", "weights": {group: weight}, "failure_like_weights": {group: weight},
+        "never_seen_shares"} (without the last two, as calibrated before they existed: "added", and failure-like
+        lines weighed as the others); ValueError naming a bad value."""
         keys = {"scale", "bias", "weights"}
-        if not isinstance(value, Mapping) or not keys <= set(value) <= keys | {"never_seen_shares"}:
-            raise ValueError(f"novelty_calibration must map scale, bias, weights and never_seen_shares, got {value!r}")
-        weights = value["weights"]
-        if not isinstance(weights, Mapping) or set(weights) != set(GROUPS):
-            raise ValueError(f"novelty_calibration weights must name the groups {list(GROUPS)}, got {weights!r}")
+        if not isinstance(value, Mapping) or not keys <= set(value) <= keys | {"failure_like_weights",
+                                                                                "never_seen_shares"}:
+            raise ValueError(f"novelty_calibration must map scale, bias, weights, failure_like_weights and "
+                             f"never_seen_shares, got {value!r}")
+        by_group = {}
+        for key in ("weights", "failure_like_weights"):
+            weights = value.get(key, {} if key == "weights" else None)
+            if weights is not None and (not isinstance(weights, Mapping) or set(weights) != set(GROUPS)):
+                raise ValueError(f"novelty_calibration {key} must name the groups {list(GROUPS)}, got {weights!r}")
+            by_group[key] = weights
         try:
-            return cls(float(value["scale"]), float(value["bias"]), tuple(float(weights[g]) for g in GROUPS),
-                       value.get("never_seen_shares", "added"))
+            failure_like = by_group["failure_like_weights"]
+            return cls(float(value["scale"]), float(value["bias"]),
+                       tuple(float(by_group["weights"][g]) for g in GROUPS), value.get("never_seen_shares", "added"),
+                       None if failure_like is None else tuple(float(failure_like[g]) for g in GROUPS))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"novelty_calibration: {exc}") from None
 
     def to_config(self) -> dict[str, Any]:
-        return {"scale": self.scale, "bias": self.bias, "weights": dict(zip(GROUPS, self.weights)),
-                "never_seen_shares": self.never_seen_shares}
+        config = {"scale": self.scale, "bias": self.bias, "weights": dict(zip(GROUPS, self.weights)),
+                  "never_seen_shares": self.never_seen_shares}
+        if self.failure_like_weights is not None:
+            config["failure_like_weights"] = dict(zip(GROUPS, self.failure_like_weights))
+        return config
+
+    @property
+    def feature_weights(self) -> tuple[float, ...]:
+        """(FEATURES,) the weight of each feature (model.novelty.feature)."""
+        return self.weights + (self.weights if self.failure_like_weights is None else self.failure_like_weights)
 
     def apply(self, margin: Tensor, line_scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
-        """margin (b,) and line_scores (b, T) of the classifier, groups (b, T) each line's group or SEEN ->
+        """margin (b,) and line_scores (b, T) of the classifier, groups (b, T) each line's feature or SEEN ->
         the calibrated margin (b,) and line shares (b, T), which still add up to it with scale * base + bias."""
-        weights = torch.tensor(self.weights, dtype=margin.dtype, device=margin.device)  # (G,)
+        weights = torch.tensor(self.feature_weights, dtype=margin.dtype, device=margin.device)  # (F,)
+        if self.failure_like_weights is None:  # calibrated before failure-like lines had weights: one per group
+            groups = torch.where(groups >= len(GROUPS), groups - len(GROUPS), groups)  # (b, T)
         new = groups != SEEN  # (b, T) never-seen lines; seen lines and padding are SEEN
-        hits = F.one_hot(groups.clamp(min=0), len(GROUPS)).to(margin.dtype) * new[..., None]  # (b, T, G)
-        present = (hits.sum(dim=1) > 0).to(margin.dtype)  # (b, G)
-        per_line = weights / hits.sum(dim=1).clamp(min=1)  # (b, G) a group's weight shared by its lines
+        hits = F.one_hot(groups.clamp(min=0), FEATURES).to(margin.dtype) * new[..., None]  # (b, T, F)
+        present = (hits.sum(dim=1) > 0).to(margin.dtype)  # (b, F)
+        per_line = weights / hits.sum(dim=1).clamp(min=1)  # (b, F) a feature's weight shared by its lines
         shares = (hits * per_line[:, None, :]).sum(dim=-1)  # (b, T)
         if self.never_seen_shares == "replaced":  # what the classifier says of the seen lines only
             margin = margin - (line_scores * new).sum(dim=1)  # (b,)
@@ -147,7 +182,7 @@ class NoveltyCalibration:
 class CrossFit:
     """Novelty evidence from inside the training period: the later part of train, scored by an auxiliary classifier
     trained on the earlier part, with never-seen meaning not in that earlier part. scores (n,) P(anomaly) from the
-    lines the earlier part held (SEEN_ONLY), flags (n, G) window_flags, labels (n,), classifier_scores (n,) its
+    lines the earlier part held (SEEN_ONLY), flags (n, F) window_flags, labels (n,), classifier_scores (n,) its
     P(anomaly) from every line (train.pipeline.novel_misses reads these)."""
 
     scores: Sequence[float]
@@ -163,7 +198,7 @@ class NoveltyFit:
     # scale as eval's once calibrated (each classifier's own scale and bias applied), for choosing the threshold
 
 
-SEEN_ONLY = NoveltyCalibration(1.0, 0.0, (0.0,) * len(GROUPS))
+SEEN_ONLY = NoveltyCalibration(1.0, 0.0, (0.0,) * len(GROUPS), failure_like_weights=(0.0,) * len(GROUPS))
 """The classifier's score from the lines training held, never-seen lines adding nothing: what fit_novelty reads."""
 
 
@@ -175,7 +210,7 @@ def _margins(scores: Sequence[float]) -> np.ndarray:
 def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int],
                 crossfit: CrossFit | None = None) -> NoveltyFit | None:
     """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly) from the lines training held (the
-    scorer with SEEN_ONLY), flags (n, G) window_flags, labels (n,). With crossfit, its sessions join the fit: the
+    scorer with SEEN_ONLY), flags (n, F) window_flags, labels (n,). With crossfit, its sessions join the fit: the
     group weights are shared by both, while each classifier keeps a scale and bias of its own (their margins need
     not be alike); the eval classifier's are the calibration, and the cross-fit sessions' calibrated scores come
     with it.
@@ -184,20 +219,20 @@ def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], label
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(labels, dtype=np.int64)
-    flagged = np.asarray(flags, dtype=np.float64).reshape(len(y), len(GROUPS))  # (n, G)
+    flagged = np.asarray(flags, dtype=np.float64).reshape(len(y), FEATURES)  # (n, F)
     if not 0 < int(y.sum()) < len(y):
         return None
     margin = _margins(scores)
     if crossfit is None:
-        columns = np.column_stack([margin, flagged])  # (n, 1 + G)
+        columns = np.column_stack([margin, flagged])  # (n, 1 + F)
     else:
         y_cross = np.asarray(crossfit.labels, dtype=np.int64)
-        flagged_cross = np.asarray(crossfit.flags, dtype=np.float64).reshape(len(y_cross), len(GROUPS))  # (m, G)
+        flagged_cross = np.asarray(crossfit.flags, dtype=np.float64).reshape(len(y_cross), FEATURES)  # (m, F)
         is_eval = np.concatenate([np.ones(len(y)), np.zeros(len(y_cross))])  # (n + m,)
         both = np.concatenate([margin, _margins(crossfit.scores)])  # (n + m,)
         # eval margin, cross-fit margin, eval's bias over the cross-fit's (the intercept), then the shared groups
         columns = np.column_stack([both * is_eval, both * (1 - is_eval), is_eval,
-                                   np.concatenate([flagged, flagged_cross])])  # (n + m, 3 + G)
+                                   np.concatenate([flagged, flagged_cross])])  # (n + m, 3 + F)
         y, flagged = np.concatenate([y, y_cross]), columns[:, 3:]
     if not flagged.any():
         return None
@@ -205,11 +240,12 @@ def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], label
     fit = LogisticRegression(C=REGULARISATION_C, class_weight="balanced", max_iter=1000).fit(columns, y)
     coef = fit.coef_[0]
     scale, bias = float(coef[0]), float(fit.intercept_[0]) + (float(coef[2]) if crossfit is not None else 0.0)
-    weights = tuple(float(w) for w in coef[-len(GROUPS):])
+    weights = tuple(float(w) for w in coef[-FEATURES:])  # (F,) normal-like groups, then failure-like ones
     if scale <= 0:
         logger.warning("novelty calibration skipped: the fit gave the classifier's margin scale %.3g", scale)
         return None
     crossfit_scores = None
     if crossfit is not None:
         crossfit_scores = tuple(float(p) for p in fit.predict_proba(columns[len(scores):])[:, 1])  # (m,)
-    return NoveltyFit(NoveltyCalibration(scale, bias, weights), crossfit_scores)
+    calibration = NoveltyCalibration(scale, bias, weights[:len(GROUPS)], failure_like_weights=weights[len(GROUPS):])
+    return NoveltyFit(calibration, crossfit_scores)

@@ -87,6 +87,7 @@ class LogScorer:
         self.window_cache_size = window_cache_size
         self._windows: OrderedDict[tuple[str, ...], WindowScore] = OrderedDict()
         self._window_hits = 0
+        self._kin: tuple[Tensor, Tensor] | None = None  # model.novelty's failure-like test, built when first needed
 
     @classmethod
     def from_pretrained(
@@ -175,11 +176,29 @@ class LogScorer:
         self._windows.clear()
 
     def novelty_flags(self, lines: Sequence[str]) -> list[float]:
-        """(G,) which groups of never-seen lines (model.novelty.GROUPS) the raw lines hold; all 0 without
-        seen_lines.json."""
+        """(F,) which features of never-seen lines (model.novelty.feature: the level group, failure-like or not)
+        the raw lines hold; all 0 without seen_lines.json."""
         if self.seen_lines is None:
             return window_flags((), frozenset())
-        return window_flags((mask_cached(line) for line in lines), self.seen_lines)
+        masked = [mask_cached(line) for line in lines]
+        new = list(dict.fromkeys(line for line in masked if line not in self.seen_lines))
+        with self._lock:  # the encoder's cache is not shared-safe
+            failure_like = self._failure_like(new, self._encoder.encode(new) if new else None)
+        return window_flags(masked, self.seen_lines, failure_like)
+
+    def _failure_like(self, new_rows: Sequence[str], vectors: Tensor | None) -> frozenset[str]:
+        """Of never-seen masked lines (vectors (N, D) their embeddings), those whose nearest seen line (cosine of the
+        encoder's vectors) no normal training session held: what the line says is closest to a failure's line.
+        Empty without normal_lines.json."""
+        if not new_rows or vectors is None or self.normal_lines is None or self.seen_lines is None:
+            return frozenset()
+        if self._kin is None:  # the seen lines' unit vectors, and which no normal session held; once per scorer
+            kin_lines = sorted(self.seen_lines)
+            self._kin = (F.normalize(self._encoder.encode(kin_lines).float(), dim=1),
+                         torch.tensor([line not in self.normal_lines for line in kin_lines]))
+        seen_vectors, failure_only = self._kin  # (S, D), (S,)
+        nearest = (F.normalize(vectors.float().cpu(), dim=1) @ seen_vectors.T).argmax(dim=1)  # (N,)
+        return frozenset(line for line, j in zip(new_rows, nearest.tolist()) if failure_only[j])
 
     def is_novel(self, line: str) -> bool:
         """The raw line's masked form never occurred in a normal training session (False without
@@ -223,9 +242,11 @@ class LogScorer:
             unseen = self._unseen_rows(masked_rows)  # (U,) bool or None
             counts = None if self.line_counts is None else F.pad(row_counts(masked_rows, self.line_counts), (0, 1))
             novelty = self.novelty_calibration
-            groups = None  # (U + 1,) each row's novelty group, SEEN for seen rows and the padding row
+            groups = None  # (U + 1,) each row's novelty feature, SEEN for seen rows and the padding row
             if novelty is not None and self.seen_lines is not None:
-                groups = F.pad(row_groups(masked_rows, self.seen_lines), (0, 1), value=SEEN)
+                new = [i for i, line in enumerate(masked_rows) if line not in self.seen_lines]
+                failure_like = self._failure_like([masked_rows[i] for i in new], table[new] if new else None)
+                groups = F.pad(row_groups(masked_rows, self.seen_lines, failure_like), (0, 1), value=SEEN)
             order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]

@@ -483,9 +483,10 @@ def _finalize(cfg: TrainConfig, model: Any, encoder: Any, eval_sessions: list[Se
         fitted = fit_novelty(seen_scores, eval_flags, labels, crossfit)
         if fitted is not None:
             novelty = fitted.calibration
-            logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s",
-                        " and the cross-fit" if crossfit is not None else "", novelty.scale, novelty.bias,
-                        ", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, novelty.weights)))
+            logger.info("novelty calibration on eval%s: margin x %.3f %+.3f, never-seen lines add %s; failure-like "
+                        "ones %s", " and the cross-fit" if crossfit is not None else "", novelty.scale, novelty.bias,
+                        *(", ".join(f"{g} {w:+.3f}" for g, w in zip(GROUPS, weights))
+                          for weights in (novelty.weights, novelty.failure_like_weights or novelty.weights)))
             scorer.set_novelty_calibration(novelty)
             model.config.novelty_calibration = novelty.to_config()
             scores = score_sessions(scorer, eval_sessions, cfg.training.hop, cfg.training.eval_batch_size)

@@ -278,7 +278,7 @@ def test_novelty_calibration_puts_what_never_seen_lines_say_in_place_of_their_cl
         LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
     LogScorer.save_seen_lines(folder, (mask(line) for line in SESSION[:5]))
     calibrated = LogScorer.from_pretrained(folder, device="cpu", encoder=scorer.encoder)
-    assert calibrated.novelty_flags(SESSION) == [0.0, 0.0, 1.0, 0.0]
+    assert calibrated.novelty_flags(SESSION) == [0.0, 0.0, 1.0, 0.0] + [0.0] * 4
     results = calibrated.score_detailed(windows)
 
     def logit(p: float) -> float:
@@ -292,3 +292,33 @@ def test_novelty_calibration_puts_what_never_seen_lines_say_in_place_of_their_cl
     assert results[1].line_scores[5] == pytest.approx(3.0, abs=1e-6)
     calibrated.set_novelty_calibration(None)  # the cached results are dropped with it
     assert calibrated.score(windows) == pytest.approx([r.score for r in plain], abs=1e-6)
+
+
+class _Vectors:
+    """A line encoder that gives each masked line the vector of a table (so which seen line is nearest is known)."""
+
+    reference = "vectors"
+    dim = 32
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = {line: torch.tensor(v + [0.0] * (self.dim - len(v))) for line, v in table.items()}
+
+    def encode(self, masked_lines: list[str]) -> torch.Tensor:
+        return torch.stack([self.table[line] for line in masked_lines])  # (N, D)
+
+
+def test_a_never_seen_line_nearest_a_line_only_failures_held_is_failure_like(model_dir: Path) -> None:
+    normal, failure = "kernel INFO cache flushed", "kernel FATAL link lost"  # seen: in a normal session, in failures
+    like_normal, like_failure = "kernel FATAL cache flush slow", "kernel FATAL link lost again"  # never seen
+    encoder = _Vectors({normal: [1.0, 0.0], failure: [0.0, 1.0], like_normal: [0.9, 0.2], like_failure: [0.3, 0.8]})
+    model = LogMoEForSequenceClassification.from_pretrained(model_dir)
+    scorer = LogScorer(model, encoder, model_dir, device="cpu", seen_lines=frozenset({normal, failure}),
+                       normal_lines=frozenset({normal}))
+    assert scorer.novelty_flags([normal, like_normal]) == [1.0, 0, 0, 0, 0, 0, 0, 0]  # fatal, like a normal line
+    assert scorer.novelty_flags([normal, like_failure]) == [0, 0, 0, 0, 1.0, 0, 0, 0]  # fatal, failure-like
+    scorer.set_novelty_calibration(NoveltyCalibration(1.0, 0.0, (1.0, 0.0, 0.0, 0.0),
+                                                      failure_like_weights=(5.0, 0.0, 0.0, 0.0)))
+    first, second = scorer.score_detailed([[normal, like_normal], [normal, like_failure]])
+    assert first.line_scores[1] == pytest.approx(1.0) and second.line_scores[1] == pytest.approx(5.0)
+    without = LogScorer(model, encoder, model_dir, device="cpu", seen_lines=frozenset({normal, failure}))
+    assert without.novelty_flags([like_failure]) == [1.0, 0, 0, 0, 0, 0, 0, 0]  # no normal_lines.json: no kin

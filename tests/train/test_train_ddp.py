@@ -29,6 +29,13 @@ from train.config import TrainConfig
 from train.loop import epoch_order, schedule, steps_per_epoch
 from train.pipeline import train
 
+
+def fatal_weight(stored: dict[str, Any]) -> float:
+    """The stored weight of a never-seen fatal line, like a normal line or failure-like (which one a line is depends
+    on the tiny random encoder's nearest neighbours, so the tests take whichever was fitted)."""
+    return max(stored["weights"]["fatal"], stored["failure_like_weights"]["fatal"])
+
+
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
@@ -220,4 +227,4 @@ def test_a_two_process_run_trains_the_novelty_crossfit_model_too(fast_settings: 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["world_size"] == 2 and result["novelty_crossfit"]["status"] == "trained and scored"
     stored = json.loads((tmp_path / "final_moe_model" / "config.json").read_text())["novelty_calibration"]
-    assert stored["weights"]["fatal"] > 0
+    assert fatal_weight(stored) > 0
