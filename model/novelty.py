@@ -6,32 +6,39 @@ and what they mean depends on what they say: on BGL a new FATAL line is nearly a
 82 anomalous windows of the later part of train hold one, 15 of 1,196 normal ones do), while new INFO or ERROR lines
 are mostly the workload drifting. The eval data is such a later period, labelled, so training fits there
 
-    margin' = scale * seen_margin + bias + sum_g weight_g * [the window holds a never-seen line of group g]
+    margin' = scale * seen_margin + bias + sum_f weight_f * [the window holds a never-seen line of feature f]
 
 by L2-regularised logistic regression on the eval sessions, each class weighed as a whole (seen_margin: the logit
-of the session's score from the lines training held, the highest of its windows'; a session holds a group when any
-of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'), at odds as if both
-classes were equally common (the threshold is chosen on these scores). What the classifier says about a never-seen
-line is left out (seen_margin: its margin less those lines' shares): trained without that line, the classifier
-extrapolates, and the random seed decides where to. On BGL's past -> future protocol the shares of an all-"Lustre
-mount FAILED" window (a category new in the later month) summed to -1.2 to -10.7 over ten seeds, the seen part to
-0.0-0.1; with the shares in, F1 on the later month ranged 0.57-0.93 (mean 0.84), with the group weight in their
-place 0.88-0.91 (mean 0.89; bench/results/2026-12-05-never-seen-shares.md).
+of the session's score from the lines training held, the highest of its windows'; a session holds a feature when
+any of its lines does), and the scorer applies it to every window; P(anomaly) = sigmoid(margin'), at odds as if both
+classes were equally common (the threshold is chosen on these scores). A never-seen line's feature is its level
+group and whether it is failure-like: the seen line nearest it (cosine of the encoder's vectors) is one no normal
+training session held (normal_lines.json). What a line says decides more than its level: on BGL's September, with the
+first 70% of train as seen, 12 of the 19 normal windows that hold a never-seen fatal line hold one nearest a normal
+line ("ciod: Error loading ...: Permission denied" beside "...: No such file or directory"), and 68 of the 72
+anomalous windows hold one nearest a line only failures held ("Lustre mount FAILED" nearest a fatal kernel line).
+
+What the classifier says about a never-seen line is left out (seen_margin: its margin less those lines' shares):
+trained without that line, the classifier extrapolates, and the random seed decides where to. On BGL's past ->
+future protocol the shares of an all-"Lustre mount FAILED" window (a category new in the later month) summed to -1.2
+to -10.7 over ten seeds, the seen part to 0.0-0.1. F1 on the later month over those ten seeds, fitted on the
+calibration period (bench/results/2026-12-05-never-seen-shares.md): the shares kept 0.830 on average (0.554-0.928),
+left out 0.894 (0.877-0.910), left out with failure-like lines apart 0.946 (0.932-0.965).
 
 A never-seen line's group is the level its first level word names, as logs state their level before the message:
 "fatal" (fatal, critical, crit, severe, panic, emerg, alert, failure), "error" (error, err, or a word ending in
 exception), "warn" (warn, warning), "other" (info, debug, trace, notice, or no level word). So "KERNEL INFO critical
 input interrupt ... warning" is "other": on BGL September's normal windows that hold a never-seen line of the fatal
 group go from 29 to 19 of 211 with this rule (against any such word anywhere in the line), its anomalous ones stay
-at 69 of 72. A group no eval session holds keeps weight 0 (its feature is all zero, so the penalty holds it there).
-Each weight is shared out among the window's never-seen lines of its group, which carry that share alone, so line
-shares still add up to the margin (with scale applied to the classifier's shares of the seen lines). A model
-calibrated before 2026-12-05 stored no `never_seen_shares` and added the weights to the whole margin, never-seen
-shares included ("added"); it is read and scored that way.
+at 69 of 72. A feature no eval session holds keeps weight 0 (its column is all zero, so the penalty holds it
+there). Each weight is shared out among the window's never-seen lines of its feature, which carry that share alone,
+so line shares still add up to the margin (with scale applied to the classifier's shares of the seen lines). A model
+calibrated before 2026-12-05 stored neither `never_seen_shares` nor `failure_like_weights`: it added one weight per
+group to the whole margin, never-seen shares included ("added"), and is read and scored that way.
 
 An eval period whose failures the final model already knows shows little of what a new line is worth. `CrossFit`
 adds evidence from inside the training period (train.pipeline, training.novelty_crossfit): the later part of train,
-scored by a classifier trained on the earlier part. Both sets are fitted together, the group weights shared and
+scored by a classifier trained on the earlier part. Both sets are fitted together, the feature weights shared and
 each classifier with a scale and bias of its own; their calibrated scores come back for choosing the threshold.
 """
 

@@ -276,15 +276,18 @@ class TrainingSection:
     threshold carried over stays where it was (0.626 over 7 runs, 0.607 with neither option)."""
     novelty_calibration: bool = True
     """After training, fit on the labelled eval sessions what a line training never held adds to a window's score, by
-    the level it states (model.novelty: fatal / error / warn / other, from its first level word), with a scale on
-    the classifier's margin, and store it in the model; the threshold is then calibrated on the calibrated scores.
-    Nothing is fitted (scores stay the classifier's) when the eval sessions hold one class only, when neither they
-    nor the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised objective with
-    threshold_objective rate (its default), so a model calibrated by alert rate reads no label; with f1 or fpr the
-    unsupervised model is calibrated on eval's labels as a supervised one is (without the cross-fit, which needs
-    training labels). Measured on BGL trained on its past, threshold carried to the next month
+    the level it states (model.novelty: fatal / error / warn / other, from its first level word) and whether the
+    seen line nearest it is one only failures held, in place of what the classifier says of it, with a scale on the
+    classifier's margin from the seen lines, and store it in the model; the threshold is then calibrated on the
+    calibrated scores. Nothing is fitted (scores stay the classifier's) when the eval sessions hold one class only,
+    when neither they nor the cross-fit sessions (novelty_crossfit) hold a never-seen line, or under the unsupervised
+    objective with threshold_objective rate (its default), so a model calibrated by alert rate reads no label; with
+    f1 or fpr the unsupervised model is calibrated on eval's labels as a supervised one is (without the cross-fit,
+    which needs training labels). Measured on BGL trained on its past, threshold carried to the next month
     (bench/results/2026-12-05-novelty-calibration.md): F1 0.612 -> 0.840 on average over 13 seeds (median 0.574 ->
-    0.878), with about as many false alarms; an unsupervised model the same way (threshold_objective f1;
+    0.878), with about as many false alarms; the classifier's shares of never-seen lines replaced and failure-like
+    lines weighed apart (bench/results/2026-12-05-never-seen-shares.md): 0.841 -> 0.943 over 10 seeds (0.569-0.927
+    -> 0.932-0.958); an unsupervised model the same way (threshold_objective f1;
     bench/results/2026-12-05-unsupervised-novelty.md): 0.236 -> 0.840 over 7 seeds, where never-seen lines weighed
     alone give 0.872. Real and synthetic HDFS eval data hold no never-seen line, so nothing changes there."""
     novelty_crossfit: float = 0.3

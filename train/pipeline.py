@@ -428,7 +428,7 @@ def _crossfit(cfg: TrainConfig, dp: DataParallel, encoder: Any, train_sessions: 
 
 def novel_misses(scores: Sequence[float], flags: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
     """Failures only a never-seen line tells: anomalous sessions (scores (n,) the classifier's from every line,
-    flags (n, G) model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1
+    flags (n, F) model.novelty.window_flags, labels (n,)) that hold a never-seen line and score under the max-F1
     cut of these scores. Where eval holds as many as the cross-fit sessions, its max-F1 cut already sits where such
     failures are, and the threshold is chosen on eval alone: over both sets, the cross-fit's few failures moved it
     either way on BGL's past -> future protocol (bench/results/2026-12-05-novelty-crossfit.md)."""
