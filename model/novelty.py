@@ -89,7 +89,7 @@ def feature(masked_line: str, failure_like: bool) -> int:
     return line_group(masked_line) + len(GROUPS) * failure_like
 
 
-def row_groups(masked_rows: Sequence[str], seen: frozenset[str], failure_like: frozenset[str] = frozenset()
+def row_features(masked_rows: Sequence[str], seen: frozenset[str], failure_like: frozenset[str] = frozenset()
                ) -> Tensor:
     """(U,) int64: the feature of each never-seen row (failure_like: the never-seen lines that are), SEEN for rows
     training held."""
@@ -218,7 +218,7 @@ def fit_novelty(scores: Sequence[float], flags: Sequence[Sequence[float]], label
                 crossfit: CrossFit | None = None) -> NoveltyFit | None:
     """Fit on labelled eval sessions: scores (n,) the classifier's P(anomaly) from the lines training held (the
     scorer with SEEN_ONLY), flags (n, F) window_flags, labels (n,). With crossfit, its sessions join the fit: the
-    group weights are shared by both, while each classifier keeps a scale and bias of its own (their margins need
+    feature weights are shared by both, while each classifier keeps a scale and bias of its own (their margins need
     not be alike); the eval classifier's are the calibration, and the cross-fit sessions' calibrated scores come
     with it.
     None when there is nothing to learn (eval holds one class, or no session a never-seen line) or the fit does

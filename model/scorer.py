@@ -29,7 +29,7 @@ from model.encoder import LineEncoder
 from model.json_files import read_json, write_json_atomic
 from model.masking import mask_cached
 from model.modeling_logmoe import LogMoEForSequenceClassification
-from model.novelty import SEEN, NoveltyCalibration, row_groups, window_flags
+from model.novelty import SEEN, NoveltyCalibration, row_features, window_flags
 from model.rarity import load_line_counts, row_counts
 from model.window_score import WindowScore
 
@@ -246,7 +246,7 @@ class LogScorer:
             if novelty is not None and self.seen_lines is not None:
                 new = [i for i, line in enumerate(masked_rows) if line not in self.seen_lines]
                 failure_like = self._failure_like([masked_rows[i] for i in new], table[new] if new else None)
-                groups = F.pad(row_groups(masked_rows, self.seen_lines, failure_like), (0, 1), value=SEEN)
+                groups = F.pad(row_features(masked_rows, self.seen_lines, failure_like), (0, 1), value=SEEN)
             order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.novelty import (FEATURES, GROUPS, SEEN, CrossFit, NoveltyCalibration, fit_novelty, line_group,
-                           row_groups, window_flags)
+                           row_features, window_flags)
 
 FATAL, ERROR, WARN, OTHER = range(len(GROUPS))
 
@@ -31,13 +31,13 @@ def test_a_never_seen_line_is_grouped_by_its_first_level_word(line: str, group: 
 def test_rows_and_windows_flag_only_lines_training_never_held() -> None:
     seen = frozenset({"INFO a", "FATAL known"})
     rows = ["INFO a", "FATAL new", "WARN new", "FATAL known", "INFO new"]
-    assert row_groups(rows, seen).tolist() == [SEEN, FATAL, WARN, SEEN, OTHER]
+    assert row_features(rows, seen).tolist() == [SEEN, FATAL, WARN, SEEN, OTHER]
     assert window_flags(["INFO a", "FATAL known"], seen) == [0.0] * 8
     assert window_flags(["INFO a", "FATAL new", "FATAL other new"], seen) == [1.0, 0.0, 0.0, 0.0] + [0.0] * 4
     assert window_flags(["INFO new", "WARN new"], seen) == [0.0, 0.0, 1.0, 1.0] + [0.0] * 4
     # a failure-like never-seen line (its nearest seen line only failures held) has a feature of its own
     failure_like = frozenset({"FATAL new"})
-    assert row_groups(rows, seen, failure_like).tolist() == [SEEN, FATAL + 4, WARN, SEEN, OTHER]
+    assert row_features(rows, seen, failure_like).tolist() == [SEEN, FATAL + 4, WARN, SEEN, OTHER]
     assert window_flags(["FATAL new", "FATAL other new"], seen, failure_like) == [1.0, 0, 0, 0, 1.0, 0, 0, 0]
 
 
