@@ -16,7 +16,6 @@ import glob
 import json
 import shlex
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,22 +64,21 @@ def _views(path: str, data_dir: str | None) -> dict[str, dict[str, np.ndarray]]:
     return views
 
 
-def _way(seen_only: bool, by_class: bool, failure_like: bool
-         ) -> Callable[[dict[str, dict[str, np.ndarray]]], dict[str, float]]:
-    def run(views: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-        columns = {}
-        for v in views:
-            flags = views[v]["flags"]  # (n, F): the level groups like a normal line, then the failure-like ones
-            if not failure_like:
-                flags = np.maximum(flags[:, :len(GROUPS)], flags[:, len(GROUPS):])  # (n, G)
-            columns[v] = np.column_stack([views[v]["seen" if seen_only else "every"], flags])  # (n, 1 + F or G)
-        fit = LogisticRegression(C=REGULARISATION_C, class_weight="balanced" if by_class else None,
-                                 max_iter=2000).fit(columns["calibration"], views["calibration"]["labels"])
-        cal, fut = (fit.predict_proba(columns[v])[:, 1] for v in ("calibration", "future"))
-        cut = calibrate_threshold(views["calibration"]["labels"], cal)
-        at = classification_metrics(views["future"]["labels"], fut, cut)
-        return {"f1": at["f1"], "pr_auc": float(average_precision_score(views["future"]["labels"], fut))}
-    return run
+def _fit_way(views: dict[str, dict[str, np.ndarray]], seen_only: bool, by_class: bool, failure_like: bool
+             ) -> dict[str, float]:
+    """Fit one way (WAYS) on the calibration view; F1 at its max-F1 cut and PR-AUC on the future."""
+    columns = {}
+    for v in views:
+        flags = views[v]["flags"]  # (n, F): the level groups like a normal line, then the failure-like ones
+        if not failure_like:
+            flags = np.maximum(flags[:, :len(GROUPS)], flags[:, len(GROUPS):])  # (n, G)
+        columns[v] = np.column_stack([views[v]["seen" if seen_only else "every"], flags])  # (n, 1 + F or G)
+    fit = LogisticRegression(C=REGULARISATION_C, class_weight="balanced" if by_class else None,
+                             max_iter=2000).fit(columns["calibration"], views["calibration"]["labels"])
+    cal, fut = (fit.predict_proba(columns[v])[:, 1] for v in ("calibration", "future"))
+    cut = calibrate_threshold(views["calibration"]["labels"], cal)
+    at = classification_metrics(views["future"]["labels"], fut, cut)
+    return {"f1": at["f1"], "pr_auc": float(average_precision_score(views["future"]["labels"], fut))}
 
 
 def main() -> None:
@@ -95,7 +93,7 @@ def main() -> None:
     for path in paths:
         views = _views(path, args.data_dir)
         for name, way in WAYS.items():
-            results[name].append(_way(*way)(views))
+            results[name].append(_fit_way(views, *way))
     names = [Path(p).stem for p in paths]
     rows = [[name, *(f"{r['f1']:.4f}" for r in runs), f"{statistics.mean(r['f1'] for r in runs):.3f}",
              f"{min(r['f1'] for r in runs):.3f}-{max(r['f1'] for r in runs):.3f}",

@@ -144,8 +144,8 @@ class NoveltyCalibration:
                              f"never_seen_shares, got {value!r}")
         by_group = {}
         for key in ("weights", "failure_like_weights"):
-            weights = value.get(key, {} if key == "weights" else None)
-            if weights is not None and (not isinstance(weights, Mapping) or set(weights) != set(GROUPS)):
+            weights = value.get(key)  # None: failure_like_weights absent (weights is there, checked above)
+            if key in value and (not isinstance(weights, Mapping) or set(weights) != set(GROUPS)):
                 raise ValueError(f"novelty_calibration {key} must name the groups {list(GROUPS)}, got {weights!r}")
             by_group[key] = weights
         try:

@@ -183,14 +183,14 @@ class LogScorer:
         masked = [mask_cached(line) for line in lines]
         new = list(dict.fromkeys(line for line in masked if line not in self.seen_lines))
         with self._lock:  # the encoder's cache is not shared-safe
-            failure_like = self._failure_like(new, self._encoder.encode(new) if new else None)
+            failure_like = self._failure_like(new, self._encoder.encode(new)) if new else frozenset()
         return window_flags(masked, self.seen_lines, failure_like)
 
-    def _failure_like(self, new_rows: Sequence[str], vectors: Tensor | None) -> frozenset[str]:
+    def _failure_like(self, new_rows: Sequence[str], vectors: Tensor) -> frozenset[str]:
         """Of never-seen masked lines (vectors (N, D) their embeddings), those whose nearest seen line (cosine of the
         encoder's vectors) no normal training session held: what the line says is closest to a failure's line.
         Empty without normal_lines.json."""
-        if not new_rows or vectors is None or self.normal_lines is None or self.seen_lines is None:
+        if not new_rows or self.normal_lines is None or self.seen_lines is None:
             return frozenset()
         if self._kin is None:  # the seen lines' unit vectors, and which no normal session held; once per scorer
             kin_lines = sorted(self.seen_lines)
@@ -243,9 +243,9 @@ class LogScorer:
             counts = None if self.line_counts is None else F.pad(row_counts(masked_rows, self.line_counts), (0, 1))
             novelty = self.novelty_calibration
             groups = None  # (U + 1,) each row's novelty feature, SEEN for seen rows and the padding row
-            if novelty is not None and self.seen_lines is not None:
-                new = [i for i, line in enumerate(masked_rows) if line not in self.seen_lines]
-                failure_like = self._failure_like([masked_rows[i] for i in new], table[new] if new else None)
+            if novelty is not None and unseen is not None:  # unseen is None without seen_lines.json
+                new = unseen.nonzero().flatten().tolist()  # the never-seen rows
+                failure_like = self._failure_like([masked_rows[i] for i in new], table[new])
                 groups = F.pad(row_features(masked_rows, self.seen_lines, failure_like), (0, 1), value=SEEN)
             order = sorted(range(len(todo)), key=lambda i: len(todo[i]))
             for start in range(0, len(order), self.batch_size):

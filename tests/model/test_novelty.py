@@ -77,6 +77,8 @@ def test_a_model_calibrated_before_never_seen_shares_existed_adds_the_weights_to
 def test_config_round_trip_and_bad_values_are_named() -> None:
     calibration = NoveltyCalibration(1.5, -0.5, (3.0, 0.0, 0.0, -1.0), failure_like_weights=(5.0, 0.0, 0.0, 1.0))
     assert NoveltyCalibration.from_config(calibration.to_config()) == calibration
+    with pytest.raises(ValueError, match="weights must name the groups .* got None"):
+        NoveltyCalibration.from_config({**calibration.to_config(), "weights": None})
     with pytest.raises(ValueError, match="failure_like_weights must name the groups"):
         NoveltyCalibration.from_config({**calibration.to_config(), "failure_like_weights": {"fatal": 1}})
     with pytest.raises(ValueError, match="failure_like_weights must be 4 finite numbers"):
